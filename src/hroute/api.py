@@ -1,0 +1,193 @@
+"""The socket API: HTTP/1.1 + JSON over aiohttp. Handlers translate; the registry decides."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import __version__
+from .errors import HrouteError, UnknownBackendError, UnknownProfileError
+from .metrics import Metrics
+from .registry import Registry, parse_report
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass
+class Deps:
+    """What the handlers need, handed in by the daemon."""
+
+    registry: Registry
+    metrics: Metrics
+    prometheus: CollectorRegistry
+    on_report: Callable[[str, dict[str, Any]], None] = lambda name, data: None
+    reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    restart: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+
+
+class ReportBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str | None = None
+    base_url: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    outcome: Literal["failure", "success"]
+    reason: str | None = Field(None, max_length=64)
+    status_code: int | None = Field(None, ge=100, le=599)
+    retry_after_s: float | None = Field(None, ge=0, le=86400)
+    credential: str | None = Field(None, max_length=128)
+    detail: str | None = Field(None, max_length=2000)
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    body = {"error": {"code": code, "message": message, **extra}}
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler):
+    """Every failure becomes `{"error": {...}}` with a 4xx/5xx; the daemon keeps serving."""
+    try:
+        return await handler(request)
+    except UnknownBackendError as exc:
+        return _error(404, "unknown_backend", str(exc))
+    except UnknownProfileError as exc:
+        return _error(404, "unknown_profile", str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {413: "payload_too_large", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status, "bad_request"
+        )
+        message = exc.text if exc.status == 413 else exc.reason
+        return _error(exc.status, code, message or exc.reason)
+    except HrouteError as exc:
+        return _error(400, "bad_request", str(exc))
+
+
+def make_app(deps: Deps) -> web.Application:
+    """The aiohttp application serving hroute's API; serve it on any socket."""
+    app = web.Application(middlewares=[_json_errors], client_max_size=MAX_BODY_BYTES)
+    reg = deps.registry
+
+    def name_from(query: Any) -> str:
+        backend, base_url = query.get("backend"), query.get("base_url")
+        if not backend and not base_url:
+            raise web.HTTPBadRequest(reason="give backend=NAME or base_url=URL")
+        name = reg.resolve(backend=backend, base_url=base_url)
+        if name is None:
+            raise UnknownBackendError(backend or base_url, reg.names)
+        return name
+
+    async def usable(request: web.Request) -> web.Response:
+        query = request.rel_url.query
+        backend, base_url = query.get("backend"), query.get("base_url")
+        if not backend and not base_url:
+            raise web.HTTPBadRequest(reason="give backend=NAME or base_url=URL")
+        name = reg.resolve(backend=backend, base_url=base_url)
+        if name is None and base_url:
+            # A URL hroute does not watch: let the agent go ahead, as if hroute were absent.
+            return web.json_response(
+                {
+                    "backend": None,
+                    "usable": True,
+                    "state": "unknown",
+                    "reason": "not_monitored",
+                    "retry_after_s": None,
+                }
+            )
+        if name is None:
+            raise UnknownBackendError(backend, reg.names)
+        return web.json_response(reg.usable(name, query.get("credential")))
+
+    async def backends(request: web.Request) -> web.Response:
+        return web.json_response({"backends": reg.views()})
+
+    async def backend(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if reg.resolve(backend=name) is None:
+            raise UnknownBackendError(name, reg.names)
+        return web.json_response(reg.view(name))
+
+    async def route(request: web.Request) -> web.Response:
+        query = request.rel_url.query
+        profile = query.get("profile")
+        if not profile:
+            raise web.HTTPBadRequest(reason="give profile=NAME")
+        exclude = [x for x in query.get("exclude", "").split(",") if x]
+        answer = reg.route(profile, exclude)
+        if answer["backend"] is None:
+            headers = {}
+            if answer.get("retry_after_s") is not None:
+                headers["Retry-After"] = str(max(1, round(answer["retry_after_s"])))
+            answer["error"] = {
+                "code": "no_usable_backend",
+                "message": f"no backend of profile {profile!r} is usable now",
+            }
+            return web.json_response(answer, status=503, headers=headers)
+        return web.json_response(answer)
+
+    async def report(request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            data = ReportBody.model_validate_json(raw or b"{}")
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
+            return _error(400, "bad_request", problems)
+        body = data.model_dump(exclude_none=True)
+        name = name_from(body)
+        deps.metrics.reports.labels(name, data.outcome, data.reason or "").inc()
+        reg.record_report(name, parse_report(body))
+        deps.on_report(name, body)
+        return web.json_response(reg.view(name), status=202)
+
+    async def events(request: web.Request) -> web.Response:
+        try:
+            since = int(request.rel_url.query.get("since", "0"))
+        except ValueError:
+            raise web.HTTPBadRequest(reason="since must be an integer event id") from None
+        return web.json_response({"events": reg.events(since)})
+
+    async def version(request: web.Request) -> web.Response:
+        return web.json_response({"version": __version__})
+
+    async def reload(request: web.Request) -> web.Response:
+        if deps.reload is None:
+            raise web.HTTPNotFound(reason="reload is not available")
+        result = await deps.reload()
+        return web.json_response(result, status=200 if result.get("ok") else 422)
+
+    async def restart(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if reg.resolve(backend=name) is None:
+            raise UnknownBackendError(name, reg.names)
+        if deps.restart is None:
+            return _error(409, "not_supervised", f"backend {name!r} is not supervised by hroute")
+        return web.json_response(await deps.restart(name), status=202)
+
+    app.router.add_get("/v1/usable", usable)
+    app.router.add_get("/v1/backends", backends)
+    app.router.add_get("/v1/backends/{name}", backend)
+    app.router.add_post("/v1/backends/{name}/restart", restart)
+    app.router.add_get("/v1/route", route)
+    app.router.add_post("/v1/reports", report)
+    app.router.add_get("/v1/events", events)
+    app.router.add_post("/v1/reload", reload)
+    app.router.add_get("/v1/version", version)
+    app.router.add_get("/metrics", make_aiohttp_handler(deps.prometheus))
+    return app
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))

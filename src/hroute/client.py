@@ -1,0 +1,214 @@
+"""The agent-side client: standard library only, synchronous, and fail-open.
+
+`usable()` is on every agent turn, so it reads the snapshot the daemon publishes beside
+its socket (a stat and a dict lookup when nothing changed) and only falls back to a
+socket round trip when the snapshot is missing or expired. Whatever goes wrong (no
+daemon, a refused connection, no answer within the budget) the answer lets the caller
+go ahead exactly as if hroute did not exist; nothing here raises into the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from .identity import normalize_base_url
+from .paths import default_socket_path, snapshot_path
+
+DEFAULT_BUDGET_S = 0.1
+
+
+@dataclass(frozen=True)
+class Usable:
+    """hroute's answer to "may I use this backend now?"."""
+
+    usable: bool
+    backend: str | None = None
+    state: str = "unknown"
+    reason: str | None = None
+    retry_after_s: float | None = None
+    source: str = "snapshot"  # snapshot | socket | fail-open
+
+    def __bool__(self) -> bool:
+        return self.usable
+
+
+class Client:
+    """Talks to the hroute daemon over its Unix socket (and reads its snapshot)."""
+
+    def __init__(
+        self, socket_path: str | os.PathLike[str] | None = None, budget_s: float = DEFAULT_BUDGET_S
+    ) -> None:
+        self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        self.budget_s = budget_s
+        self._snapshot_path = str(snapshot_path(self.socket_path))
+        self._snap_key: tuple[int, int, int] | None = None
+        self._snap: dict[str, Any] | None = None
+
+    # --- the hot path ---------------------------------------------------------------
+
+    def usable(
+        self,
+        backend: str | None = None,
+        *,
+        base_url: str | None = None,
+        credential: str | None = None,
+    ) -> Usable:
+        """May the caller use (or restore) this backend now? Never raises."""
+        try:
+            snap = self._read_snapshot()
+            if snap is not None:
+                return _from_snapshot(snap, backend, base_url, credential)
+            query = {
+                k: v
+                for k, v in (
+                    ("backend", backend),
+                    ("base_url", base_url),
+                    ("credential", credential),
+                )
+                if v
+            }
+            status, body = self.request("GET", "/v1/usable?" + urlencode(query))
+            if status == 200:
+                return Usable(
+                    bool(body["usable"]),
+                    body.get("backend"),
+                    body.get("state", "unknown"),
+                    body.get("reason"),
+                    body.get("retry_after_s"),
+                    "socket",
+                )
+        except Exception:  # noqa: BLE001 - fail open, whatever happened
+            pass
+        return Usable(True, backend, "unknown", "hroute_unavailable", None, "fail-open")
+
+    def _read_snapshot(self) -> dict[str, Any] | None:
+        try:
+            st = os.stat(self._snapshot_path)
+        except OSError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key != self._snap_key:
+            with open(self._snapshot_path, "rb") as f:
+                snap = json.loads(f.read())
+            if snap.get("v") != 1:
+                return None
+            self._snap, self._snap_key = snap, key
+        snap = self._snap
+        if snap is None or snap["expires"] < time.monotonic():
+            return None  # left behind by a daemon that is gone
+        return snap
+
+    # --- the rest of the API ---------------------------------------------------------
+
+    def route(
+        self, profile: str, exclude: list[str] | tuple[str, ...] = ()
+    ) -> dict[str, Any] | None:
+        """The backend to use for `profile`, or None when hroute cannot say (fail open).
+
+        When no backend of the profile is usable the answer has `backend: None` and
+        `retry_after_s`.
+        """
+        query = {"profile": profile}
+        if exclude:
+            query["exclude"] = ",".join(exclude)
+        try:
+            status, body = self.request("GET", "/v1/route?" + urlencode(query))
+        except Exception:  # noqa: BLE001
+            return None
+        return body if status in (200, 503) else None
+
+    def report(
+        self,
+        backend: str | None = None,
+        *,
+        base_url: str | None = None,
+        outcome: str = "failure",
+        reason: str | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Tell hroute what the caller saw; True when the daemon took it. Never raises."""
+        body = {
+            "backend": backend,
+            "base_url": base_url,
+            "outcome": outcome,
+            "reason": reason,
+            **fields,
+        }
+        try:
+            status, _ = self.request(
+                "POST", "/v1/reports", {k: v for k, v in body.items() if v is not None}
+            )
+        except Exception:  # noqa: BLE001
+            return False
+        return status == 202
+
+    def request(
+        self, method: str, path: str, body: Any = None, budget_s: float | None = None
+    ) -> tuple[int, Any]:
+        """One HTTP/1.1 exchange over the socket; raises OSError/TimeoutError/ValueError."""
+        deadline = time.monotonic() + (self.budget_s if budget_s is None else budget_s)
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = (
+            f"{method} {quote(path, safe='/?&=%,:+@')} HTTP/1.1\r\nHost: hroute\r\n"
+            f"Connection: close\r\nContent-Length: {len(payload)}\r\n"
+        )
+        if payload:
+            head += "Content-Type: application/json\r\n"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(_left(deadline))
+            sock.connect(str(self.socket_path))
+            sock.sendall(head.encode() + b"\r\n" + payload)
+            chunks = []
+            while True:
+                sock.settimeout(_left(deadline))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return _parse_response(b"".join(chunks))
+
+
+def _from_snapshot(
+    snap: dict[str, Any], backend: str | None, base_url: str | None, credential: str | None
+) -> Usable:
+    backends = snap["backends"]
+    name = backend if backend in backends else None
+    if name is None and base_url:
+        name = snap["urls"].get(normalize_base_url(base_url))
+    if name is None:
+        return Usable(True, backend, "unknown", "not_monitored", None)
+    entry = backends[name]
+    if entry["blocked"]:
+        return Usable(False, name, entry["state"], entry["blocked"], None)
+    now = time.monotonic()
+    until = entry["until"]
+    if until is not None and until > now:
+        return Usable(False, name, entry["state"], entry["until_reason"], round(until - now, 3))
+    if credential and credential in entry["creds"]:
+        cred_until, reason = entry["creds"][credential]
+        if cred_until is None or cred_until > now:
+            left = None if cred_until is None else round(cred_until - now, 3)
+            return Usable(False, name, entry["state"], reason, left)
+    return Usable(True, name, entry["state"], None, None)
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("hroute did not answer within the budget")
+    return left
+
+
+def _parse_response(raw: bytes) -> tuple[int, Any]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        raise ValueError("not an HTTP response")
+    return int(status_line[1]), (json.loads(body) if body else None)

@@ -1,0 +1,279 @@
+"""Configuration: frozen pydantic models, parsed from YAML with line-accurate errors.
+
+`load_config(text)` is pure; `read_config(path)` wraps it. Nothing here binds a socket,
+starts a process or exits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+from .identity import BackendIdentity, backend_identity, is_loopback
+from .paths import default_socket_path
+
+Kind = Literal["llama-server", "ollama", "openai", "anthropic", "openrouter"]
+KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
+
+PositiveS = Annotated[float, Field(gt=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProbeSettings(_Frozen):
+    """Active health checking, Envoy/HAProxy style."""
+
+    interval_s: PositiveS = 10.0
+    timeout_s: PositiveS = 3.0
+    fall: int = Field(3, ge=1, description="consecutive failures that make a backend unhealthy")
+    rise: int = Field(1, ge=1, description="consecutive successes that make it healthy again")
+    jitter: float = Field(0.1, ge=0, le=0.5, description="fraction of the interval, +/-")
+
+
+class ProbeOverride(_Frozen):
+    """Per-backend probe settings; unset fields come from `defaults.probe`."""
+
+    interval_s: PositiveS | None = None
+    timeout_s: PositiveS | None = None
+    fall: int | None = Field(None, ge=1)
+    rise: int | None = Field(None, ge=1)
+    jitter: float | None = Field(None, ge=0, le=0.5)
+    enabled: bool = True
+
+
+class CooldownSettings(_Frozen):
+    """Escalating cooldown: base_s x n for the n-th consecutive cooldown, capped at max_s."""
+
+    base_s: PositiveS = 30.0
+    max_s: PositiveS = 900.0
+
+    @model_validator(mode="after")
+    def _max_not_below_base(self) -> CooldownSettings:
+        if self.max_s < self.base_s:
+            raise ValueError(f"max_s ({self.max_s}) must be >= base_s ({self.base_s})")
+        return self
+
+
+class Defaults(_Frozen):
+    probe: ProbeSettings = ProbeSettings()
+    cooldown: CooldownSettings = CooldownSettings()
+    cloud_probe_interval_s: PositiveS = Field(
+        300.0, description="probe interval for remote backends that do not set one"
+    )
+
+
+class BackendConfig(_Frozen):
+    kind: Kind
+    base_url: str
+    model: str | None = None
+    model_family: str | None = None
+    key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    probe: ProbeOverride = ProbeOverride()
+    cooldown: CooldownSettings | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https:// (got {value!r})")
+        return value
+
+    @property
+    def identity(self) -> BackendIdentity:
+        return backend_identity(self.kind, self.base_url, self.model_family)
+
+    @property
+    def local(self) -> bool:
+        return is_loopback(self.base_url)
+
+
+class ProfileConfig(_Frozen):
+    chain: list[str] = Field(min_length=1)
+
+
+class DaemonSettings(BaseSettings):
+    """Daemon settings: the `daemon:` block, overridden by HROUTE_* environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="HROUTE_", frozen=True, extra="forbid")
+
+    socket: Path | None = None
+    metrics_listen: str | None = Field(None, pattern=r"^[^:]+:\d+$")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    events_kept: int = Field(1000, ge=10, le=100_000)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file: that is how systemd drop-ins and tests override.
+        return (env_settings, init_settings)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket or default_socket_path()
+
+
+class Config(_Frozen):
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    defaults: Defaults = Defaults()
+    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+    profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
+
+    @field_validator("backends", "profiles", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return {} if value is None else value  # `backends:` with nothing under it
+
+    @field_validator("backends", "profiles")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not name or any(c in name for c in " /?&=,#"):
+                raise ValueError(f"invalid name {name!r}: no spaces or any of / ? & = , #")
+        return value
+
+    @model_validator(mode="after")
+    def _chains_name_backends(self) -> Config:
+        problems = []
+        for pname, profile in self.profiles.items():
+            for i, member in enumerate(profile.chain):
+                if member not in self.backends:
+                    known = ", ".join(sorted(self.backends)) or "none configured"
+                    problems.append(
+                        f"profiles.{pname}.chain.{i}: unknown backend {member!r} (valid: {known})"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def probe_for(self, name: str) -> ProbeSettings:
+        """Effective probe settings of a backend: its overrides over the defaults."""
+        backend = self.backends[name]
+        merged = self.defaults.probe.model_dump()
+        if not backend.local:
+            merged["interval_s"] = self.defaults.cloud_probe_interval_s
+        merged.update(backend.probe.model_dump(exclude_none=True, exclude={"enabled"}))
+        return ProbeSettings(**merged)
+
+    def cooldown_for(self, name: str) -> CooldownSettings:
+        return self.backends[name].cooldown or self.defaults.cooldown
+
+
+# --- YAML -> Config, with the YAML line of every error --------------------------------
+
+
+def load_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate a YAML configuration; raise ConfigError naming path and line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"{where}YAML syntax error: {problem}"]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            source,
+            ["line 1: the top level must be a mapping (daemon, defaults, backends, profiles)"],
+        )
+    daemon_data = data.get("daemon") or {}
+    if not isinstance(daemon_data, dict):
+        raise ConfigError(
+            source, [f"daemon (line {_line_of(root, ('daemon',))}): must be a mapping"]
+        )
+    try:
+        daemon = DaemonSettings(**daemon_data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e, root, ("daemon",)) for e in exc.errors()]) from exc
+    try:
+        config = Config.model_validate({**data, "daemon": daemon})
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e, root, ()) for e in exc.errors()]) from exc
+    return config
+
+
+def read_config(path: str | Path) -> Config:
+    """Read and validate the configuration file at `path`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(str(path), ["file not found"]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc}"]) from exc
+    return load_config(text, source=str(path))
+
+
+def missing_keys(config: Config, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Backends whose `key_env` names a variable that is not set: {backend: variable}."""
+    env = os.environ if env is None else env
+    return {
+        name: b.key_env
+        for name, b in config.backends.items()
+        if b.key_env and not env.get(b.key_env)
+    }
+
+
+def _describe(err: Any, root: yaml.Node | None, prefix: tuple[str, ...]) -> str:
+    loc = prefix + tuple(str(p) for p in err["loc"])
+    # pydantic puts a model-level error on the model itself; a chain error already names its path.
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "literal_error":
+        msg = f"invalid value {err['input']!r} ({msg.replace('Input should be', 'valid:')})"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown field (not allowed here)"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    dotted = ".".join(p for p in loc if not p.startswith("function-after")) or "<top>"
+    line = _line_of(root, loc)
+    if msg.startswith("profiles.") and "chain" in msg:
+        return "; ".join(_with_line(root, part) for part in msg.split("; "))
+    return f"{dotted} (line {line}): {msg}" if line else f"{dotted}: {msg}"
+
+
+def _with_line(root: yaml.Node | None, message: str) -> str:
+    path = message.split(":", 1)[0]
+    line = _line_of(root, tuple(path.split(".")))
+    return f"{path} (line {line}):{message.split(':', 1)[1]}" if line else message
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[str, ...]) -> int | None:
+    """The 1-based YAML line of the deepest node that `loc` reaches."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if str(key.value) == part:
+                    line, node = key.start_mark.line + 1, value
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

@@ -1,0 +1,125 @@
+"""The composition root: builds every part, wires them, runs them in one task group."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+import anyio
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from . import __version__
+from .api import Deps, make_app
+from .clock import RealClock
+from .config import Config, missing_keys, read_config
+from .logs import log_event
+from .metrics import Metrics
+from .notify import Notifier
+from .paths import snapshot_path
+from .prober import Prober
+from .registry import Clock, Registry
+from .snapshot import SnapshotPublisher
+from .sockets import bind_unix_socket, inherited_socket
+
+log = logging.getLogger("hroute")
+
+EXPIRY_TICK_S = 0.25
+
+
+async def run_daemon(
+    config_path: Path, *, clock: Clock | None = None, notifier: Notifier | None = None
+) -> None:
+    """Run hroute until SIGTERM/SIGINT."""
+    config = read_config(config_path)
+    clock = clock or RealClock()
+    notifier = notifier or Notifier()
+    registry = Registry(config, clock, events_kept=config.daemon.events_kept)
+    registry.add_sink(log_event)
+    prometheus = CollectorRegistry()
+    metrics = Metrics(prometheus, lambda: registry)
+    registry.add_sink(metrics.on_event)
+    _note_missing_keys(registry, config)
+
+    socket_path = config.daemon.socket_path
+    sock = inherited_socket()
+    owns_socket = sock is None
+    if sock is None:
+        sock = bind_unix_socket(socket_path)
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)  # probes never hold a server thread
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+        prober = Prober(
+            registry,
+            session,
+            clock,
+            on_probe=lambda name, secs, ok: (
+                metrics.probes.labels(name, "ok" if ok else "fail").inc(),
+                metrics.probe_duration.labels(name).observe(secs),
+            ),
+        )
+        publisher = SnapshotPublisher(registry, clock, snapshot_path(socket_path))
+
+        def after_report(name: str, body: dict) -> None:
+            if body.get("outcome") == "failure":
+                prober.poke(name)
+
+        deps = Deps(
+            registry=registry, metrics=metrics, prometheus=prometheus, on_report=after_report
+        )
+        runner = web.AppRunner(make_app(deps), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock).start()
+            if config.daemon.metrics_listen:
+                host, port = config.daemon.metrics_listen.rsplit(":", 1)
+                await web.TCPSite(runner, host, int(port)).start()
+            async with anyio.create_task_group() as tg:
+                await tg.start(publisher.run)
+                await tg.start(prober.run)
+                tg.start_soon(_expire_cooldowns, registry)
+                tg.start_soon(_watch_signals, tg.cancel_scope, notifier)
+                log.info(
+                    "hroute %s serving on %s: %d backends, %d profiles",
+                    __version__,
+                    socket_path,
+                    len(config.backends),
+                    len(config.profiles),
+                )
+                notifier.ready(f"{len(config.backends)} backends; serving on {socket_path}")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
+                if owns_socket:
+                    with contextlib.suppress(OSError):
+                        os.unlink(socket_path)
+    log.info("hroute stopped")
+
+
+def _note_missing_keys(registry: Registry, config: Config) -> None:
+    for name, var in missing_keys(config).items():
+        log.warning(
+            "%s: key_env %s is not set in the environment; not probing it "
+            "(agents' own reports still count)",
+            name,
+            var,
+        )
+        registry.set_note(name, f"key_env {var} is not set; not probed")
+
+
+async def _expire_cooldowns(registry: Registry) -> None:
+    while True:
+        registry.expire()
+        await anyio.sleep(EXPIRY_TICK_S)
+
+
+async def _watch_signals(scope: anyio.CancelScope, notifier: Notifier) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            notifier.stopping()
+            scope.cancel()
+            return

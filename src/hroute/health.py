@@ -1,0 +1,310 @@
+"""Health and cooldown of one backend: a pure state machine over an injected time.
+
+Active probes move the state (rise/fall). Passive reports and rate-limit answers arm
+cooldowns that escalate like Envoy's outlier ejection (base x n, capped, decaying while
+healthy). Nothing here reads a clock, sleeps or does I/O; every call takes `now`, a
+monotonic timestamp in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .classify import CREDENTIAL_SCOPED, HEALTH_NEUTRAL, SEVERE, Reason
+
+
+class State(StrEnum):
+    UNKNOWN = "unknown"
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Thresholds of one backend (from its probe and cooldown settings)."""
+
+    fall: int = 3
+    rise: int = 1
+    base_s: float = 30.0
+    max_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """What one active probe saw. `reason` is None on success."""
+
+    reason: Reason | None = None
+    starting: bool = False
+    retry_after_s: float | None = None
+    detail: str = ""
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """A failure or success a client saw while using the backend."""
+
+    success: bool
+    reason: Reason | None = None
+    retry_after_s: float | None = None
+    credential: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Something an operator should hear about: a state change or a cooldown."""
+
+    event: str  # backend_up | backend_down | starting | cooldown | cooldown_end | auth_blocked
+    old: str
+    new: str
+    reason: str | None
+    cooldown_s: float | None = None
+    credential: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class Cooldown:
+    until: float | None  # None: until the key or the config changes
+    reason: Reason
+
+
+@dataclass
+class Health:
+    """The mutable health record of one backend identity; owned by the registry."""
+
+    state: State = State.UNKNOWN
+    reason: str | None = None
+    detail: str = ""
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    ejections: int = 0  # n of the n-th consecutive cooldown (Envoy's multiplier)
+    decay_anchor: float = 0.0
+    cooldown: Cooldown | None = None
+    credentials: dict[str, Cooldown] = field(default_factory=dict)
+    blocked: str | None = None  # a reason that holds until config/key change (auth) or a supervisor
+    last_probe_at: float | None = None
+    latency_ms: float | None = None
+
+    # --- queries ------------------------------------------------------------------
+
+    def cooldown_remaining(self, now: float) -> float:
+        if self.cooldown is None:
+            return 0.0
+        if self.cooldown.until is None:
+            return float("inf")
+        return max(0.0, self.cooldown.until - now)
+
+    def standing(self) -> str | None:
+        """What makes the backend unusable whatever the time, or None."""
+        if self.blocked:
+            return self.blocked
+        if self.state is State.UNHEALTHY:
+            return self.reason or "unhealthy"
+        if self.state is State.STARTING:
+            return "starting"
+        return None
+
+    def verdict(
+        self, now: float, credential: str | None = None
+    ) -> tuple[bool, str | None, float | None]:
+        """(usable, reason, retry_after_s). Unknown counts as usable: hroute fails open."""
+        standing = self.standing()
+        if standing is not None:
+            return False, standing, None
+        remaining = self.cooldown_remaining(now)
+        if remaining > 0:
+            return False, str(self.cooldown.reason), _finite(remaining)  # type: ignore[union-attr]
+        if credential is not None:
+            cred = self.credentials.get(credential)
+            if cred is not None and (cred.until is None or cred.until > now):
+                left = None if cred.until is None else cred.until - now
+                return False, str(cred.reason), left
+        return True, None, None
+
+    # --- updates ------------------------------------------------------------------
+
+    def on_probe(self, outcome: ProbeOutcome, now: float, policy: Policy) -> list[Transition]:
+        """Apply one active probe; return what changed."""
+        self.last_probe_at = now
+        self.latency_ms = outcome.latency_ms
+        out: list[Transition] = []
+        if outcome.reason is None and outcome.starting:
+            self.consecutive_successes = 0
+            if self.state is not State.STARTING:
+                out.append(self._move(State.STARTING, "starting", "starting", outcome.detail))
+            return out
+        if outcome.reason is None:
+            self.consecutive_failures = 0
+            self.consecutive_successes += 1
+            if self.blocked and self.blocked in (Reason.AUTH, Reason.AUTH_PERMANENT):
+                # Only our own probe, made with the configured key, can clear an auth block.
+                self.blocked = None
+            if self.state is not State.HEALTHY and (
+                self.consecutive_successes >= policy.rise
+                or self.state in (State.UNKNOWN, State.STARTING)
+            ):
+                out.append(self._move(State.HEALTHY, "backend_up", None, outcome.detail))
+            return out
+        reason = outcome.reason
+        if reason in HEALTH_NEUTRAL:
+            return out
+        self.consecutive_successes = 0
+        if reason in (Reason.AUTH, Reason.AUTH_PERMANENT):
+            if self.blocked != reason:
+                self.blocked = reason
+                out.append(
+                    Transition(
+                        "auth_blocked",
+                        str(self.state),
+                        str(self.state),
+                        reason,
+                        detail=outcome.detail,
+                    )
+                )
+            return out
+        if reason in (Reason.RATE_LIMIT, Reason.UPSTREAM_RATE_LIMIT, Reason.BILLING):
+            # The server answered: it is up, but says wait. That is a cooldown, not a state.
+            out += self._arm(reason, outcome.retry_after_s, now, policy, outcome.detail)
+            return out
+        self.consecutive_failures += 1
+        if self.state is not State.UNHEALTHY and (
+            self.consecutive_failures >= policy.fall or self.state is State.UNKNOWN
+        ):
+            out.append(self._move(State.UNHEALTHY, "backend_down", reason, outcome.detail))
+        elif self.state is State.UNHEALTHY:
+            self.reason, self.detail = str(reason), outcome.detail
+        return out
+
+    def on_report(self, report: Report, now: float, policy: Policy) -> list[Transition]:
+        """Apply a client's report of a request it made; return what changed."""
+        if report.success:
+            self.consecutive_failures = 0
+            if report.credential:
+                cred = self.credentials.get(report.credential)
+                if cred is not None and cred.reason is not Reason.AUTH_PERMANENT:
+                    del self.credentials[report.credential]
+            return []
+        reason = report.reason or Reason.UNKNOWN
+        if reason in HEALTH_NEUTRAL or reason is Reason.UNKNOWN:
+            return []
+        if reason in CREDENTIAL_SCOPED and report.credential:
+            return self._arm_credential(report, now, policy)
+        if reason in (Reason.AUTH, Reason.AUTH_PERMANENT):
+            # Without a fingerprint we cannot tell whose key is bad: one client's bad key
+            # must never take the backend away from everyone. Our own probe decides.
+            return []
+        if reason in SEVERE:
+            self.consecutive_failures += 1
+        return self._arm(reason, report.retry_after_s, now, policy, report.detail)
+
+    def mark_down(self, reason: str, detail: str = "") -> list[Transition]:
+        """Force the state to unhealthy at once (e.g. the supervised process exited)."""
+        self.consecutive_successes = 0
+        if self.state is State.UNHEALTHY and self.reason == reason:
+            return []
+        return [self._move(State.UNHEALTHY, "backend_down", reason, detail)]
+
+    def expire(self, now: float) -> list[Transition]:
+        """Drop cooldowns that have run out; say so when the backend's own one ends."""
+        out = []
+        if (
+            self.cooldown is not None
+            and self.cooldown.until is not None
+            and self.cooldown.until <= now
+        ):
+            out.append(
+                Transition(
+                    "cooldown_end", str(self.state), str(self.state), str(self.cooldown.reason)
+                )
+            )
+            self.cooldown = None
+            self.decay_anchor = now
+        for fp, cred in list(self.credentials.items()):
+            if cred.until is not None and cred.until <= now:
+                del self.credentials[fp]
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest cooldown deadline, for the owner to schedule `expire`."""
+        deadlines = [c.until for c in self.credentials.values() if c.until is not None]
+        if self.cooldown is not None and self.cooldown.until is not None:
+            deadlines.append(self.cooldown.until)
+        return min(deadlines, default=None)
+
+    # --- internals ----------------------------------------------------------------
+
+    def _move(self, new: State, event: str, reason: str | None, detail: str) -> Transition:
+        old = self.state
+        self.state, self.reason, self.detail = new, reason, detail
+        if new is State.HEALTHY:
+            self.consecutive_failures = 0
+        return Transition(event, str(old), str(new), reason, detail=detail)
+
+    def _escalated(self, now: float, policy: Policy) -> float:
+        """Envoy: base x n for the n-th consecutive cooldown; n drops by one per base_s of health."""
+        if self.cooldown is None and self.ejections and self.state is not State.UNHEALTHY:
+            healthy_for = max(0.0, now - self.decay_anchor)
+            decay = int(healthy_for // policy.base_s)
+            if decay:
+                self.ejections = max(0, self.ejections - decay)
+                self.decay_anchor += decay * policy.base_s
+        self.ejections += 1
+        return min(policy.base_s * self.ejections, policy.max_s)
+
+    def _arm(
+        self, reason: Reason, retry_after_s: float | None, now: float, policy: Policy, detail: str
+    ) -> list[Transition]:
+        if retry_after_s is not None:
+            duration = retry_after_s
+        elif reason is Reason.BILLING:
+            duration = policy.max_s
+        else:
+            duration = self._escalated(now, policy)
+        until = now + duration
+        current = self.cooldown
+        if current is not None and (current.until is None or current.until >= until):
+            return []  # a later deadline is never shortened by a shorter one
+        self.cooldown = Cooldown(until, reason)
+        self.decay_anchor = until
+        return [
+            Transition(
+                "cooldown", str(self.state), str(self.state), reason, duration, detail=detail
+            )
+        ]
+
+    def _arm_credential(self, report: Report, now: float, policy: Policy) -> list[Transition]:
+        reason = report.reason or Reason.UNKNOWN
+        if reason is Reason.AUTH_PERMANENT:
+            until = None
+        elif report.retry_after_s is not None:
+            until = now + report.retry_after_s
+        elif reason in (Reason.BILLING, Reason.AUTH):
+            until = now + policy.max_s
+        else:
+            until = now + policy.base_s
+        current = self.credentials.get(report.credential or "")
+        if current is not None and (
+            current.until is None or (until is not None and current.until >= until)
+        ):
+            return []
+        self.credentials[report.credential or ""] = Cooldown(until, reason)
+        duration = None if until is None else until - now
+        return [
+            Transition(
+                "cooldown",
+                str(self.state),
+                str(self.state),
+                reason,
+                duration,
+                credential=report.credential,
+                detail=report.detail,
+            )
+        ]
+
+
+def _finite(value: float) -> float | None:
+    return None if value == float("inf") else round(value, 3)

@@ -1,0 +1,113 @@
+"""Runs the active probes: one task per backend identity, each on its own schedule."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable
+
+import aiohttp
+import anyio
+
+from .config import Config
+from .probes import probe_backend
+from .registry import Clock, Registry
+
+log = logging.getLogger("hroute.probe")
+
+
+class Prober:
+    """Owns the probe tasks. A slow backend only ever delays its own next probe."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+        *,
+        env: dict[str, str] | None = None,
+        on_probe: Callable[[str, float, bool], None] = lambda name, seconds, ok: None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._registry, self._session, self._clock = registry, session, clock
+        self._env = os.environ if env is None else env
+        self._on_probe = on_probe
+        self._rng = rng or random.Random()
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._pokes: dict[str, anyio.Event] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self.sync(self._registry.config)
+            task_status.started()
+            await anyio.sleep_forever()
+
+    def sync(self, config: Config) -> None:
+        """Probe exactly the backends `config` names: start new ones, stop removed ones."""
+        wanted = {name for name, b in config.backends.items() if b.probe.enabled}
+        # Two names for one server share a record: probe it once, under the first name.
+        seen, owners = set(), set()
+        for name in config.backends:
+            ident = self._registry.identity(name)
+            if name in wanted and ident not in seen:
+                seen.add(ident)
+                owners.add(name)
+        for name in list(self._scopes):
+            if name not in owners:
+                self._scopes.pop(name).cancel()
+                self._pokes.pop(name, None)
+        for name in owners - set(self._scopes):
+            scope = anyio.CancelScope()
+            self._scopes[name] = scope
+            self._pokes[name] = anyio.Event()
+            assert self._tg is not None
+            self._tg.start_soon(self._loop, name, scope)
+
+    def poke(self, name: str) -> None:
+        """Probe `name` now rather than at its next turn (a client just saw it fail)."""
+        owner = self._owner_of(name)
+        if owner is not None:
+            self._pokes[owner].set()
+
+    def _owner_of(self, name: str) -> str | None:
+        if name in self._pokes:
+            return name
+        ident = self._registry.identity(name)
+        return next((n for n in self._pokes if self._registry.identity(n) == ident), None)
+
+    async def _loop(self, name: str, scope: anyio.CancelScope) -> None:
+        with scope:
+            # Spread the first round so forty backends do not all fire in the same millisecond.
+            await anyio.sleep(self._rng.uniform(0, 0.05))
+            while True:
+                settings = self._registry.config.probe_for(name)
+                await self.probe_once(name)
+                jitter = settings.interval_s * settings.jitter
+                delay = settings.interval_s + self._rng.uniform(-jitter, jitter)
+                with anyio.move_on_after(max(0.05, delay)):
+                    await self._pokes[name].wait()
+                self._pokes[name] = anyio.Event()
+
+    async def probe_once(self, name: str) -> None:
+        backend = self._registry.config.backends[name]
+        settings = self._registry.config.probe_for(name)
+        key = self._env.get(backend.key_env) if backend.key_env else None
+        if backend.key_env and not key:
+            return  # said once at start and shown on the backend; a keyless probe would only 401
+        outcome = await probe_backend(
+            self._session, backend, api_key=key, timeout_s=settings.timeout_s, wall=self._clock.wall
+        )
+        if key and key in outcome.detail:
+            outcome = type(outcome)(
+                outcome.reason,
+                outcome.starting,
+                outcome.retry_after_s,
+                outcome.detail.replace(key, "[key]"),
+                outcome.latency_ms,
+            )
+        self._on_probe(name, (outcome.latency_ms or 0) / 1000, outcome.reason is None)
+        log.debug("probe %s: %s %s", name, outcome.reason or "ok", outcome.detail)
+        self._registry.record_probe(name, outcome)

@@ -1,0 +1,191 @@
+"""Active probes: one free request (or two) per backend kind; never a token spent.
+
+Each probe returns a `ProbeOutcome`; the caller records it. The aiohttp session is
+passed in, and a probe never raises for anything the backend does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from .classify import Reason, classify_exception, classify_response
+from .config import BackendConfig
+from .health import ProbeOutcome
+from .identity import normalize_base_url
+
+HANG_CHECK_MAX_S = 1.0  # llama.cpp #27388: /health stays 200 while inference hangs; /slots does not
+
+
+class _Failed(Exception):
+    def __init__(self, outcome: ProbeOutcome) -> None:
+        self.outcome = outcome
+
+
+async def probe_backend(
+    session: aiohttp.ClientSession,
+    backend: BackendConfig,
+    *,
+    api_key: str | None,
+    timeout_s: float,
+    wall: Callable[[], float] = time.time,
+) -> ProbeOutcome:
+    """Probe one backend with its kind's free endpoints; classify whatever goes wrong."""
+    probe = _PROBES[backend.kind]
+    started = time.perf_counter()
+    try:
+        outcome = await probe(_Http(session, backend, api_key, timeout_s, wall))
+    except _Failed as failed:
+        outcome = failed.outcome
+    except Exception as exc:  # noqa: BLE001 - a probe turns every failure into a reason
+        c = classify_exception(exc)
+        outcome = ProbeOutcome(reason=c.reason, detail=_exc_detail(exc, c.detail))
+    latency_ms = (time.perf_counter() - started) * 1000
+    return ProbeOutcome(
+        outcome.reason, outcome.starting, outcome.retry_after_s, outcome.detail, latency_ms
+    )
+
+
+class _Http:
+    """GET helper bound to one backend: builds URLs, adds auth, classifies answers."""
+
+    def __init__(self, session, backend: BackendConfig, api_key, timeout_s: float, wall) -> None:
+        self.session, self.backend, self.api_key = session, backend, api_key
+        self.timeout_s, self.wall = timeout_s, wall
+        self.root = normalize_base_url(backend.base_url)
+
+    async def get(
+        self,
+        path: str,
+        *,
+        timeout_s: float | None = None,
+        headers: dict | None = None,
+        accept: tuple[int, ...] = (),
+    ) -> tuple[int, Any]:
+        timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
+        url = self.root + path
+        try:
+            async with self.session.get(
+                url, headers=headers or {}, timeout=timeout, allow_redirects=False
+            ) as resp:
+                body = await resp.read()
+                status, resp_headers = resp.status, resp.headers
+        except TimeoutError as exc:
+            raise _Failed(
+                ProbeOutcome(
+                    Reason.TIMEOUT, detail=f"GET {path}: no answer within {timeout.total:g}s"
+                )
+            ) from exc
+        if status in accept:
+            return status, body
+        problem = classify_response(status, resp_headers, body, now_wall=self.wall())
+        if problem is not None:
+            raise _Failed(
+                ProbeOutcome(
+                    problem.reason,
+                    retry_after_s=problem.retry_after_s,
+                    detail=f"GET {path}: {problem.detail}",
+                )
+            )
+        if not 200 <= status < 300:
+            raise _Failed(
+                ProbeOutcome(Reason.INVALID_RESPONSE, detail=f"GET {path}: HTTP {status}")
+            )
+        try:
+            return status, json.loads(body) if body else None
+        except ValueError as exc:
+            raise _Failed(
+                ProbeOutcome(Reason.INVALID_RESPONSE, detail=f"GET {path}: answer is not JSON")
+            ) from exc
+
+    def bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+async def _probe_llama_server(http: _Http) -> ProbeOutcome:
+    status, body = await http.get("/health", accept=(503,))
+    if status == 503:
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+        if "loading model" in text.lower():
+            return ProbeOutcome(starting=True, detail="loading model")
+        return ProbeOutcome(Reason.OVERLOADED, detail="GET /health: HTTP 503")
+    # /health answers from the HTTP thread even when every slot is wedged; /slots needs the
+    # inference loop, so a short timeout on it tells a hang from a healthy idle server.
+    status, _ = await http.get(
+        "/slots", timeout_s=min(http.timeout_s, HANG_CHECK_MAX_S), accept=(501,)
+    )
+    return ProbeOutcome(
+        detail="ok" if status != 501 else "ok (slots endpoint disabled: no hang check)"
+    )
+
+
+async def _probe_ollama(http: _Http) -> ProbeOutcome:
+    await http.get("/api/version")
+    _, tags = await http.get("/api/tags")
+    model = http.backend.model
+    if model:
+        installed = {m.get("name") for m in (tags or {}).get("models", []) if isinstance(m, dict)}
+        wanted = {model, f"{model}:latest"} if ":" not in model else {model}
+        if not installed & wanted:
+            names = ", ".join(sorted(n for n in installed if n)) or "none"
+            return ProbeOutcome(
+                Reason.MODEL_NOT_FOUND,
+                detail=f"model {model!r} is not installed (installed: {names})",
+            )
+    return ProbeOutcome(detail="ok")
+
+
+async def _probe_openai(http: _Http) -> ProbeOutcome:
+    _, models = await http.get("/v1/models", headers=http.bearer())
+    return _check_model(http, models)
+
+
+async def _probe_anthropic(http: _Http) -> ProbeOutcome:
+    headers = {"anthropic-version": "2023-06-01"}
+    if http.api_key:
+        headers["x-api-key"] = http.api_key
+    await http.get("/v1/models", headers=headers)
+    return ProbeOutcome(detail="ok")
+
+
+async def _probe_openrouter(http: _Http) -> ProbeOutcome:
+    await http.get("/v1/models")
+    if http.api_key:
+        _, key = await http.get("/v1/key", headers=http.bearer())
+        data = (key or {}).get("data") or {}
+        remaining = data.get("limit_remaining")
+        if isinstance(remaining, int | float) and remaining <= 0:
+            return ProbeOutcome(Reason.BILLING, detail="key has no credit left (limit_remaining 0)")
+    return ProbeOutcome(detail="ok")
+
+
+def _check_model(http: _Http, models: Any) -> ProbeOutcome:
+    model = http.backend.model
+    if not model or not isinstance(models, dict) or not isinstance(models.get("data"), list):
+        return ProbeOutcome(detail="ok")
+    ids = {m.get("id") for m in models["data"] if isinstance(m, dict)}
+    if ids and model not in ids:
+        return ProbeOutcome(Reason.MODEL_NOT_FOUND, detail=f"model {model!r} is not served")
+    return ProbeOutcome(detail="ok")
+
+
+def _exc_detail(exc: BaseException, fallback: str) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        err = exc.os_error
+        why = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
+        return f"cannot connect to {exc.host}:{exc.port}: {why.lower()}"
+    return fallback or type(exc).__name__
+
+
+_PROBES: dict[str, Callable[[_Http], Awaitable[ProbeOutcome]]] = {
+    "llama-server": _probe_llama_server,
+    "ollama": _probe_ollama,
+    "openai": _probe_openai,
+    "anthropic": _probe_anthropic,
+    "openrouter": _probe_openrouter,
+}

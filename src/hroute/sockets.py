@@ -1,0 +1,72 @@
+"""The listening Unix socket: inherited from systemd, or made here safely."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+from pathlib import Path
+
+from .errors import HrouteError, SocketInUseError
+
+SD_LISTEN_FDS_START = 3
+
+
+def inherited_socket(env: dict[str, str] | None = None) -> socket.socket | None:
+    """The AF_UNIX listening socket systemd passed (LISTEN_FDS), if it is for us."""
+    env = os.environ if env is None else env
+    if env.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    try:
+        count = int(env.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return None
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        sock = socket.socket(fileno=fd)
+        if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM:
+            os.set_inheritable(fd, False)
+            sock.setblocking(False)
+            return sock
+        sock.detach()
+    return None
+
+
+def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 512) -> socket.socket:
+    """Bind a listening socket at `path`, replacing a stale one, refusing a live one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise HrouteError(f"{path}: exists and is not a socket; refusing to replace it")
+        if _is_live(path):
+            raise SocketInUseError(str(path))
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # Bind under a restrictive umask so the socket is never briefly open to everyone.
+        old = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise HrouteError(f"{path}: cannot listen: {exc.strerror or exc}") from exc
+    return sock
+
+
+def _is_live(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    else:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            probe.close()

@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import pytest
+
+from hroute.config import load_config, missing_keys, read_config
+from hroute.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(text, source="t.yaml")
+    return info.value.problems
+
+
+def test_shipped_example_is_valid_and_complete() -> None:
+    config = read_config(ROOT / "etc/hroute/hroute.yaml")
+    kinds = {b.kind for b in config.backends.values()}
+    assert {"llama-server", "ollama", "openrouter", "anthropic"} <= kinds
+    assert len(config.profiles) >= 2
+    assert config.backends["openrouter"].key_env == "OPENROUTER_API_KEY"
+
+
+def test_unknown_kind_names_path_line_and_valid_values() -> None:
+    [problem] = errors_of("backends:\n  a:\n    kind: olama\n    base_url: http://127.0.0.1:1\n")
+    assert problem.startswith("backends.a.kind (line 3)")
+    assert "'olama'" in problem and "'ollama'" in problem and "'llama-server'" in problem
+
+
+def test_unknown_field_is_rejected_with_its_line() -> None:
+    [problem] = errors_of("defaults:\n  probe:\n    intervl_s: 3\n")
+    assert problem.startswith("defaults.probe.intervl_s (line 3)") and "unknown field" in problem
+
+
+def test_profile_member_must_exist() -> None:
+    text = "backends:\n  a: {kind: openai, base_url: 'http://127.0.0.1:1'}\nprofiles:\n  p:\n    chain: [a, b]\n"
+    [problem] = errors_of(text)
+    assert "profiles.p.chain.1" in problem and "'b'" in problem and "valid: a" in problem
+    assert "(line 5)" in problem
+
+
+def test_yaml_syntax_error_has_line_and_column() -> None:
+    [problem] = errors_of("backends:\n  a: [1,\n")
+    assert "YAML syntax error" in problem and "line 3" in problem
+
+
+def test_negative_interval_and_max_below_base() -> None:
+    problems = errors_of(
+        "defaults:\n  probe: {interval_s: 0}\n  cooldown: {base_s: 60, max_s: 30}\n"
+    )
+    assert any(p.startswith("defaults.probe.interval_s (line 2)") for p in problems)
+    assert any("max_s (30.0) must be >= base_s (60.0)" in p for p in problems)
+
+
+def test_base_url_must_be_http() -> None:
+    [problem] = errors_of("backends:\n  a: {kind: openai, base_url: 'ftp://x'}\n")
+    assert "backends.a.base_url" in problem and "http://" in problem
+
+
+def test_top_level_must_be_mapping() -> None:
+    [problem] = errors_of("- 1\n- 2\n")
+    assert "mapping" in problem
+
+
+def test_empty_file_gives_defaults() -> None:
+    config = load_config("")
+    assert config.backends == {} and config.defaults.probe.interval_s == 10
+
+
+def test_probe_settings_merge_and_cloud_default() -> None:
+    config = load_config(
+        "defaults:\n  probe: {interval_s: 5, fall: 4}\n"
+        "backends:\n"
+        "  l: {kind: llama-server, base_url: 'http://127.0.0.1:8080', probe: {timeout_s: 1}}\n"
+        "  c: {kind: anthropic, base_url: 'https://api.anthropic.com'}\n"
+        "  c2: {kind: anthropic, base_url: 'https://api.anthropic.com', probe: {interval_s: 42}}\n"
+    )
+    local = config.probe_for("l")
+    assert (local.interval_s, local.timeout_s, local.fall) == (5, 1, 4)
+    assert config.probe_for("c").interval_s == 300
+    assert config.probe_for("c2").interval_s == 42
+
+
+def test_env_overrides_daemon_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HROUTE_SOCKET", str(tmp_path / "env.sock"))
+    config = load_config(f"daemon: {{socket: {tmp_path / 'file.sock'}}}\n")
+    assert config.daemon.socket_path == tmp_path / "env.sock"
+
+
+def test_daemon_error_is_prefixed() -> None:
+    [problem] = errors_of("daemon:\n  metrics_listen: nope\n")
+    assert problem.startswith("daemon.metrics_listen (line 2)")
+
+
+def test_missing_keys_are_reported_not_fatal() -> None:
+    config = load_config(
+        "backends:\n  o: {kind: openrouter, base_url: 'https://openrouter.ai/api/v1', key_env: OR_KEY}\n"
+    )
+    assert missing_keys(config, env={}) == {"o": "OR_KEY"}
+    assert missing_keys(config, env={"OR_KEY": "x"}) == {}
+
+
+def test_models_are_frozen() -> None:
+    config = load_config("")
+    with pytest.raises(Exception, match="frozen"):
+        config.defaults.probe.interval_s = 1  # type: ignore[misc]
