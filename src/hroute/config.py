@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigError
 from .identity import BackendIdentity, backend_identity, is_loopback
-from .paths import default_socket_path
+from .paths import default_socket_path, default_state_dir
 
 Kind = Literal["llama-server", "ollama", "openai", "anthropic", "openrouter"]
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
@@ -112,6 +112,7 @@ class DaemonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HROUTE_", frozen=True, extra="forbid")
 
     socket: Path | None = None
+    state_dir: Path | None = None
     metrics_listen: str | None = Field(None, pattern=r"^[^:]+:\d+$")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     events_kept: int = Field(1000, ge=10, le=100_000)
@@ -131,6 +132,11 @@ class DaemonSettings(BaseSettings):
     @property
     def socket_path(self) -> Path:
         return self.socket or default_socket_path()
+
+    @property
+    def state_path(self) -> Path:
+        """Where health and cooldowns survive a restart."""
+        return (self.state_dir or default_state_dir()) / "state.json"
 
 
 class Config(_Frozen):

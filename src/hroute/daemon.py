@@ -23,8 +23,10 @@ from .notify import Notifier
 from .paths import snapshot_path
 from .prober import Prober
 from .registry import Clock, Registry
+from .reload import Reloader, ReloadResult
 from .snapshot import SnapshotPublisher
 from .sockets import bind_unix_socket, inherited_socket
+from .state import StateSaver, load_state
 
 log = logging.getLogger("hroute")
 
@@ -44,6 +46,10 @@ async def run_daemon(
     metrics = Metrics(prometheus, lambda: registry)
     registry.add_sink(metrics.on_event)
     _note_missing_keys(registry, config)
+    state_path = config.daemon.state_path
+    restored = registry.restore(load_state(state_path, clock))
+    if restored:
+        log.info("restored health of %d backends from %s", restored, state_path)
 
     socket_path = config.daemon.socket_path
     sock = inherited_socket()
@@ -62,13 +68,31 @@ async def run_daemon(
             ),
         )
         publisher = SnapshotPublisher(registry, clock, snapshot_path(socket_path))
+        saver = StateSaver(registry, clock, state_path)
+        reloader = Reloader(config_path, config)
+        reloader.apply += [
+            lambda old, new, diff: registry.apply_config(new),
+            lambda old, new, diff: _note_missing_keys(registry, new),
+            lambda old, new, diff: prober.sync(new),
+        ]
+        reloader.on_start = notifier.reloading
+        reloader.on_result = lambda result, trigger: _tell_reload(
+            result, trigger, registry, metrics, notifier
+        )
 
         def after_report(name: str, body: dict) -> None:
             if body.get("outcome") == "failure":
                 prober.poke(name)
 
+        async def reload_from_api() -> dict:
+            return (await reloader.reload("hroute reload")).as_json()
+
         deps = Deps(
-            registry=registry, metrics=metrics, prometheus=prometheus, on_report=after_report
+            registry=registry,
+            metrics=metrics,
+            prometheus=prometheus,
+            on_report=after_report,
+            reload=reload_from_api,
         )
         runner = web.AppRunner(make_app(deps), access_log=None, handle_signals=False)
         await runner.setup()
@@ -80,8 +104,10 @@ async def run_daemon(
             async with anyio.create_task_group() as tg:
                 await tg.start(publisher.run)
                 await tg.start(prober.run)
+                await tg.start(saver.run)
+                await tg.start(reloader.watch)
                 tg.start_soon(_expire_cooldowns, registry)
-                tg.start_soon(_watch_signals, tg.cancel_scope, notifier)
+                tg.start_soon(_watch_signals, tg.cancel_scope, notifier, reloader)
                 log.info(
                     "hroute %s serving on %s: %d backends, %d profiles",
                     __version__,
@@ -100,7 +126,10 @@ async def run_daemon(
 
 
 def _note_missing_keys(registry: Registry, config: Config) -> None:
-    for name, var in missing_keys(config).items():
+    missing = missing_keys(config)
+    for name in config.backends:
+        registry.set_note(name, None)
+    for name, var in missing.items():
         log.warning(
             "%s: key_env %s is not set in the environment; not probing it "
             "(agents' own reports still count)",
@@ -116,10 +145,30 @@ async def _expire_cooldowns(registry: Registry) -> None:
         await anyio.sleep(EXPIRY_TICK_S)
 
 
-async def _watch_signals(scope: anyio.CancelScope, notifier: Notifier) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _watch_signals(scope: anyio.CancelScope, notifier: Notifier, reloader: Reloader) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                await reloader.reload("SIGHUP")
+                continue
             log.info("received %s; stopping", signal.Signals(signum).name)
             notifier.stopping()
             scope.cancel()
             return
+
+
+def _tell_reload(
+    result: ReloadResult, trigger: str, registry: Registry, metrics: Metrics, notifier: Notifier
+) -> None:
+    """Say what a reload did: one log line, an event, a metric, systemd's STATUS=."""
+    if result.ok:
+        metrics.config_reloads.labels("applied").inc()
+        registry.emit("config_reloaded", reason=trigger, detail=result.summary)
+        log.info("%s (%s)", result.summary, trigger)
+        notifier.ready(f"{len(registry.names)} backends; {result.summary}")
+        return
+    metrics.config_reloads.labels("rejected").inc()
+    first = result.error.splitlines()[1].strip() if "\n" in result.error else result.error
+    registry.emit("config_rejected", reason=trigger, detail=first)
+    log.error("config rejected, still running the previous one (%s): %s", trigger, result.error)
+    notifier.ready(f"config rejected: {first}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import sdnotify
 
@@ -24,6 +25,10 @@ class Notifier:
 
     def status(self, status: str) -> None:
         self._send(f"STATUS={status}")
+
+    def reloading(self) -> None:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
     def stopping(self) -> None:
         self._send("STOPPING=1")

@@ -25,3 +25,15 @@ def default_socket_path(env: Mapping[str, str] | None = None, uid: int | None = 
 def snapshot_path(socket_path: Path) -> Path:
     """The snapshot file published beside the socket."""
     return Path(socket_path).with_suffix(".snapshot")
+
+
+def default_state_dir(env: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
+    """$STATE_DIRECTORY (systemd); /var/lib/hroute as root; else $XDG_STATE_HOME/hroute."""
+    env = os.environ if env is None else env
+    uid = os.getuid() if uid is None else uid
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if uid == 0:
+        return Path("/var/lib/hroute")
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "hroute"

@@ -72,6 +72,39 @@ class Registry:
         self.config = config
         self._changed()
 
+    def apply_config(self, config: Config) -> None:
+        """Switch to a new configuration in one step; a query sees the old one or the new one.
+
+        A backend whose identity is unchanged keeps its health record (state, cooldowns,
+        schedule); a new identity starts fresh; a new key lifts hroute's own auth block.
+        """
+        old = self.config.backends
+        for name, backend in config.backends.items():
+            before = old.get(name)
+            if before is not None and before.key_env != backend.key_env:
+                record = self._by_identity.get(backend.identity)
+                if record is not None and record.blocked in ("auth", "auth_permanent"):
+                    record.blocked = None
+        self._notes = {n: v for n, v in self._notes.items() if n in config.backends}
+        self._last_route = {p: v for p, v in self._last_route.items() if p in config.profiles}
+        self._index(config)
+
+    def records(self) -> dict[BackendIdentity, Health]:
+        """Every health record by identity (for saving)."""
+        return dict(self._by_identity)
+
+    def restore(self, records: dict[BackendIdentity, Health]) -> int:
+        """Adopt saved records for the identities configured now; return how many."""
+        restored = 0
+        for ident, record in records.items():
+            if ident in self._by_identity:
+                self._by_identity[ident] = record
+                restored += 1
+        for entry in self._entries.values():
+            entry.health = self._by_identity[entry.identity]
+        self._changed()
+        return restored
+
     def set_note(self, name: str, note: str | None) -> None:
         """A plain-words remark shown with the backend (e.g. its key is not set)."""
         if note:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -42,7 +43,13 @@ class Daemon:
         self.config_path = tmp / "hroute.yaml"
         self.config_path.write_text(config_text)
         self.socket = tmp / "run" / "hroute.sock"
-        self.env = {**os.environ, "HROUTE_SOCKET": str(self.socket), **(env or {})}
+        self.state_dir = tmp / "state"
+        self.env = {
+            **os.environ,
+            "HROUTE_SOCKET": str(self.socket),
+            "HROUTE_STATE_DIR": str(self.state_dir),
+            **(env or {}),
+        }
         self.env.pop("NOTIFY_SOCKET", None)
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
@@ -103,6 +110,15 @@ class Daemon:
 
     def get(self, path: str) -> tuple[int, Any]:
         return self.client().request("GET", path)
+
+    def get_text(self, path: str) -> str:
+        """GET a non-JSON resource (e.g. /metrics) over the socket; the body as text."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.socket))
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            raw = b"".join(iter(lambda: s.recv(65536), b""))
+        return raw.split(b"\r\n\r\n", 1)[1].decode()
 
     def backend(self, name: str) -> dict[str, Any]:
         status, body = self.get(f"/v1/backends/{name}")

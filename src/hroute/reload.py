@@ -1,0 +1,181 @@
+"""Hot reload: validate a new configuration completely, then switch to it in one step.
+
+Triggers: the file changing (watched through its directory, so write-and-rename and
+symlink swaps are seen), SIGHUP, and `POST /v1/reload`. A configuration that does not
+validate changes nothing: the daemon keeps running on the last good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from watchfiles import Change, awatch
+
+from .config import Config, read_config
+from .errors import ConfigError
+
+log = logging.getLogger("hroute")
+
+DEBOUNCE_MS = 50  # editors write a file in several steps; one reload per burst
+
+
+@dataclass(frozen=True)
+class ConfigDiff:
+    """What a new configuration changes, by backend name."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()  # same identity, other fields changed: health is kept
+    renewed: tuple[str, ...] = ()  # identity changed: health starts fresh
+    restart: tuple[str, ...] = ()  # supervised command/env/cwd changed
+    profiles: tuple[str, ...] = ()  # added, removed or changed profiles
+    daemon_changed: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.added
+            or self.removed
+            or self.changed
+            or self.renewed
+            or self.profiles
+            or self.daemon_changed
+        )
+
+    def summary(self) -> str:
+        n = len
+        parts = [
+            f"+{n(self.added)} backend{'s' if n(self.added) != 1 else ''}",
+            f"-{n(self.removed)}",
+            f"{n(self.changed) + n(self.renewed)} changed",
+            f"{n(self.restart)} restart{'s' if n(self.restart) != 1 else ''}",
+        ]
+        if self.profiles:
+            parts.append(f"profiles changed: {', '.join(self.profiles)}")
+        return "reloaded: " + ", ".join(parts)
+
+
+def diff_configs(old: Config, new: Config) -> ConfigDiff:
+    """Compare two configurations (pure)."""
+    ob, nb = old.backends, new.backends
+    common = [name for name in nb if name in ob]
+    changed = tuple(n for n in common if ob[n] != nb[n] and ob[n].identity == nb[n].identity)
+    renewed = tuple(n for n in common if ob[n].identity != nb[n].identity)
+    restart = tuple(
+        n
+        for n in common
+        if _process(ob[n]) is not None
+        and _process(nb[n]) is not None
+        and _process(ob[n]) != _process(nb[n])
+    )
+    profile_names = set(old.profiles) | set(new.profiles)
+    profiles = tuple(sorted(p for p in profile_names if old.profiles.get(p) != new.profiles.get(p)))
+    return ConfigDiff(
+        added=tuple(n for n in nb if n not in ob),
+        removed=tuple(n for n in ob if n not in nb),
+        changed=changed,
+        renewed=renewed,
+        restart=restart,
+        profiles=profiles,
+        daemon_changed=old.daemon != new.daemon,
+    )
+
+
+def _process(backend: Any) -> Any:
+    """The part of a supervise block whose change means a restart (command, env, cwd)."""
+    supervise = getattr(backend, "supervise", None)
+    if supervise is None:
+        return None
+    return tuple(getattr(supervise, f, None) for f in ("command", "env", "cwd", "mode", "unit"))
+
+
+@dataclass
+class ReloadResult:
+    ok: bool
+    summary: str = ""
+    error: str = ""
+    diff: ConfigDiff | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        if self.ok:
+            return {"ok": True, "summary": self.summary}
+        return {"ok": False, "error": {"code": "config_rejected", "message": self.error}}
+
+
+Applier = Callable[[Config, Config, ConfigDiff], None]
+
+
+@dataclass
+class Reloader:
+    """Owns the switch from one configuration to the next."""
+
+    path: Path
+    current: Config
+    apply: list[Applier] = field(default_factory=list)  # called in order, without awaiting
+    on_result: Callable[[ReloadResult, str], None] = lambda result, trigger: None
+    on_start: Callable[[], None] = lambda: None  # systemd: RELOADING=1
+
+    def __post_init__(self) -> None:
+        self._lock = anyio.Lock()
+        self._digest = _digest(self.path)
+
+    async def reload(self, trigger: str) -> ReloadResult:
+        """Read, validate and apply the file; on any error keep the running configuration."""
+        async with self._lock:
+            self.on_start()
+            result = self._reload()
+            self.on_result(result, trigger)
+            return result
+
+    def _reload(self) -> ReloadResult:
+        digest = _digest(self.path)
+        try:
+            new = read_config(self.path)
+        except ConfigError as exc:
+            return ReloadResult(False, error=str(exc))
+        diff = diff_configs(self.current, new)
+        old, self.current, self._digest = self.current, new, digest
+        # Every applier runs in this one synchronous step: no query sees half of each.
+        for applier in self.apply:
+            applier(old, new, diff)
+        if diff.daemon_changed:
+            log.warning("daemon settings changed; socket and metrics_listen take effect at restart")
+        return ReloadResult(
+            True, summary=diff.summary() if not diff.empty else "reloaded: no change", diff=diff
+        )
+
+    async def watch(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        """Reload when the file (or the target of its symlink) changes."""
+        target = self.path.absolute()
+        dirs = {target.parent, target.resolve().parent}
+        task_status.started()
+        async for changes in awatch(
+            *dirs,
+            debounce=DEBOUNCE_MS,
+            step=10,
+            recursive=False,
+            watch_filter=lambda change, p: self._concerns(change, p),
+            ignore_permission_denied=True,
+            rust_timeout=1000,
+            yield_on_timeout=False,
+        ):
+            if changes and _digest(self.path) != self._digest:
+                await self.reload("file changed")
+
+    def _concerns(self, change: Change, changed: str) -> bool:
+        p = Path(changed)
+        target = self.path.absolute()
+        return p == target or p == target.resolve() or p.name == target.name
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None

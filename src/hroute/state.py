@@ -1,0 +1,185 @@
+"""Durable state: health and cooldowns that survive a daemon restart.
+
+Deadlines are monotonic in memory but wall-clock on disk (monotonic time restarts with
+the machine). The file is replaced atomically (temp, fsync, rename, fsync dir), so a
+`kill -9` at any moment leaves the old file or the new one. A file that cannot be read
+is set aside with a warning and never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .classify import Reason
+from .health import Cooldown, Health, State
+from .identity import BackendIdentity
+from .registry import Clock, Registry
+from .snapshot import write_atomically
+
+log = logging.getLogger("hroute")
+
+STATE_FORMAT = "hroute-state/1"
+SAVE_DELAY_S = 0.2  # coalesce a burst of changes into one write
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Deadline(_Strict):
+    until_wall: float | None  # None: until the key or the config changes
+    reason: Reason
+
+
+class _Record(_Strict):
+    identity: tuple[str, str, str | None]
+    state: State
+    reason: str | None = None
+    detail: str = ""
+    ejections: int = Field(0, ge=0, le=10_000)
+    blocked: str | None = None
+    cooldown: _Deadline | None = None
+    credentials: dict[str, _Deadline] = Field(default_factory=dict)
+
+
+class _File(_Strict):
+    format: Literal["hroute-state/1"]
+    saved_at: float
+    backends: list[_Record]
+
+
+def encode_state(records: dict[BackendIdentity, Health], now: float, wall: float) -> dict[str, Any]:
+    """The durable part of every health record, deadlines turned into wall-clock time."""
+
+    def deadline(c: Cooldown) -> dict[str, Any]:
+        until = None if c.until is None else round(wall + (c.until - now), 3)
+        return {"until_wall": until, "reason": str(c.reason)}
+
+    out = []
+    for ident, h in records.items():
+        out.append(
+            {
+                "identity": list(ident),
+                "state": str(h.state),
+                "reason": h.reason,
+                "detail": h.detail,
+                "ejections": h.ejections,
+                "blocked": h.blocked,
+                "cooldown": deadline(h.cooldown) if h.cooldown else None,
+                "credentials": {fp: deadline(c) for fp, c in h.credentials.items()},
+            }
+        )
+    return {"format": STATE_FORMAT, "saved_at": round(wall, 3), "backends": out}
+
+
+def decode_state(data: Any, now: float, wall: float) -> dict[BackendIdentity, Health]:
+    """Health records from a saved document; run-out cooldowns are dropped.
+
+    Raises ValueError for anything that is not a state file of ours.
+    """
+    try:
+        doc = _File.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"not an hroute state file: {exc.error_count()} problems") from exc
+
+    def live(d: _Deadline | None) -> Cooldown | None:
+        if d is None:
+            return None
+        if d.until_wall is None:
+            return Cooldown(None, d.reason)
+        left = d.until_wall - wall
+        return Cooldown(now + left, d.reason) if left > 0 else None
+
+    records = {}
+    for r in doc.backends:
+        h = Health(state=r.state, reason=r.reason, detail=r.detail, ejections=r.ejections)
+        h.blocked, h.cooldown, h.decay_anchor = r.blocked, live(r.cooldown), now
+        h.credentials = {fp: c for fp, d in r.credentials.items() if (c := live(d)) is not None}
+        records[BackendIdentity(*r.identity)] = h
+    return records
+
+
+def load_state(path: Path, clock: Clock) -> dict[BackendIdentity, Health]:
+    """Read the state file; a missing one is empty, a bad one is set aside with a warning."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        log.warning("cannot read saved state %s (%s); starting fresh", path, exc)
+        return {}
+    try:
+        return decode_state(json.loads(raw), clock.now(), clock.wall())
+    except (ValueError, RecursionError) as exc:  # JSON/Unicode errors are ValueErrors; "[[[[..."
+        aside = path.with_name(f"{path.name}.bad-{int(clock.wall())}")
+        try:
+            os.replace(path, aside)
+        except OSError:
+            aside = path
+        log.warning(
+            "saved state %s is unreadable (%s); set aside as %s, starting fresh", path, exc, aside
+        )
+        return {}
+
+
+class StateSaver:
+    """Owns the state file: saves soon after a change (coalesced) and at shutdown."""
+
+    def __init__(self, registry: Registry, clock: Clock, path: Path) -> None:
+        self._registry, self._clock, self.path = registry, clock, path
+        self._dirty = anyio.Event()
+        self._saved_key: Any = None
+        registry.add_listener(lambda: self._dirty.set())
+
+    def _key(self) -> Any:
+        # Compare monotonic values: converting to wall time would differ on every call.
+        return [
+            (
+                i,
+                h.state,
+                h.reason,
+                h.ejections,
+                h.blocked,
+                None if h.cooldown is None else (h.cooldown.until, h.cooldown.reason),
+                sorted((fp, c.until, c.reason) for fp, c in h.credentials.items()),
+            )
+            for i, h in self._registry.records().items()
+        ]
+
+    async def save_if_changed(self) -> bool:
+        key = self._key()
+        if key == self._saved_key:
+            return False
+        doc = encode_state(self._registry.records(), self._clock.now(), self._clock.wall())
+        data = json.dumps(doc, indent=1).encode()
+        try:
+            await anyio.to_thread.run_sync(self._write, data)
+        except OSError as exc:
+            log.warning("cannot save state to %s: %s", self.path, exc)
+            return False
+        self._saved_key = key
+        return True
+
+    def _write(self, data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.path, data, mode=0o600, durable=True)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        self._saved_key = self._key()  # what was just restored is already on disk
+        task_status.started()
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty = anyio.Event()
+                await anyio.sleep(SAVE_DELAY_S)
+                await self.save_if_changed()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.save_if_changed()
