@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= etc/hroute/hroute.yaml
 HROUTE_CACHE ?= $(HOME)/.cache/hroute
 
-.PHONY: dev test test-fast run lint bench llama-server clean
+.PHONY: dev test test-fast run lint bench bench-supervise bench-hermes llama-server hermes-venv clean install uninstall deb
 
 dev: $(VENV)/.installed ## set up a virtualenv with hroute and its test tools
 
@@ -27,11 +27,37 @@ run: dev ## the daemon in the foreground on the example config, socket under $XD
 lint: dev
 	$(VENV)/bin/ruff check src tests bench
 
-bench: dev ## benchmarks; figures go to docs/benchmarks.md by hand
+bench: dev ## the hot path and reload benchmarks; figures go to docs/benchmarks.md by hand
 	$(PY) bench/bench_usable.py
+	$(PY) bench/bench_reload.py
+
+bench-supervise: dev ## supervision with a real llama-server (builds it once: see llama-server)
+	HROUTE_LLAMA_SERVER="$$(HROUTE_CACHE=$(HROUTE_CACHE) scripts/build-llama-server.sh)" \
+		$(PY) bench/bench_supervise.py
 
 llama-server: ## build llama-server once into $(HROUTE_CACHE) (about 10 minutes on 2 cores)
 	HROUTE_CACHE=$(HROUTE_CACHE) scripts/build-llama-server.sh
+
+hermes-venv: ## a venv with hermes-agent from PyPI and this hroute, for the Hermes tests (once: 1-2 minutes)
+	HROUTE_CACHE=$(HROUTE_CACHE) scripts/hermes-venv.sh >/dev/null
+
+bench-hermes: dev hermes-venv ## the Hermes plugin benchmark (about 2 minutes)
+	$(PY) bench/bench_hermes_plugin.py
+
+# System install: a virtualenv of wheels on /usr/bin/python3 in $(PREFIX)/lib/hroute, the
+# `hroute` command, units, sysusers.d, journal catalog; /etc/hroute/hroute.yaml is never
+# overwritten. packaging/install.sh says which other directories can be moved.
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+install: ## install system-wide (honours DESTDIR and PREFIX); needs PyPI or PIP_ARGS wheels
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" packaging/install.sh install
+
+uninstall: ## remove what `make install` put in place (keeps a changed config, the user, state)
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" packaging/install.sh uninstall
+
+deb: ## build dist/hroute_<version>_<arch>.deb (dpkg-deb; carries its own virtualenv)
+	OUT=dist packaging/deb.sh
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -13,8 +13,9 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
-from .errors import HrouteError, UnknownBackendError, UnknownProfileError
+from .errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
 from .metrics import Metrics
+from .policy import TASK_REASONS, parse_needs
 from .registry import Registry, parse_report
 
 MAX_BODY_BYTES = 64 * 1024
@@ -47,6 +48,30 @@ class ReportBody(BaseModel):
     detail: str | None = Field(None, max_length=2000)
 
 
+class TaskFailureBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: Literal[TASK_REASONS]  # type: ignore[valid-type]
+    profile: str | None = None
+    detail: str | None = Field(None, max_length=2000)
+
+
+class UsageBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str | None = None
+    base_url: str | None = None
+    input_tokens: int = Field(0, ge=0, le=10**9)
+    output_tokens: int = Field(0, ge=0, le=10**9)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    )
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     body = {"error": {"code": code, "message": message, **extra}}
     return web.json_response(body, status=status)
@@ -61,6 +86,8 @@ async def _json_errors(request: web.Request, handler):
         return _error(404, "unknown_backend", str(exc))
     except UnknownProfileError as exc:
         return _error(404, "unknown_profile", str(exc))
+    except NotSupervisedError as exc:
+        return _error(409, "not_supervised", str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -123,7 +150,16 @@ def make_app(deps: Deps) -> web.Application:
         if not profile:
             raise web.HTTPBadRequest(reason="give profile=NAME")
         exclude = [x for x in query.get("exclude", "").split(",") if x]
-        answer = reg.route(profile, exclude)
+        try:
+            needs = parse_needs(query.get("needs"))
+        except ValueError as exc:
+            raise web.HTTPBadRequest(reason=str(exc)) from None
+        allow_paid = any(
+            query.get(k, "").lower() in ("1", "true", "yes") for k in ("allow_paid", "confirm")
+        )
+        answer = reg.route(
+            profile, exclude, task=query.get("task") or None, needs=needs, allow_paid=allow_paid
+        )
         if answer["backend"] is None:
             headers = {}
             if answer.get("retry_after_s") is not None:
@@ -151,6 +187,24 @@ def make_app(deps: Deps) -> web.Application:
         reg.record_report(name, parse_report(body))
         deps.on_report(name, body)
         return web.json_response(reg.view(name), status=202)
+
+    async def task_failure(request: web.Request) -> web.Response:
+        try:
+            data = TaskFailureBody.model_validate_json(await request.read() or b"{}")
+        except ValidationError as exc:
+            return _error(400, "bad_request", _problems(exc))
+        answer = reg.record_task_failure(request.match_info["task"], data.reason)
+        return web.json_response(answer, status=202)
+
+    async def usage(request: web.Request) -> web.Response:
+        try:
+            data = UsageBody.model_validate_json(await request.read() or b"{}")
+        except ValidationError as exc:
+            return _error(400, "bad_request", _problems(exc))
+        name = name_from(data.model_dump(exclude_none=True))
+        return web.json_response(
+            reg.record_usage(name, data.input_tokens, data.output_tokens), status=202
+        )
 
     async def events(request: web.Request) -> web.Response:
         try:
@@ -183,6 +237,8 @@ def make_app(deps: Deps) -> web.Application:
     app.router.add_get("/v1/route", route)
     app.router.add_post("/v1/reports", report)
     app.router.add_get("/v1/events", events)
+    app.router.add_post("/v1/tasks/{task}/failures", task_failure)
+    app.router.add_post("/v1/usage", usage)
     app.router.add_post("/v1/reload", reload)
     app.router.add_get("/v1/version", version)
     app.router.add_get("/metrics", make_aiohttp_handler(deps.prometheus))

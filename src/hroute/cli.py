@@ -56,7 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exclude", default="", help="comma-separated backends to skip (turn-local failures)"
     )
+    p.add_argument(
+        "--task", help="task id: a task that failed locally often enough skips the local tier"
+    )
+    p.add_argument("--needs", help="e.g. vision,tools,context:20000")
+    p.add_argument(
+        "--allow-paid", action="store_true", help="route to paid backends past their budget"
+    )
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("task-failure", help="report a task-level failure (escalation)")
+    p.add_argument("task")
+    p.add_argument(
+        "reason",
+        choices=[
+            "repeated_tool_failure",
+            "invalid_output",
+            "no_progress",
+            "task_timeout",
+            "user_request",
+        ],
+    )
 
     p = sub.add_parser("usable", help="may a backend be used (restored) now?")
     p.add_argument("backend", nargs="?", help="backend name (or use --base-url)")
@@ -177,6 +197,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
             )
         )
     _print_table(rows)
+    spend = [(b["name"], b["spent_today_usd"]) for b in body["backends"] if "spent_today_usd" in b]
+    if spend:
+        print("spent today: " + ", ".join(f"{n} ${usd:.2f}" for n, usd in spend))
     return EXIT_OK
 
 
@@ -184,6 +207,9 @@ def _cmd_route(args: argparse.Namespace) -> int:
     from urllib.parse import urlencode
 
     query = {"profile": args.profile, **({"exclude": args.exclude} if args.exclude else {})}
+    query.update({k: v for k, v in (("task", args.task), ("needs", args.needs)) if v})
+    if args.allow_paid:
+        query["allow_paid"] = "1"
     status, body = _call(args, "GET", "/v1/route?" + urlencode(query))
     if status not in (200, 503):
         return _fail(status, body)
@@ -270,6 +296,22 @@ def _cmd_events(args: argparse.Namespace) -> int:
         time.sleep(1.0)
 
 
+def _cmd_task_failure(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    status, body = _call(
+        args, "POST", f"/v1/tasks/{quote(args.task, safe='')}/failures", {"reason": args.reason}
+    )
+    if status != 202:
+        return _fail(status, body)
+    escalated = [p for p, yes in body["escalated"].items() if yes]
+    print(
+        f"task {body['task']}: {body['failures']} failures"
+        + (f"; escalated past the local tier for: {', '.join(escalated)}" if escalated else "")
+    )
+    return EXIT_OK
+
+
 def _cmd_reload(args: argparse.Namespace) -> int:
     status, body = _call(args, "POST", "/v1/reload")
     if status != 200:
@@ -298,6 +340,7 @@ _COMMANDS = {
     "status": _cmd_status,
     "route": _cmd_route,
     "usable": _cmd_usable,
+    "task-failure": _cmd_task_failure,
     "report": _cmd_report,
     "events": _cmd_events,
     "reload": _cmd_reload,

@@ -9,6 +9,7 @@ go ahead exactly as if hroute did not exist; nothing here raises into the caller
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -24,7 +25,7 @@ from .paths import default_socket_path, snapshot_path
 DEFAULT_BUDGET_S = 0.1
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Usable:
     """hroute's answer to "may I use this backend now?"."""
 
@@ -97,9 +98,7 @@ class Client:
         if key != self._snap_key:
             with open(self._snapshot_path, "rb") as f:
                 snap = json.loads(f.read())
-            if snap.get("v") != 1:
-                return None
-            self._snap, self._snap_key = snap, key
+            self._snap, self._snap_key = (snap if snap.get("v") == 1 else None), key
         snap = self._snap
         if snap is None or snap["expires"] < time.monotonic():
             return None  # left behind by a daemon that is gone
@@ -181,7 +180,7 @@ def _from_snapshot(
     backends = snap["backends"]
     name = backend if backend in backends else None
     if name is None and base_url:
-        name = snap["urls"].get(normalize_base_url(base_url))
+        name = snap["urls"].get(_normalized(base_url))
     if name is None:
         return Usable(True, backend, "unknown", "not_monitored", None)
     entry = backends[name]
@@ -197,6 +196,11 @@ def _from_snapshot(
             left = None if cred_until is None else round(cred_until - now, 3)
             return Usable(False, name, entry["state"], reason, left)
     return Usable(True, name, entry["state"], None, None)
+
+
+@functools.lru_cache(maxsize=256)
+def _normalized(base_url: str) -> str:
+    return normalize_base_url(base_url)  # agents ask about the same few URLs every turn
 
 
 def _left(deadline: float) -> float:

@@ -24,7 +24,19 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .errors import ConfigError
 from .identity import BackendIdentity, backend_identity, is_loopback
 from .paths import default_socket_path, default_state_dir
+from .supervise_config import SuperviseSettings
 
+FallbackReason = Literal[
+    "rate_limit",
+    "upstream_rate_limit",
+    "overloaded",
+    "server_error",
+    "timeout",
+    "connection",
+    "billing",
+    "model_not_found",
+    "invalid_response",
+]
 Kind = Literal["llama-server", "ollama", "openai", "anthropic", "openrouter"]
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 
@@ -77,14 +89,35 @@ class Defaults(_Frozen):
     )
 
 
+class Price(_Frozen):
+    """USD per million tokens; a backend with a price is a paid backend."""
+
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+
+
 class BackendConfig(_Frozen):
     kind: Kind
     base_url: str
     model: str | None = None
+    tier: Literal["local", "cloud"] | None = Field(
+        None, description="default: local for loopback URLs, else cloud"
+    )
+    context_length: int | None = Field(None, gt=0)
+    vision: bool = False
+    tools: bool = True
+    price: Price | None = None
     model_family: str | None = None
     key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     probe: ProbeOverride = ProbeOverride()
     cooldown: CooldownSettings | None = None
+    supervise: SuperviseSettings | None = None
+
+    @model_validator(mode="after")
+    def _supervised_is_probed(self) -> BackendConfig:
+        if self.supervise is not None and not self.probe.enabled:
+            raise ValueError("supervise needs probe.enabled (readiness and hangs come from it)")
+        return self
 
     @field_validator("base_url")
     @classmethod
@@ -101,9 +134,59 @@ class BackendConfig(_Frozen):
     def local(self) -> bool:
         return is_loopback(self.base_url)
 
+    @property
+    def tier_name(self) -> str:
+        return self.tier or ("local" if self.local else "cloud")
+
+    @property
+    def paid(self) -> bool:
+        return (
+            self.price is not None and (self.price.input_per_mtok + self.price.output_per_mtok) > 0
+        )
+
+
+TaskReason = Literal[
+    "repeated_tool_failure", "invalid_output", "no_progress", "task_timeout", "user_request"
+]
+
+
+class Escalation(_Frozen):
+    """Seed 001: after max_local_attempts task failures, skip the local tier for that task."""
+
+    max_local_attempts: int = Field(3, ge=1)
+    trigger_on: list[TaskReason] = Field(
+        default_factory=lambda: [
+            "repeated_tool_failure",
+            "invalid_output",
+            "no_progress",
+            "task_timeout",
+            "user_request",
+        ]
+    )
+    task_ttl_s: PositiveS = 3600.0
+
 
 class ProfileConfig(_Frozen):
     chain: list[str] = Field(min_length=1)
+    escalation: Escalation = Escalation()
+
+
+class FallbackRule(_Frozen):
+    """Seed 000: how many reports of one reason in a row before a backend is left."""
+
+    switch_after: int = Field(1, ge=1)
+    switch_immediately: bool = False
+
+    @property
+    def threshold(self) -> int:
+        return 1 if self.switch_immediately else self.switch_after
+
+
+class Budgets(_Frozen):
+    """Daily spend limits (local time); past them, paid backends are not routed to."""
+
+    daily_usd: float | None = Field(None, ge=0)
+    per_backend_daily_usd: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
 
 
 class DaemonSettings(BaseSettings):
@@ -144,6 +227,8 @@ class Config(_Frozen):
     defaults: Defaults = Defaults()
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
+    fallback_rules: dict[FallbackReason, FallbackRule] = Field(default_factory=dict)
+    budgets: Budgets = Budgets()
 
     @field_validator("backends", "profiles", mode="before")
     @classmethod
@@ -168,6 +253,12 @@ class Config(_Frozen):
                     problems.append(
                         f"profiles.{pname}.chain.{i}: unknown backend {member!r} (valid: {known})"
                     )
+        for name in self.budgets.per_backend_daily_usd:
+            if name not in self.backends:
+                known = ", ".join(sorted(self.backends)) or "none configured"
+                problems.append(
+                    f"budgets.per_backend_daily_usd.{name}: unknown backend {name!r} (valid: {known})"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self

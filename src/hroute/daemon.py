@@ -19,7 +19,7 @@ from .clock import RealClock
 from .config import Config, missing_keys, read_config
 from .logs import log_event
 from .metrics import Metrics
-from .notify import Notifier
+from .notify import Notifier, keep_status, keep_watchdog
 from .paths import snapshot_path
 from .prober import Prober
 from .registry import Clock, Registry
@@ -27,6 +27,8 @@ from .reload import Reloader, ReloadResult
 from .snapshot import SnapshotPublisher
 from .sockets import bind_unix_socket, inherited_socket
 from .state import StateSaver, load_state
+from .supervision import Supervision
+from .testhooks import serve_test_hooks
 
 log = logging.getLogger("hroute")
 
@@ -47,7 +49,11 @@ async def run_daemon(
     registry.add_sink(metrics.on_event)
     _note_missing_keys(registry, config)
     state_path = config.daemon.state_path
-    restored = registry.restore(load_state(state_path, clock))
+    saved = load_state(state_path, clock)
+    restored = registry.restore(saved.records)
+    registry.tasks.load(saved.tasks)
+    if saved.spend is not None:
+        registry.spend.load(*saved.spend)
     if restored:
         log.info("restored health of %d backends from %s", restored, state_path)
 
@@ -58,6 +64,7 @@ async def run_daemon(
         sock = bind_unix_socket(socket_path)
     connector = aiohttp.TCPConnector(limit=0, force_close=True)  # probes never hold a server thread
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+        supervision = Supervision(registry, clock, poke=lambda name: prober.poke(name))
         prober = Prober(
             registry,
             session,
@@ -66,6 +73,7 @@ async def run_daemon(
                 metrics.probes.labels(name, "ok" if ok else "fail").inc(),
                 metrics.probe_duration.labels(name).observe(secs),
             ),
+            on_outcome=supervision.observe,
         )
         publisher = SnapshotPublisher(registry, clock, snapshot_path(socket_path))
         saver = StateSaver(registry, clock, state_path)
@@ -74,6 +82,7 @@ async def run_daemon(
             lambda old, new, diff: registry.apply_config(new),
             lambda old, new, diff: _note_missing_keys(registry, new),
             lambda old, new, diff: prober.sync(new),
+            lambda old, new, diff: supervision.sync(new),
         ]
         reloader.on_start = notifier.reloading
         reloader.on_result = lambda result, trigger: _tell_reload(
@@ -93,21 +102,27 @@ async def run_daemon(
             prometheus=prometheus,
             on_report=after_report,
             reload=reload_from_api,
+            restart=supervision.restart,
         )
         runner = web.AppRunner(make_app(deps), access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.SockSite(runner, sock).start()
-            if config.daemon.metrics_listen:
-                host, port = config.daemon.metrics_listen.rsplit(":", 1)
-                await web.TCPSite(runner, host, int(port)).start()
             async with anyio.create_task_group() as tg:
+                # Signals first: a SIGTERM that comes as soon as the socket answers must stop
+                # the daemon cleanly, not kill it with the default action.
+                await tg.start(_watch_signals, tg.cancel_scope, notifier, reloader)
+                await web.SockSite(runner, sock).start()
+                if config.daemon.metrics_listen:
+                    host, port = config.daemon.metrics_listen.rsplit(":", 1)
+                    await web.TCPSite(runner, host, int(port)).start()
                 await tg.start(publisher.run)
                 await tg.start(prober.run)
+                await tg.start(supervision.run)
                 await tg.start(saver.run)
                 await tg.start(reloader.watch)
                 tg.start_soon(_expire_cooldowns, registry)
-                tg.start_soon(_watch_signals, tg.cancel_scope, notifier, reloader)
+                tg.start_soon(keep_watchdog, notifier)
+                tg.start_soon(serve_test_hooks)
                 log.info(
                     "hroute %s serving on %s: %d backends, %d profiles",
                     __version__,
@@ -116,6 +131,7 @@ async def run_daemon(
                     len(config.profiles),
                 )
                 notifier.ready(f"{len(config.backends)} backends; serving on {socket_path}")
+                tg.start_soon(keep_status, lambda: registry, notifier)
         finally:
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()
@@ -145,8 +161,15 @@ async def _expire_cooldowns(registry: Registry) -> None:
         await anyio.sleep(EXPIRY_TICK_S)
 
 
-async def _watch_signals(scope: anyio.CancelScope, notifier: Notifier, reloader: Reloader) -> None:
+async def _watch_signals(
+    scope: anyio.CancelScope,
+    notifier: Notifier,
+    reloader: Reloader,
+    *,
+    task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED,
+) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
         async for signum in signals:
             if signum == signal.SIGHUP:
                 await reloader.reload("SIGHUP")
@@ -160,15 +183,13 @@ async def _watch_signals(scope: anyio.CancelScope, notifier: Notifier, reloader:
 def _tell_reload(
     result: ReloadResult, trigger: str, registry: Registry, metrics: Metrics, notifier: Notifier
 ) -> None:
-    """Say what a reload did: one log line, an event, a metric, systemd's STATUS=."""
+    """Say what a reload did: an event (which is the log line), a metric, systemd's STATUS=."""
     if result.ok:
         metrics.config_reloads.labels("applied").inc()
         registry.emit("config_reloaded", reason=trigger, detail=result.summary)
-        log.info("%s (%s)", result.summary, trigger)
         notifier.ready(f"{len(registry.names)} backends; {result.summary}")
         return
     metrics.config_reloads.labels("rejected").inc()
     first = result.error.splitlines()[1].strip() if "\n" in result.error else result.error
-    registry.emit("config_rejected", reason=trigger, detail=first)
-    log.error("config rejected, still running the previous one (%s): %s", trigger, result.error)
+    registry.emit("config_rejected", reason=trigger, detail=result.error)
     notifier.ready(f"config rejected: {first}")

@@ -46,3 +46,13 @@ class UnknownProfileError(HrouteError):
         super().__init__(
             f"unknown profile {name!r} (configured: {', '.join(sorted(known)) or 'none'})"
         )
+
+
+class NotSupervisedError(HrouteError):
+    """A restart was asked for a backend that hroute does not supervise."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"backend {name!r} is not supervised by hroute (give it a supervise: block)"
+        )

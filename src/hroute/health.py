@@ -8,6 +8,7 @@ monotonic timestamp in seconds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -29,6 +30,8 @@ class Policy:
     rise: int = 1
     base_s: float = 30.0
     max_s: float = 900.0
+    # Seed 000's fallback rules: reports of a reason in a row before the backend is left.
+    switch_after: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class Health:
     blocked: str | None = None  # a reason that holds until config/key change (auth) or a supervisor
     last_probe_at: float | None = None
     latency_ms: float | None = None
+    streak: tuple[str, int] = ("", 0)  # the reason reported last and how often in a row
 
     # --- queries ------------------------------------------------------------------
 
@@ -183,6 +187,7 @@ class Health:
         """Apply a client's report of a request it made; return what changed."""
         if report.success:
             self.consecutive_failures = 0
+            self.streak = ("", 0)
             if report.credential:
                 cred = self.credentials.get(report.credential)
                 if cred is not None and cred.reason is not Reason.AUTH_PERMANENT:
@@ -191,6 +196,10 @@ class Health:
         reason = report.reason or Reason.UNKNOWN
         if reason in HEALTH_NEUTRAL or reason is Reason.UNKNOWN:
             return []
+        last, count = self.streak
+        self.streak = (str(reason), count + 1 if last == reason else 1)
+        if self.streak[1] < policy.switch_after.get(str(reason), 1):
+            return []  # counted; the fallback rule says not yet
         if reason in CREDENTIAL_SCOPED and report.credential:
             return self._arm_credential(report, now, policy)
         if reason in (Reason.AUTH, Reason.AUTH_PERMANENT):

@@ -6,6 +6,8 @@ import logging
 import sys
 from typing import Any
 
+from .journal import JournalHandler, stderr_is_journal
+
 log = logging.getLogger("hroute")
 
 _LEVELS = {
@@ -13,15 +15,29 @@ _LEVELS = {
     "auth_blocked": logging.ERROR,
     "cooldown": logging.WARNING,
     "fallback": logging.WARNING,
+    "escalation": logging.WARNING,
     "fatal": logging.ERROR,
     "config_rejected": logging.ERROR,
+    "process_exited": logging.WARNING,
+    "process_hang": logging.WARNING,
+    "process_startup_timeout": logging.WARNING,
+    "process_spawn_failed": logging.ERROR,
+    "process_port_in_use": logging.ERROR,
+    "process_fatal": logging.ERROR,
+    "unit_failed": logging.ERROR,
 }
 
 
 def setup_logging(level: str = "info") -> None:
-    """Plain lines on stderr; systemd's journal adds its own timestamps and unit name."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Plain lines on stderr; systemd's journal adds its own timestamps and unit name.
+
+    When stderr is systemd's journal stream, entries go to journald natively instead, with
+    their fields (HROUTE_EVENT, HROUTE_BACKEND …) and a MESSAGE_ID per event type.
+    """
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if stderr_is_journal():
+        handler = JournalHandler(fallback=handler)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -39,8 +55,21 @@ def describe(event: dict[str, Any]) -> str:
         secs = event.get("cooldown_s")
         span = "until the key changes" if secs is None else f"for {secs:g}s"
         return f"{name}: cooling down {span}{cred} ({reason}{detail})"
+    if kind.startswith(("process_", "unit_")):
+        return f"{name}: {event.get('detail') or kind}"
     if kind == "cooldown_end":
         return f"{name}: cooldown over ({reason})"
+    if kind == "config_reloaded":
+        return f"{event.get('detail') or 'reloaded'} ({reason})"
+    if kind == "config_rejected":
+        return (
+            f"config rejected, still running the previous one ({reason}): {event.get('detail', '')}"
+        )
+    if kind == "escalation":
+        return (
+            f"task {event.get('task')} (profile {event.get('profile')}): skipping the local "
+            f"tier, routed to {name} ({reason})"
+        )
     if kind == "fallback":
         return (
             f"profile {event.get('profile')}: {event.get('old')} -> {event.get('new')} ({reason})"
@@ -56,4 +85,5 @@ def describe(event: dict[str, Any]) -> str:
 
 def log_event(event: dict[str, Any]) -> None:
     """The registry's log sink."""
-    log.log(_LEVELS.get(event["event"], logging.INFO), describe(event))
+    level = _LEVELS.get(event["event"], logging.INFO)
+    log.log(level, describe(event), extra={"hroute_event": event})

@@ -6,10 +6,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .health import State
+
+PROCESS_STATES = ("stopped", "starting", "running", "backoff", "stopping", "fatal")
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -80,8 +82,30 @@ class _HealthCollector(Collector):
             "Duration of the latest probe",
             labels=["backend"],
         )
+        process = GaugeMetricFamily(
+            "hroute_process_state",
+            "1 for the supervised server's process state",
+            labels=["backend", "state"],
+        )
+        restarts = CounterMetricFamily(
+            "hroute_process_restarts",
+            "Restarts of the supervised server since hroute started",
+            labels=["backend"],
+        )
+        spent = GaugeMetricFamily(
+            "hroute_backend_spent_today_usd",
+            "What a paid backend cost today (local time), from reported usage",
+            labels=["backend"],
+        )
         for view in reg.views():
             name = view["name"]
+            if "spent_today_usd" in view:
+                spent.add_metric([name], view["spent_today_usd"])
+            proc = view.get("process")
+            if proc:
+                for s in PROCESS_STATES:
+                    process.add_metric([name, s], 1.0 if proc["state"] == s else 0.0)
+                restarts.add_metric([name], proc["restarts"])
             for s in State:
                 state.add_metric([name, str(s)], 1.0 if view["state"] == s else 0.0)
             usable.add_metric([name], 1.0 if view["usable"] else 0.0)
@@ -89,4 +113,4 @@ class _HealthCollector(Collector):
             failures.add_metric([name], view["consecutive_failures"])
             if view["latency_ms"] is not None:
                 latency.add_metric([name], view["latency_ms"] / 1000)
-        yield from (state, usable, cooldown, failures, latency)
+        yield from (state, usable, cooldown, failures, latency, process, restarts, spent)

@@ -8,6 +8,7 @@ the injected clock.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from .config import Config
 from .errors import UnknownBackendError, UnknownProfileError
 from .health import Health, Policy, ProbeOutcome, Report, Transition
 from .identity import BackendIdentity, normalize_base_url
+from .policy import NO_NEEDS, Needs, Spend, Tasks, budget_block, capability_gap, cost_usd
 
 
 class Clock(Protocol):
@@ -48,6 +50,10 @@ class Registry:
         self._listeners: list[Callable[[], None]] = []
         self._last_route: dict[str, str | None] = {}
         self._notes: dict[str, str] = {}
+        self._process_views: dict[str, Callable[[], dict[str, Any]]] = {}
+        self.tasks = Tasks()
+        self.spend = Spend()
+        self._escalated: set[tuple[str, str]] = set()  # (profile, task) already announced
         self.version = 0  # bumped on every change; the snapshot publisher watches it
         self.config = config
         self._by_identity: dict[BackendIdentity, Health] = {}
@@ -127,8 +133,13 @@ class Registry:
 
     def policy(self, name: str) -> Policy:
         probe, cooldown = self.config.probe_for(name), self.config.cooldown_for(name)
+        rules = {reason: rule.threshold for reason, rule in self.config.fallback_rules.items()}
         return Policy(
-            fall=probe.fall, rise=probe.rise, base_s=cooldown.base_s, max_s=cooldown.max_s
+            fall=probe.fall,
+            rise=probe.rise,
+            base_s=cooldown.base_s,
+            max_s=cooldown.max_s,
+            switch_after=rules,
         )
 
     @property
@@ -165,6 +176,21 @@ class Registry:
 
     def mark_down(self, name: str, reason: str, detail: str = "") -> None:
         self._publish(name, self._entry(name).health.mark_down(reason, detail))
+
+    def hold(self, name: str, reason: str | None) -> None:
+        """Keep a backend unusable for `reason` whatever its probes say (a supervisor's verdict:
+        its process exited, is fatal ...); None lifts it. hroute's own auth block stays."""
+        health = self._entry(name).health
+        if health.blocked not in ("auth", "auth_permanent") and health.blocked != reason:
+            health.blocked = reason
+            self._changed()
+
+    def set_process_view(self, name: str, view: Callable[[], dict[str, Any]] | None) -> None:
+        """Show `view()` as the backend's `process` (its supervisor's state); None removes it."""
+        if view is None:
+            self._process_views.pop(name, None)
+        else:
+            self._process_views[name] = view
 
     def expire(self) -> float | None:
         """Drop run-out cooldowns; return the next deadline to call again at."""
@@ -216,16 +242,41 @@ class Registry:
             "retry_after_s": retry_after,
         }
 
-    def route(self, profile: str, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    def route(
+        self,
+        profile: str,
+        exclude: Iterable[str] = (),
+        *,
+        task: str | None = None,
+        needs: Needs = NO_NEEDS,
+        allow_paid: bool = False,
+    ) -> dict[str, Any]:
         """The first usable backend of a profile's chain, and why each other one was passed over."""
         if profile not in self.config.profiles:
             raise UnknownProfileError(profile, list(self.config.profiles))
+        prof = self.config.profiles[profile]
         excluded = set(exclude)
         now = self._clock.now()
+        escalated, why_escalated = False, ""
+        if task is not None:
+            state = self.tasks.get(task, now, self._task_ttl_s())
+            if state is not None:
+                escalated, why_escalated = state.escalated(prof.escalation)
+        day = self._day()
         chain, chosen, waits = [], None, []
-        for member in self.config.profiles[profile].chain:
+        for member in prof.chain:
+            backend = self.config.backends[member]
+            skip = None
             if member in excluded:
-                chain.append({"backend": member, "usable": False, "reason": "excluded"})
+                skip = "excluded"
+            elif escalated and backend.tier_name == "local":
+                skip = why_escalated
+            elif (gap := capability_gap(backend, needs)) is not None:
+                skip = gap
+            elif backend.paid and not allow_paid:
+                skip = budget_block(member, self.config.budgets, self.spend, day)
+            if skip is not None:
+                chain.append({"backend": member, "usable": False, "reason": skip})
                 continue
             ok, reason, retry_after = self._entries[member].health.verdict(now)
             chain.append({"backend": member, "usable": ok, "reason": reason})
@@ -233,14 +284,63 @@ class Registry:
                 chosen = member
             elif retry_after is not None:
                 waits.append(retry_after)
-        self._note_route(profile, chosen, chain)
+        if escalated and (profile, task) not in self._escalated:
+            self._escalated.add((profile, task))  # type: ignore[arg-type]
+            self.emit(
+                "escalation",
+                profile=profile,
+                task=task,
+                backend=chosen or "none",
+                reason=why_escalated,
+            )
+        if task is None and not needs.vision and not needs.tools and not needs.context:
+            self._note_route(profile, chosen, chain)  # per-request choices are not fallbacks
         answer: dict[str, Any] = {"profile": profile, "backend": chosen, "chain": chain}
+        if escalated:
+            answer["escalated"] = why_escalated
         if chosen is None:
             answer["retry_after_s"] = round(min(waits), 3) if waits else None
             return answer
         backend = self.config.backends[chosen]
         answer.update(base_url=backend.base_url, model=backend.model, kind=backend.kind)
         return answer
+
+    def record_task_failure(self, task: str, reason: str) -> dict[str, Any]:
+        """Count a task-level failure (seed 001); say whether each profile now escalates it."""
+        state = self.tasks.record(task, reason, self._clock.now(), self._task_ttl_s())
+        self._changed()
+        escalated = {
+            p: state.escalated(cfg.escalation)[0] for p, cfg in self.config.profiles.items()
+        }
+        return {
+            "task": task,
+            "failures": len(state.reasons),
+            "reasons": state.reasons[-10:],
+            "escalated": escalated,
+        }
+
+    def record_usage(self, name: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
+        """Add what a call cost to today's spend of a backend."""
+        backend = self.config.backends[self._entry(name).name]
+        usd = cost_usd(backend.price, input_tokens, output_tokens)
+        day = self._day()
+        spent = self.spend.add(name, usd, day) if usd else self.spend.spent(name, day)
+        block = budget_block(name, self.config.budgets, self.spend, day) if backend.paid else None
+        if usd:
+            self._changed()
+        return {
+            "backend": name,
+            "cost_usd": round(usd, 6),
+            "spent_today_usd": round(spent, 6),
+            "total_today_usd": round(self.spend.total(day), 6),
+            "budget": block,
+        }
+
+    def _task_ttl_s(self) -> float:
+        return max((p.escalation.task_ttl_s for p in self.config.profiles.values()), default=3600.0)
+
+    def _day(self) -> str:
+        return time.strftime("%Y-%m-%d", time.localtime(self._clock.wall()))
 
     def _note_route(self, profile: str, chosen: str | None, chain: list[dict[str, Any]]) -> None:
         previous = self._last_route.get(profile, chain[0]["backend"])
@@ -285,9 +385,14 @@ class Registry:
             else round(self._clock.wall() - (now - last_probe), 3),
             "latency_ms": None if health.latency_ms is None else round(health.latency_ms, 2),
             "credential_cooldowns": len(health.credentials),
+            "tier": backend.tier_name,
         }
+        if backend.paid:
+            view["spent_today_usd"] = round(self.spend.spent(name, self._day()), 6)
         if name in self._notes:
             view["note"] = self._notes[name]
+        if name in self._process_views:
+            view["process"] = self._process_views[name]()
         return view
 
     def views(self) -> list[dict[str, Any]]:

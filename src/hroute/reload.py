@@ -124,6 +124,7 @@ class Reloader:
     def __post_init__(self) -> None:
         self._lock = anyio.Lock()
         self._digest = _digest(self.path)
+        self._attempted = self._digest  # the content last tried, good or bad
 
     async def reload(self, trigger: str) -> ReloadResult:
         """Read, validate and apply the file; on any error keep the running configuration."""
@@ -134,7 +135,7 @@ class Reloader:
             return result
 
     def _reload(self) -> ReloadResult:
-        digest = _digest(self.path)
+        digest = self._attempted = _digest(self.path)
         try:
             new = read_config(self.path)
         except ConfigError as exc:
@@ -151,11 +152,17 @@ class Reloader:
         )
 
     async def watch(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        """Reload when the file (or the target of its symlink) changes."""
+        """Reload when the file (or the target of its symlink) changes.
+
+        inotify events make it immediate; a content check every second also catches what
+        events cannot: a change made before the watcher started, or an edit of a symlink
+        target that moved to another directory. A file that was tried and rejected is not
+        tried again until its content changes.
+        """
         target = self.path.absolute()
         dirs = {target.parent, target.resolve().parent}
         task_status.started()
-        async for changes in awatch(
+        async for _changes in awatch(
             *dirs,
             debounce=DEBOUNCE_MS,
             step=10,
@@ -163,9 +170,9 @@ class Reloader:
             watch_filter=lambda change, p: self._concerns(change, p),
             ignore_permission_denied=True,
             rust_timeout=1000,
-            yield_on_timeout=False,
+            yield_on_timeout=True,
         ):
-            if changes and _digest(self.path) != self._digest:
+            if _digest(self.path) != self._attempted:
                 await self.reload("file changed")
 
     def _concerns(self, change: Change, changed: str) -> bool:

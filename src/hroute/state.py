@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .classify import Reason
 from .health import Cooldown, Health, State
 from .identity import BackendIdentity
+from .policy import TaskState
 from .registry import Clock, Registry
 from .snapshot import write_atomically
 
@@ -49,13 +51,40 @@ class _Record(_Strict):
     credentials: dict[str, _Deadline] = Field(default_factory=dict)
 
 
+class _Task(_Strict):
+    reasons: list[str] = Field(max_length=50)
+    last_wall: float
+
+
+class _Spend(_Strict):
+    day: str = Field(max_length=10)
+    by_backend: dict[str, float]
+
+
 class _File(_Strict):
     format: Literal["hroute-state/1"]
     saved_at: float
     backends: list[_Record]
+    tasks: dict[str, _Task] = Field(default_factory=dict)
+    spend: _Spend | None = None
 
 
-def encode_state(records: dict[BackendIdentity, Health], now: float, wall: float) -> dict[str, Any]:
+@dataclass
+class Saved:
+    """What a state file restores: health by identity, task escalation counters, spend."""
+
+    records: dict[BackendIdentity, Health] = field(default_factory=dict)
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+    spend: tuple[str, dict[str, float]] | None = None
+
+
+def encode_state(
+    records: dict[BackendIdentity, Health],
+    now: float,
+    wall: float,
+    tasks: dict[str, TaskState] | None = None,
+    spend: tuple[str, dict[str, float]] | None = None,
+) -> dict[str, Any]:
     """The durable part of every health record, deadlines turned into wall-clock time."""
 
     def deadline(c: Cooldown) -> dict[str, Any]:
@@ -76,7 +105,14 @@ def encode_state(records: dict[BackendIdentity, Health], now: float, wall: float
                 "credentials": {fp: deadline(c) for fp, c in h.credentials.items()},
             }
         )
-    return {"format": STATE_FORMAT, "saved_at": round(wall, 3), "backends": out}
+    doc: dict[str, Any] = {"format": STATE_FORMAT, "saved_at": round(wall, 3), "backends": out}
+    doc["tasks"] = {
+        t: {"reasons": st.reasons, "last_wall": round(wall - (now - st.last_at), 3)}
+        for t, st in (tasks or {}).items()
+    }
+    if spend is not None:
+        doc["spend"] = {"day": spend[0], "by_backend": spend[1]}
+    return doc
 
 
 def decode_state(data: Any, now: float, wall: float) -> dict[BackendIdentity, Health]:
@@ -84,6 +120,11 @@ def decode_state(data: Any, now: float, wall: float) -> dict[BackendIdentity, He
 
     Raises ValueError for anything that is not a state file of ours.
     """
+    return decode_saved(data, now, wall).records
+
+
+def decode_saved(data: Any, now: float, wall: float) -> Saved:
+    """Everything a saved document restores; raises ValueError when it is not ours."""
     try:
         doc = _File.model_validate(data)
     except ValidationError as exc:
@@ -103,20 +144,24 @@ def decode_state(data: Any, now: float, wall: float) -> dict[BackendIdentity, He
         h.blocked, h.cooldown, h.decay_anchor = r.blocked, live(r.cooldown), now
         h.credentials = {fp: c for fp, d in r.credentials.items() if (c := live(d)) is not None}
         records[BackendIdentity(*r.identity)] = h
-    return records
+    tasks = {
+        t: TaskState(list(v.reasons), now - (wall - v.last_wall)) for t, v in doc.tasks.items()
+    }
+    spend = (doc.spend.day, dict(doc.spend.by_backend)) if doc.spend else None
+    return Saved(records, tasks, spend)
 
 
-def load_state(path: Path, clock: Clock) -> dict[BackendIdentity, Health]:
+def load_state(path: Path, clock: Clock) -> Saved:
     """Read the state file; a missing one is empty, a bad one is set aside with a warning."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return {}
+        return Saved()
     except OSError as exc:
         log.warning("cannot read saved state %s (%s); starting fresh", path, exc)
-        return {}
+        return Saved()
     try:
-        return decode_state(json.loads(raw), clock.now(), clock.wall())
+        return decode_saved(json.loads(raw), clock.now(), clock.wall())
     except (ValueError, RecursionError) as exc:  # JSON/Unicode errors are ValueErrors; "[[[[..."
         aside = path.with_name(f"{path.name}.bad-{int(clock.wall())}")
         try:
@@ -126,7 +171,7 @@ def load_state(path: Path, clock: Clock) -> dict[BackendIdentity, Health]:
         log.warning(
             "saved state %s is unreadable (%s); set aside as %s, starting fresh", path, exc, aside
         )
-        return {}
+        return Saved()
 
 
 class StateSaver:
@@ -151,13 +196,21 @@ class StateSaver:
                 sorted((fp, c.until, c.reason) for fp, c in h.credentials.items()),
             )
             for i, h in self._registry.records().items()
+        ] + [
+            sorted(
+                (t, tuple(st.reasons), st.last_at) for t, st in self._registry.tasks.dump().items()
+            ),
+            self._registry.spend.dump(),
         ]
 
     async def save_if_changed(self) -> bool:
         key = self._key()
         if key == self._saved_key:
             return False
-        doc = encode_state(self._registry.records(), self._clock.now(), self._clock.wall())
+        reg = self._registry
+        doc = encode_state(
+            reg.records(), self._clock.now(), self._clock.wall(), reg.tasks.dump(), reg.spend.dump()
+        )
         data = json.dumps(doc, indent=1).encode()
         try:
             await anyio.to_thread.run_sync(self._write, data)

@@ -74,7 +74,7 @@ def test_symlink_swap_is_seen(tmp_path: Path) -> None:
     d = Daemon(tmp_path, "")
     d.config_path.unlink()
     d.config_path.symlink_to(releases / "v1.yaml")
-    with d.start():
+    with d:
         assert names(d) == {"a"}
         new_link = tmp_path / ".next"
         new_link.symlink_to(releases / "v2.yaml")
@@ -133,7 +133,7 @@ def test_query_storm_during_reloads_never_errs_nor_mixes(tmp_path: Path) -> None
         stop = threading.Event()
 
         def storm() -> None:
-            client = d.client()
+            client = d.client(budget_s=10)
             while not stop.is_set():
                 try:
                     status, body = client.request("GET", "/v1/route?profile=p")
@@ -154,7 +154,7 @@ def test_query_storm_during_reloads_never_errs_nor_mixes(tmp_path: Path) -> None
             for i in range(10):
                 d.config_path.write_text(b if i % 2 == 0 else a)
                 want = {"b1", "b2"} if i % 2 == 0 else {"a1", "a2"}
-                wait_until(lambda w=want: names(d) == w, what=f"reload {i}")
+                wait_until(lambda w=want: names(d) == w, 30, what=f"reload {i}")
         finally:
             stop.set()
             for t in threads:

@@ -102,8 +102,8 @@ def test_fuzzed_state_files_never_raise_and_are_set_aside(tmp_path: Path) -> Non
         path = tmp_path / f"s{i}" / "state.json"
         path.parent.mkdir()
         path.write_bytes(data)
-        records = load_state(path, Clock())  # must never raise
-        assert isinstance(records, dict)
+        saved = load_state(path, Clock())  # must never raise
+        assert isinstance(saved.records, dict)
         if not path.exists():
             set_aside += 1
             assert list(path.parent.glob("state.json.bad-*"))
@@ -111,4 +111,19 @@ def test_fuzzed_state_files_never_raise_and_are_set_aside(tmp_path: Path) -> Non
 
 
 def test_missing_file_is_a_fresh_start(tmp_path: Path) -> None:
-    assert load_state(tmp_path / "none.json", Clock()) == {}
+    saved = load_state(tmp_path / "none.json", Clock())
+    assert saved.records == {} and saved.tasks == {} and saved.spend is None
+
+
+def test_tasks_and_spend_survive() -> None:
+    from hroute.policy import TaskState
+    from hroute.state import decode_saved
+
+    tasks = {"t1": TaskState(["no_progress", "invalid_output"], last_at=990.0)}
+    doc = json.loads(
+        json.dumps(encode_state({}, 1000.0, 5000.0, tasks, ("2026-11-23", {"r": 1.5})))
+    )
+    saved = decode_saved(doc, now=7.0, wall=5010.0)
+    assert saved.tasks["t1"].reasons == ["no_progress", "invalid_output"]
+    assert saved.tasks["t1"].last_at == pytest.approx(7.0 - 20.0)  # failed 20 s before "now"
+    assert saved.spend == ("2026-11-23", {"r": 1.5})

@@ -1,0 +1,176 @@
+"""A supervised server process at the OS level: spawn, await its exit, signal, stop, read its output.
+
+The child runs in its own session (so its process group can be signalled whole, and a
+Ctrl-C at hroute's terminal does not reach it) and gets SIGKILL when hroute dies
+(PR_SET_PDEATHSIG), so a SIGKILLed hroute never leaves a server holding the GPU and the port.
+Exit is awaited on a pidfd (no polling, no thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+MAX_LINE_BYTES = 4096  # a longer line is cut: a runaway child never grows hroute's memory
+READ_CHUNK_BYTES = 65536
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Child:
+    """One spawned process; `exited` is set (and `returncode` known) once it has been reaped."""
+
+    popen: subprocess.Popen[bytes]
+    output_fd: int  # stdout and stderr, merged, so lines keep their order
+    started_at: float
+    exited: anyio.Event = field(default_factory=anyio.Event)
+    returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    async def wait(self) -> int:
+        """Await the exit and reap (only one task, the supervisor's watcher, calls this)."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:  # an old kernel: let a worker thread block in waitpid instead
+            code = await anyio.to_thread.run_sync(self.popen.wait, abandon_on_cancel=True)
+        else:
+            try:
+                await anyio.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+            code = self.popen.wait()
+        self.returncode = code
+        self.exited.set()
+        return code
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the child's whole process group (it leads it: pgid == pid)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+
+def spawn_child(argv: list[str], env: dict[str, str], cwd: Path | None, now: float) -> Child:
+    """Start `argv` in its own session with merged stdout/stderr on a pipe; raise OSError.
+
+    Must be called from the thread that lives as long as hroute (the event loop's, which is
+    the main thread in `hroute run`): Linux sends the parent-death signal when the thread
+    that forked exits, not the process.
+    """
+    read_fd, write_fd = os.pipe()
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    os.set_blocking(read_fd, False)
+    return Child(popen, read_fd, now)
+
+
+def _die_with_parent() -> Callable[[], None]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl, parent = libc.prctl, os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # hroute died between fork and prctl
+            os._exit(1)
+
+    return preexec
+
+
+async def stop_child(child: Child, timeout_s: float) -> str:
+    """SIGTERM the group, SIGKILL it after `timeout_s`; return how it ended. Always reaps."""
+    if not child.exited.is_set():
+        child.signal_group(signal.SIGTERM)
+        child.signal_group(signal.SIGCONT)  # like systemd: a stopped process gets to exit cleanly
+        with anyio.move_on_after(timeout_s):
+            await child.exited.wait()
+    how = "stopped"
+    if not child.exited.is_set():
+        how = f"killed (no exit within stop_timeout_s {timeout_s:g}s of SIGTERM)"
+        child.signal_group(signal.SIGKILL)
+        await child.exited.wait()
+    child.signal_group(signal.SIGKILL)  # stragglers the server forked, if any
+    return how
+
+
+def describe_exit(returncode: int) -> str:
+    """`exited with code 2` or `was killed by SIGKILL`."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
+
+
+async def forward_lines(fd: int, emit: Callable[[str], None]) -> None:
+    """Hand every line read from `fd` to `emit` until EOF; close `fd`. Memory stays bounded."""
+    pending = b""
+    dropping = False  # inside a line already cut at MAX_LINE_BYTES
+    try:
+        while True:
+            await anyio.wait_readable(fd)
+            try:
+                chunk = os.read(fd, READ_CHUNK_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    break
+                raise
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not dropping:
+                    emit(_text(line))
+                dropping = False
+            if len(pending) > MAX_LINE_BYTES:
+                if not dropping:
+                    emit(_text(pending[:MAX_LINE_BYTES]) + " [line cut]")
+                dropping, pending = True, b""
+        if pending and not dropping:
+            emit(_text(pending))
+    finally:
+        os.close(fd)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace").rstrip("\r")
+
+
+async def port_listener(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts connections on host:port already."""
+    try:
+        with anyio.fail_after(timeout_s):
+            stream = await anyio.connect_tcp(host, port)
+    except (OSError, TimeoutError):
+        return False
+    await stream.aclose()
+    return True

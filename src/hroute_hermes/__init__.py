@@ -1,0 +1,109 @@
+"""hroute's plugin for Hermes Agent: a shared view of backend health in every agent process.
+
+Registered through the `hermes_agent.plugins` entry point as `hroute`; Hermes loads it when
+`hroute` is listed in `plugins.enabled` (`hermes plugins enable hroute`). It
+
+- reports every failed API call (`api_request_error`, with Hermes' own `reason`, the status,
+  provider, URL, model and a fingerprint of the key) and every success (`post_api_request`)
+  to hroute from a background thread, never making the agent wait;
+- keeps the agent on its fallback while hroute says the primary is down, instead of spending
+  a request on it at the start of every turn, and starts a turn on the first usable fallback
+  when the primary is already known down; skips fallbacks hroute says are down;
+- keeps titles, compression and other auxiliary calls off a backend hroute says is down.
+
+Whatever goes wrong (no daemon, a hung one, a Hermes version without the functions it wraps)
+Hermes behaves exactly as without the plugin. Imports only the standard library and hroute's
+standard-library client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hroute.client import Client
+
+from .gate import Gate, HealthView
+from .reports import (
+    Reporter,
+    credential_fingerprint,
+    failure_report,
+    normalized_url,
+    success_report,
+    usage_report,
+)
+from .wiring import Wiring
+
+__all__ = ["HermesPlugin", "register"]
+
+# usable() reads the snapshot file (microseconds); the socket is only asked when there is no
+# fresh snapshot, and then this is all a turn may wait for hroute.
+USABLE_BUDGET_S = 0.05
+# Reports go out from a background thread: a slower daemon only delays the report.
+REPORT_BUDGET_S = 1.0
+
+log = logging.getLogger("hroute_hermes")
+
+
+class HermesPlugin:
+    """The hooks, the gate and the report queue of one Hermes process."""
+
+    def __init__(self, client: Client | None = None, queue_size: int = 256) -> None:
+        self.client = client if client is not None else Client(budget_s=USABLE_BUDGET_S)
+        self.gate = Gate(HealthView(self.client.usable))
+        self.reporter = Reporter(self._send, maxsize=queue_size)
+        self.wiring = Wiring(self.gate)
+
+    def install(self) -> list[str]:
+        """Wrap Hermes' restore, fallback and auxiliary functions; the names wrapped."""
+        return self.wiring.install()
+
+    def uninstall(self) -> None:
+        self.wiring.uninstall()
+
+    # --- hooks (Hermes calls them with keyword arguments, on the agent's thread) ----------
+
+    def on_api_request_error(self, **hook: Any) -> None:
+        credential, api_key = self._credential(hook)
+        body = failure_report(hook, credential, api_key)
+        if body is not None:
+            self.reporter.submit("/v1/reports", body)
+
+    def on_post_api_request(self, **hook: Any) -> None:
+        credential, _ = self._credential(hook)
+        body = success_report(hook, credential)
+        if body is not None:
+            self.reporter.submit("/v1/reports", body)
+        usage = usage_report(hook)
+        if usage is not None:
+            self.reporter.submit("/v1/usage", usage)
+
+    def _credential(self, hook: dict[str, Any]) -> tuple[str | None, Any]:
+        """The fingerprint of the key the failed/succeeded call used, when it is knowable.
+
+        No hook passes the key; the agent whose turn runs on this thread has it, and is
+        trusted only while it still talks to the URL the hook names.
+        """
+        agent = self.gate.current_agent()
+        if agent is None:
+            return None, None
+        if normalized_url(getattr(agent, "base_url", None)) != normalized_url(hook.get("base_url")):
+            return None, None
+        api_key = getattr(agent, "api_key", None)
+        return credential_fingerprint(api_key), api_key
+
+    def _send(self, path: str, body: dict[str, Any]) -> None:
+        self.client.request("POST", path, body, budget_s=REPORT_BUDGET_S)
+
+
+def register(ctx: Any) -> None:
+    """Hermes' plugin entry point."""
+    plugin = HermesPlugin()
+    ctx.register_hook("api_request_error", plugin.on_api_request_error)
+    ctx.register_hook("post_api_request", plugin.on_post_api_request)
+    wrapped = plugin.install()
+    log.info(
+        "hroute plugin loaded (socket %s; guarding: %s)",
+        plugin.client.socket_path,
+        ", ".join(wrapped) or "nothing",
+    )

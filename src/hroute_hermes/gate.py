@@ -1,0 +1,235 @@
+"""Keep Hermes off backends that hroute says are down: the per-turn restore of the primary,
+the fallback chain, and auxiliary calls (titles, compression).
+
+Each method takes the Hermes function it stands in front of and calls it; the decision is
+made from the agent's own attributes and hroute's answer. Whenever hroute cannot answer,
+or says nothing is usable, the original runs unchanged: the plugin may save requests, it
+must never cost an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+from .reports import credential_fingerprint, normalized_url
+
+log = logging.getLogger("hroute_hermes")
+
+
+class HealthView:
+    """hroute's verdict on a backend URL, failing open.
+
+    `usable` is `hroute.client.Client.usable`. When hroute cannot answer (no daemon, a
+    hung one), the view stops asking for `quiet_s`, so a daemon that hangs costs the agent
+    at most one client budget per `quiet_s` rather than one per check.
+    """
+
+    def __init__(
+        self,
+        usable: Callable[..., Any],
+        clock: Callable[[], float] = time.monotonic,
+        quiet_s: float = 5.0,
+    ) -> None:
+        self._usable = usable
+        self._clock = clock
+        self._quiet_s = quiet_s
+        self._quiet_until = float("-inf")
+
+    def down(self, base_url: object, credential: str | None = None) -> str | None:
+        """Why the backend must not be used now, or None (usable, unknown, or no answer)."""
+        url = normalized_url(base_url)
+        if url is None or self._clock() < self._quiet_until:
+            return None
+        try:
+            answer = self._usable(base_url=url, credential=credential)
+        except Exception:  # noqa: BLE001 - the client fails open already; so do we
+            return None
+        if getattr(answer, "source", None) == "fail-open":
+            self._quiet_until = self._clock() + self._quiet_s
+            return None
+        if answer:
+            return None
+        return str(getattr(answer, "reason", None) or "unusable")
+
+
+def entry_credential(entry: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> str | None:
+    """Fingerprint of the key a fallback entry uses (`api_key`, else its `key_env` variable)."""
+    key = entry.get("api_key")
+    if not key:
+        var = entry.get("key_env") or entry.get("api_key_env")
+        key = env.get(var) if isinstance(var, str) and var else None
+    return credential_fingerprint(key)
+
+
+class Gate:
+    """The decisions, one instance per plugin; thread-safe per agent thread."""
+
+    def __init__(self, view: HealthView) -> None:
+        self.view = view
+        self._local = threading.local()
+
+    # --- the agent whose turn runs on this thread (to fingerprint its key in hooks) ------
+
+    def current_agent(self) -> Any:
+        ref = getattr(self._local, "agent", None)
+        return ref() if ref is not None else None
+
+    def _remember(self, agent: Any) -> None:
+        try:
+            self._local.agent = weakref.ref(agent)
+        except TypeError:
+            self._local.agent = None
+
+    # --- the primary, at the start of every turn -----------------------------------------
+
+    def restore_primary(self, agent: Any, restore: Callable[[Any], bool]) -> bool:
+        """Stand-in for Hermes' `restore_primary_runtime(agent)`.
+
+        On a fallback: stay there (return False, as Hermes' own rate-limit gate does) while
+        hroute says the primary is not usable. On the primary: when hroute says it is down,
+        move to the first usable fallback before the turn's first request.
+        """
+        self._remember(agent)
+        primary = getattr(agent, "_primary_runtime", None)
+        if not isinstance(primary, Mapping):
+            return restore(agent)
+        url = primary.get("base_url")
+        credential = credential_fingerprint(primary.get("api_key"))
+        if getattr(agent, "_fallback_activated", False):
+            why = self.view.down(url, credential)
+            if why:
+                log.info(
+                    "hroute: primary %s is not usable (%s); staying on %s this turn",
+                    normalized_url(url),
+                    why,
+                    getattr(agent, "model", "?"),
+                )
+                return False
+            return restore(agent)
+        result = restore(agent)
+        chain = getattr(agent, "_fallback_chain", None)
+        if getattr(agent, "_fallback_activated", False) or not chain:
+            return result
+        why = self.view.down(url, credential)
+        if not why:
+            return result
+        entries = [e for e in chain if isinstance(e, Mapping)]
+        if entries and all(self.view.down(e.get("base_url"), entry_credential(e)) for e in entries):
+            log.info(
+                "hroute: primary %s is down (%s) but so is every fallback; trying it anyway",
+                normalized_url(url),
+                why,
+            )
+            return result
+        agent._fallback_index = 0
+        switched = agent._try_activate_fallback()
+        if switched:
+            log.info(
+                "hroute: primary %s is down (%s); starting this turn on %s",
+                normalized_url(url),
+                why,
+                getattr(agent, "model", "?"),
+            )
+        return result
+
+    # --- the fallback chain ------------------------------------------------------------------
+
+    def activate_fallback(
+        self,
+        agent: Any,
+        reason: Any,
+        activate: Callable[[Any, Any], bool],
+        entry_key: Callable[[Mapping[str, Any]], Hashable],
+    ) -> bool:
+        """Stand-in for Hermes' `try_activate_fallback(agent, reason)`.
+
+        Entries hroute says are down are put in the agent's `_unavailable_fallback_keys`
+        (Hermes' own skip list) for this one activation only, then taken out again: that set
+        lasts the whole session in Hermes, hroute's verdicts do not. If every remaining
+        entry is down, none is skipped.
+        """
+        if getattr(self._local, "activating", False):
+            return activate(agent, reason)  # Hermes recurses to skip entries; decided already
+        chain = getattr(agent, "_fallback_chain", None) or []
+        start = getattr(agent, "_fallback_index", 0)
+        remaining = [e for e in chain[start:] if isinstance(e, Mapping)]
+        down = {
+            entry_key(e): why
+            for e in remaining
+            if (why := self.view.down(e.get("base_url"), entry_credential(e)))
+        }
+        if not down or len(down) >= len({entry_key(e) for e in remaining}):
+            return activate(agent, reason)
+        unavailable = getattr(agent, "_unavailable_fallback_keys", None)
+        if unavailable is None:
+            unavailable = set()
+            agent._unavailable_fallback_keys = unavailable
+        added = [k for k in down if k not in unavailable]
+        unavailable.update(added)
+        for key, why in down.items():
+            log.info("hroute: skipping fallback %s (%s)", key, why)
+        self._local.activating = True
+        try:
+            return activate(agent, reason)
+        finally:
+            self._local.activating = False
+            unavailable.difference_update(added)
+
+    # --- auxiliary calls (titles, compression, vision ...) -------------------------------
+
+    def resolve_auxiliary(
+        self,
+        main_runtime: Any,
+        resolve: Callable[[], Any],
+        normalize_runtime: Callable[[Any], Mapping[str, Any]],
+        normalize_label: Callable[[str], str],
+    ) -> Any:
+        """Stand-in for `auxiliary_client._resolve_auto`: while it runs, the chain labels of
+        a main runtime that hroute says is down count as unhealthy (see `provider_unhealthy`),
+        so Hermes goes on to its next candidate instead of sending the side task there."""
+        labels: frozenset[str] = frozenset()
+        runtime = normalize_runtime(main_runtime)
+        provider = str(runtime.get("provider") or "")
+        url = runtime.get("base_url")
+        if provider and url:
+            why = self.view.down(url, credential_fingerprint(runtime.get("api_key")))
+            if why:
+                names = {provider}
+                if provider == "custom" or provider.startswith("custom:"):
+                    names.add("custom")  # an anonymous custom endpoint is the "local/custom" slot
+                labels = frozenset(normalize_label(n) for n in names)
+                log.info(
+                    "hroute: not using %s for an auxiliary task (%s)", normalized_url(url), why
+                )
+        previous = getattr(self._local, "aux_down", frozenset())
+        self._local.aux_down = labels
+        try:
+            return resolve()
+        finally:
+            self._local.aux_down = previous
+
+    def provider_unhealthy(self, label: str, original: Callable[[str], bool]) -> bool:
+        """Stand-in for `auxiliary_client._is_provider_unhealthy(label)`."""
+        return original(label) or (bool(label) and label in getattr(self._local, "aux_down", ()))
+
+    def resolve_fallback_entry(
+        self, entry: Any, original: Callable[[Any], tuple[Any, Any]]
+    ) -> tuple[Any, Any]:
+        """Stand-in for `auxiliary_client._resolve_fallback_entry(entry)`: an entry hroute
+        says is down resolves to no client, so the auxiliary chain moves on."""
+        if isinstance(entry, Mapping):
+            why = self.view.down(entry.get("base_url"), entry_credential(entry))
+            if why:
+                log.info(
+                    "hroute: auxiliary fallback %s skipped (%s)",
+                    normalized_url(entry.get("base_url")),
+                    why,
+                )
+                return None, None
+        return original(entry)

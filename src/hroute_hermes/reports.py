@@ -1,0 +1,212 @@
+"""What the plugin tells hroute, and how it gets there without the agent waiting.
+
+The bodies are built from the keyword arguments of Hermes' `api_request_error` and
+`post_api_request` hooks (pure functions, no I/O); `Reporter` sends them from one daemon
+thread through a bounded queue, dropping reports when the queue is full: a lost report
+costs hroute one data point, a blocked agent costs the user a turn.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import queue
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from hroute.identity import normalize_base_url
+
+_DETAIL_CHARS = 300
+# Keys that providers echo back in error messages ("Incorrect API key provided: sk-...").
+_SECRETISH = re.compile(r"(?i)\b(?:sk|key|pk|rk)-[A-Za-z0-9_\-]{6,}|\bBearer\s+\S+")
+
+
+def credential_fingerprint(api_key: object) -> str | None:
+    """A short, stable, one-way name for an API key, so hroute can tell keys apart.
+
+    `sha256:` and the first 16 hex digits of the key's SHA-256: the same key always gives
+    the same fingerprint, and the key cannot be recovered from it. None for anything that
+    is not a non-empty string (no key, or a token-provider callable).
+    """
+    if not isinstance(api_key, str) or not api_key.strip():
+        return None
+    return _fingerprint(api_key.strip())
+
+
+def normalized_url(url: object) -> str | None:
+    """hroute's canonical form of a backend URL (Hermes adds a trailing `/` after a fallback)."""
+    if not isinstance(url, str) or not url.strip():
+        return None
+    return _normalize(url)
+
+
+# Both run several times per turn on the same few strings: remember the answers.
+@functools.lru_cache(maxsize=64)
+def _fingerprint(api_key: str) -> str:
+    return "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=256)
+def _normalize(url: str) -> str | None:
+    try:
+        return normalize_base_url(url)
+    except ValueError:
+        return None
+
+
+def redact(text: str, api_key: object = None) -> str:
+    """`text` without the key in use or anything shaped like a key, cut to a short line."""
+    if isinstance(api_key, str) and len(api_key.strip()) >= 4:
+        text = text.replace(api_key.strip(), "[redacted]")
+    text = _SECRETISH.sub("[redacted]", text)
+    text = " ".join(text.split())
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 3] + "..."
+
+
+def _short(value: object, limit: int) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value.strip()[:limit]
+
+
+def failure_report(
+    hook: Mapping[str, Any], credential: str | None = None, api_key: object = None
+) -> dict[str, Any] | None:
+    """The `POST /v1/reports` body for one `api_request_error` call, or None without a URL.
+
+    `reason` is Hermes' own FailoverReason string: hroute understands those as they are.
+    """
+    base_url = normalized_url(hook.get("base_url"))
+    if base_url is None:
+        return None
+    status = hook.get("status_code")
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        status = None
+    reason = _short(hook.get("reason"), 64)
+    error = hook.get("error")
+    detail = None
+    if isinstance(error, Mapping):
+        parts = [str(error.get(k)) for k in ("type", "message") if error.get(k)]
+        detail = redact(": ".join(parts), api_key) or None
+    body = {
+        "base_url": base_url,
+        "outcome": "failure",
+        "reason": reason.lower() if reason else None,
+        "status_code": status,
+        "provider": _short(hook.get("provider"), 64),
+        "model": _short(hook.get("model"), 200),
+        "credential": credential,
+        "detail": detail,
+    }
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def success_report(hook: Mapping[str, Any], credential: str | None = None) -> dict[str, Any] | None:
+    """The `POST /v1/reports` body for one `post_api_request` call, or None without a URL."""
+    base_url = normalized_url(hook.get("base_url"))
+    if base_url is None:
+        return None
+    body = {
+        "base_url": base_url,
+        "outcome": "success",
+        "provider": _short(hook.get("provider"), 64),
+        "model": _short(hook.get("model"), 200),
+        "credential": credential,
+    }
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def usage_report(hook: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The `POST /v1/usage` body (tokens, for spend budgets) or None when Hermes gave none."""
+    base_url = normalized_url(hook.get("base_url"))
+    usage = hook.get("usage")
+    if base_url is None or not isinstance(usage, Mapping):
+        return None
+    tokens_in = usage.get("prompt_tokens", usage.get("input_tokens"))
+    tokens_out = usage.get("output_tokens")
+    if not isinstance(tokens_in, int) or not isinstance(tokens_out, int):
+        return None
+    if tokens_in <= 0 and tokens_out <= 0:
+        return None
+    return {"base_url": base_url, "input_tokens": tokens_in, "output_tokens": tokens_out}
+
+
+class Reporter:
+    """Sends `(path, body)` pairs from one daemon thread; `submit()` never blocks.
+
+    When `maxsize` reports are waiting (hroute slow or gone), new ones are dropped and
+    counted in `dropped`. `send` does the I/O and may raise; errors are swallowed.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[str, dict[str, Any]], object],
+        maxsize: int = 256,
+        name: str = "hroute-reporter",
+    ) -> None:
+        self._send = send
+        self._maxsize = maxsize
+        self._name = name
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize)
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+        self.failed = 0
+        if hasattr(os, "register_at_fork"):
+            # A child must not inherit a queue whose lock the parent's worker held.
+            reset = weakref.WeakMethod(self._reset_after_fork)
+            os.register_at_fork(after_in_child=lambda: (m := reset()) is not None and m())
+
+    def submit(self, path: str, body: dict[str, Any]) -> bool:
+        """Queue one report; False (and counted) when the queue is full."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._start()
+        try:
+            self._queue.put_nowait((path, body))
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
+    def pending(self) -> int:
+        """Reports queued or being sent."""
+        return self._queue.unfinished_tasks
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued report was handled; False after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(left)
+        return True
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            path, body = self._queue.get()
+            try:
+                self._send(path, body)
+            except Exception:  # noqa: BLE001 - a report must never take the worker down
+                self.failed += 1
+            finally:
+                self._queue.task_done()
+
+    def _reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._queue = queue.Queue(self._maxsize)
+        self._thread = None

@@ -1,0 +1,175 @@
+"""child.py with real processes: exit awaited, groups signalled, output bounded, parent death."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anyio
+
+from hroute.child import (
+    MAX_LINE_BYTES,
+    describe_exit,
+    forward_lines,
+    port_listener,
+    spawn_child,
+    stop_child,
+)
+from tests.support.daemon import wait_until
+
+FAKE = str(Path(__file__).resolve().parents[1] / "support" / "fake_llama.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie nobody has reaped yet (it holds no port, no memory)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def run_child(argv: list[str], then=None) -> tuple[int, list[str], object]:
+    """Spawn `argv`, collect its lines, optionally run `then(child)`; return (code, lines, result)."""
+    lines: list[str] = []
+
+    async def main() -> tuple[int, list[str], object]:
+        child = spawn_child(argv, dict(os.environ), None, time.monotonic())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(forward_lines, child.output_fd, lines.append)
+            tg.start_soon(child.wait)
+            result = await then(child) if then else None
+            await child.exited.wait()
+        return child.returncode, lines, result
+
+    return anyio.run(main)
+
+
+def test_exit_code_is_awaited_and_output_forwarded_line_by_line() -> None:
+    code, lines, _ = run_child([sys.executable, FAKE, "--port", "1", "--crash-on-start", "7"])
+    assert code == 7 and describe_exit(code) == "exited with code 7"
+    assert lines[-1] == "fake_llama: --crash-on-start, exiting with 7"
+    assert lines[0].startswith("fake_llama: pid=")
+
+
+def test_child_leads_its_own_session_and_process_group() -> None:
+    async def check(child) -> tuple[int, int]:
+        ids = os.getsid(child.pid), os.getpgid(child.pid)
+        child.signal_group(signal.SIGTERM)
+        return ids
+
+    code, _, ids = run_child(["sleep", "30"], check)
+    assert ids == (ids[0], ids[0]) and ids[0] != os.getsid(0)
+    assert code == -signal.SIGTERM and describe_exit(code) == "was killed by SIGTERM"
+
+
+def test_long_lines_are_cut_and_memory_stays_bounded() -> None:
+    script = "import sys; sys.stdout.write('x' * 100000 + '\\nafter\\r\\n' + 'y' * 10); sys.stdout.flush()"
+    code, lines, _ = run_child([sys.executable, "-c", script])
+    assert code == 0
+    assert lines == ["x" * MAX_LINE_BYTES + " [line cut]", "after", "y" * 10]
+
+
+def test_sigterm_then_exit_is_a_graceful_stop() -> None:
+    port = free_port()
+
+    async def stop(child) -> tuple[str, float]:
+        await wait_for_port(port)
+        started = time.monotonic()
+        return await stop_child(child, timeout_s=5), time.monotonic() - started
+
+    code, lines, (how, took) = run_child([sys.executable, FAKE, "--port", str(port)], stop)
+    assert how == "stopped" and code == 0 and took < 2
+    assert "fake_llama: received SIGTERM, exiting with 0" in lines
+
+
+def test_ignored_sigterm_gets_sigkill_after_the_stop_timeout() -> None:
+    port = free_port()
+
+    async def stop(child) -> tuple[str, float]:
+        await wait_for_port(port)
+        started = time.monotonic()
+        return await stop_child(child, timeout_s=0.5), time.monotonic() - started
+
+    argv = [sys.executable, FAKE, "--port", str(port), "--ignore-sigterm"]
+    code, lines, (how, took) = run_child(argv, stop)
+    assert how.startswith("killed (no exit within stop_timeout_s 0.5s")
+    assert code == -signal.SIGKILL and 0.5 <= took < 3
+    assert "fake_llama: ignoring SIGTERM" in lines
+
+
+def test_stop_takes_the_whole_group_with_it() -> None:
+    async def stop(child) -> int:
+        grandchild = int(await anyio.to_thread.run_sync(lambda: read_first_line(child)))
+        await stop_child(child, timeout_s=2)
+        return grandchild
+
+    lines: list[str] = []
+
+    def read_first_line(child) -> str:
+        return wait_until(lambda: lines and lines[0], 5, what="the grandchild's pid")
+
+    async def main() -> int:
+        child = spawn_child(["sh", "-c", "sleep 30 & echo $!; wait"], dict(os.environ), None, 0.0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(forward_lines, child.output_fd, lines.append)
+            tg.start_soon(child.wait)
+            return await stop(child)
+
+    grandchild = anyio.run(main)
+    wait_until(lambda: dead(grandchild), 5, what="the grandchild to die with its group")
+
+
+def test_port_listener_tells_a_listening_port_from_a_free_one() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        assert anyio.run(port_listener, "127.0.0.1", taken) is True
+    assert anyio.run(port_listener, "127.0.0.1", free_port()) is False
+
+
+def test_child_dies_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG: a SIGKILLed supervisor leaves no server behind."""
+    parent_code = textwrap.dedent(
+        """
+        import os, sys, time
+        from hroute.child import spawn_child
+        child = spawn_child(["sleep", "30"], dict(os.environ), None, time.monotonic())
+        print(child.pid, flush=True)
+        time.sleep(30)
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        assert not dead(child_pid)
+        parent.kill()
+        parent.wait(5)
+        wait_until(lambda: dead(child_pid), 5, what="the orphaned child to die")
+    finally:
+        parent.kill()
+        parent.wait(5)
+        if parent.stdout is not None:
+            parent.stdout.close()
+
+
+async def wait_for_port(port: int, timeout_s: float = 10) -> None:
+    with anyio.fail_after(timeout_s):
+        while not await port_listener("127.0.0.1", port):
+            await anyio.sleep(0.02)

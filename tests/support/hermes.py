@@ -1,0 +1,182 @@
+"""A real Hermes Agent from PyPI, driven turn by turn in its own venv (see hermes_driver.py).
+
+The venv is built once, outside the checkout, by scripts/hermes-venv.sh (`make hermes-venv`);
+`hermes_python()` finds it and refreshes this checkout's hroute in it, or says why not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).with_name("hermes_driver.py")
+SCRIPT = REPO / "scripts" / "hermes-venv.sh"
+HERMES_VERSION = os.environ.get("HROUTE_HERMES_VERSION", "0.19.0")
+API_MAX_RETRIES = 2  # Hermes' attempts per backend before it falls back
+
+
+def hermes_venv() -> Path:
+    cache = Path(os.environ.get("HROUTE_CACHE") or Path.home() / ".cache" / "hroute")
+    return cache / f"hermes-venv-{HERMES_VERSION}"
+
+
+def hermes_python() -> tuple[str | None, str]:
+    """(the Hermes venv's python, "") or (None, why there is none).
+
+    `HROUTE_HERMES_PYTHON` names one directly. Otherwise the cached venv is used when it
+    exists; building it (a minute or two) is `make hermes-venv`'s job, not a test's.
+    """
+    explicit = os.environ.get("HROUTE_HERMES_PYTHON")
+    if explicit:
+        return explicit, ""
+    venv = hermes_venv()
+    if not (venv / ".hermes-installed").exists():
+        return None, (
+            f"no Hermes Agent {HERMES_VERSION} venv at {venv}: run `make hermes-venv` "
+            "(HROUTE_REQUIRE_HERMES=1 turns this skip into a failure)"
+        )
+    proc = subprocess.run(
+        [str(SCRIPT)], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+    )
+    if proc.returncode != 0:
+        return None, f"{SCRIPT.name} failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}"
+    return proc.stdout.strip(), ""
+
+
+def write_hermes_home(
+    home: Path, primary_url: str, model: str, api_key: str, *, plugin: bool
+) -> Path:
+    """A HERMES_HOME whose config.yaml names the primary and enables the plugin (or not)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_text(
+        "model:\n"
+        "  provider: custom\n"
+        f"  base_url: {json.dumps(primary_url)}\n"
+        f"  api_key: {json.dumps(api_key)}\n"
+        f"  default: {json.dumps(model)}\n"
+        "  context_length: 131072\n"
+        "agent:\n"
+        f"  api_max_retries: {API_MAX_RETRIES}\n"
+        "plugins:\n"
+        f"  enabled: [{'hroute' if plugin else ''}]\n"
+    )
+    return home
+
+
+class HermesAgent:
+    """One driver process holding one `run_agent.AIAgent`; each `turn()` is one user turn."""
+
+    def __init__(
+        self,
+        python: str,
+        home: Path,
+        *,
+        primary_url: str,
+        model: str = "primary-model",
+        api_key: str = "primary-key",
+        fallbacks: list[dict[str, str]],
+        plugin: bool = True,
+        socket: Path | str,
+        flush_reports: bool = True,
+    ) -> None:
+        self.home = write_hermes_home(home, primary_url, model, api_key, plugin=plugin)
+        spec = {
+            "base_url": primary_url,
+            "api_key": api_key,
+            "model": model,
+            "fallback": fallbacks,
+            "flush_reports": flush_reports,
+        }
+        self.spec_path = home / "driver-spec.json"
+        self.spec_path.write_text(json.dumps(spec))
+        self.stderr_path = home / "driver.stderr"
+        self.env = {**os.environ, "HERMES_HOME": str(home), "HROUTE_SOCKET": str(socket)}
+        for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENROUTER_API_KEY", "ANTHROPIC_API_KEY"):
+            self.env.pop(var, None)  # Hermes must talk to the fakes and nothing else
+        self.python = python
+        self.proc: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.ready: dict[str, Any] = {}
+        self._reader: threading.Thread | None = None
+
+    def start(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        with self.stderr_path.open("w") as stderr:
+            self.proc = subprocess.Popen(
+                [self.python, str(DRIVER), str(self.spec_path)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=self.env,
+                cwd=self.home,
+            )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.ready = self._answer(timeout_s)
+        if not self.ready.get("ready"):
+            raise AssertionError(f"Hermes driver did not start: {self.ready}\n{self.stderr}")
+        return self.ready
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _answer(self, timeout_s: float) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            raise AssertionError(f"no answer from Hermes in {timeout_s}s\n{self.stderr}") from None
+        if line is None:
+            raise AssertionError(f"Hermes driver exited\n{self.stderr}")
+        return json.loads(line)
+
+    def _ask(self, command: str, timeout_s: float) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._answer(timeout_s)
+
+    def turn(self, text: str = "hi", timeout_s: float = 60.0) -> dict[str, Any]:
+        return self._ask(f"turn {text}", timeout_s)
+
+    def title(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        return self._ask("title", timeout_s)
+
+    @property
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text()[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        try:
+            if self.proc.poll() is None and self.proc.stdin is not None:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+            self.proc.wait(timeout_s)
+        except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
+            self.proc.kill()
+            self.proc.wait(5)
+        finally:
+            if self._reader is not None:
+                self._reader.join(5)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+    def __enter__(self) -> HermesAgent:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

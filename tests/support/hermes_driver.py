@@ -1,0 +1,141 @@
+"""Drive a real Hermes Agent turn by turn; run with the Hermes venv's python.
+
+    python hermes_driver.py SPEC.json
+
+SPEC: {"base_url", "api_key", "model", "fallback": [{"provider", "model", "base_url",
+"api_key"}], "max_iterations"?}. `HERMES_HOME` must name a directory whose config.yaml
+enables (or not) the plugin. One AIAgent is built; then each stdin line is a command and
+each answer one JSON line on stdout:
+
+    turn TEXT    run_conversation(TEXT) -> {"turn", "response", "model", "base_url",
+                 "fallback_active", "seconds", "failed"}
+    title        generate_title() with the primary's runtime -> {"title", "seconds"}
+    quit         exit 0
+
+The first line printed is {"ready": true, "plugin": {...}} (or {"ready": false, "error"}).
+Hermes' own chatter goes to stderr. This file is run as a script and imports nothing from
+the test suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def emit(obj: dict) -> None:
+    sys.__stdout__.write(json.dumps(obj) + "\n")
+    sys.__stdout__.flush()
+
+
+def plugin_state() -> dict:
+    from hermes_cli.plugins import get_plugin_manager
+
+    loaded = get_plugin_manager()._plugins.get("hroute")
+    if loaded is None:
+        return {"found": False}
+    return {
+        "found": True,
+        "enabled": loaded.enabled,
+        "error": loaded.error,
+        "source": loaded.manifest.source,
+        "hooks": loaded.hooks_registered,
+    }
+
+
+def reporter():
+    """The loaded plugin's report queue (None without the plugin)."""
+    from hermes_cli.plugins import get_plugin_manager
+
+    for cb in get_plugin_manager()._hooks.get("api_request_error", []):
+        plugin = getattr(cb, "__self__", None)
+        if hasattr(plugin, "reporter"):
+            return plugin.reporter
+    return None
+
+
+def main() -> int:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    sys.stdout = sys.stderr  # keep stdout for our JSON lines only
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    logging.getLogger("hroute_hermes").addHandler(handler)
+    logging.getLogger("hroute_hermes").setLevel(logging.INFO)
+    try:
+        import run_agent
+
+        agent = run_agent.AIAgent(
+            base_url=spec["base_url"],
+            api_key=spec["api_key"],
+            provider="custom",
+            model=spec["model"],
+            fallback_model=spec.get("fallback") or None,
+            quiet_mode=True,
+            enabled_toolsets=[],
+            skip_context_files=True,
+            skip_memory=True,
+            max_iterations=spec.get("max_iterations", 4),
+        )
+    except Exception as exc:  # noqa: BLE001
+        emit(
+            {
+                "ready": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "trace": traceback.format_exc(),
+            }
+        )
+        return 1
+    emit({"ready": True, "plugin": plugin_state()})
+    reports = reporter()
+    turns = 0
+    for line in sys.stdin:
+        cmd, _, arg = line.strip().partition(" ")
+        if cmd == "quit":
+            break
+        started = time.perf_counter()
+        if cmd == "turn":
+            turns += 1
+            try:
+                result = agent.run_conversation(arg or f"hello {turns}")
+                response, failed = result.get("final_response"), bool(result.get("failed"))
+            except Exception as exc:  # noqa: BLE001
+                response, failed = f"{type(exc).__name__}: {exc}", True
+            if reports is not None and spec.get(
+                "flush_reports", True
+            ):  # this turn's reports reach hroute before the next turn
+                reports.flush(5)
+            emit(
+                {
+                    "turn": turns,
+                    "response": response,
+                    "failed": failed,
+                    "model": agent.model,
+                    "base_url": str(agent.base_url),
+                    "fallback_active": bool(getattr(agent, "_fallback_activated", False)),
+                    "seconds": round(time.perf_counter() - started, 3),
+                    "reports_dropped": reports.dropped if reports is not None else None,
+                }
+            )
+        elif cmd == "title":
+            from agent.title_generator import generate_title
+
+            primary = agent._primary_runtime
+            runtime = {
+                k: primary.get(k) for k in ("model", "provider", "base_url", "api_key", "api_mode")
+            }
+            title = None
+            with contextlib.suppress(Exception):
+                title = generate_title("hello", "hello to you", timeout=10, main_runtime=runtime)
+            emit({"title": title, "seconds": round(time.perf_counter() - started, 3)})
+        else:
+            emit({"error": f"unknown command {cmd!r}"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,510 @@
+"""The Hermes plugin's pure parts: report bodies, the report queue, and the gate's decisions
+on a small stand-in for Hermes' AIAgent (no Hermes, no sockets)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import types
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from hroute.client import Usable
+from hroute_hermes import HermesPlugin
+from hroute_hermes.gate import Gate, HealthView, entry_credential
+from hroute_hermes.reports import (
+    Reporter,
+    credential_fingerprint,
+    failure_report,
+    normalized_url,
+    redact,
+    success_report,
+    usage_report,
+)
+from hroute_hermes.wiring import Group, Wiring
+
+PRIMARY = "http://127.0.0.1:8080/v1"
+FB1 = "http://127.0.0.1:9001/v1"
+FB2 = "http://127.0.0.1:9002/v1"
+
+
+# --- report bodies ---------------------------------------------------------------------
+
+
+def test_fingerprint_is_short_stable_and_never_the_key() -> None:
+    key = "sk-live-0123456789abcdef"
+    fp = credential_fingerprint(key)
+    assert fp == credential_fingerprint(f"  {key}\n")
+    assert fp is not None and fp.startswith("sha256:") and len(fp) == len("sha256:") + 16
+    assert key not in fp and "0123456789" not in fp
+    assert credential_fingerprint("sk-other") != fp
+    for nothing in (None, "", "   ", 42, lambda: "token"):
+        assert credential_fingerprint(nothing) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/v1",
+        "http://127.0.0.1:8080/v1/",
+        "http://localhost:8080",
+        "HTTP://127.0.0.1:8080/",
+    ],
+)
+def test_urls_are_normalised_the_way_hroute_does(url: str) -> None:
+    assert normalized_url(url) == "http://127.0.0.1:8080"
+
+
+def test_no_url_no_report() -> None:
+    assert normalized_url("") is None and normalized_url(None) is None
+    assert failure_report({"reason": "overloaded"}) is None
+    assert success_report({"base_url": ""}) is None
+
+
+def hermes_error_hook(**over: Any) -> dict[str, Any]:
+    """The keyword arguments Hermes 0.19 passes to `api_request_error`."""
+    hook = {
+        "task_id": "t",
+        "turn_id": "u",
+        "api_request_id": "r",
+        "session_id": "s",
+        "platform": "cli",
+        "model": "gemma",
+        "provider": "custom",
+        "base_url": PRIMARY + "/",
+        "api_mode": "chat_completions",
+        "api_call_count": 1,
+        "api_duration": 0.2,
+        "started_at": 1.0,
+        "ended_at": 1.2,
+        "status_code": 503,
+        "retry_count": 0,
+        "max_retries": 2,
+        "retryable": True,
+        "reason": "overloaded",
+        "error": {"type": "InternalServerError", "message": "Error code: 503"},
+        "request": {"model": "gemma"},
+        "telemetry_schema_version": 1,
+    }
+    return {**hook, **over}
+
+
+def test_failure_report_carries_hermes_own_reason_and_context() -> None:
+    body = failure_report(hermes_error_hook(), credential="sha256:abcd")
+    assert body == {
+        "base_url": "http://127.0.0.1:8080",
+        "outcome": "failure",
+        "reason": "overloaded",
+        "status_code": 503,
+        "provider": "custom",
+        "model": "gemma",
+        "credential": "sha256:abcd",
+        "detail": "InternalServerError: Error code: 503",
+    }
+
+
+def test_failure_report_drops_what_hroute_would_refuse() -> None:
+    body = failure_report(hermes_error_hook(status_code=None, reason=None, provider=""))
+    assert body is not None
+    assert not {"status_code", "reason", "provider", "credential"} & body.keys()
+    assert "status_code" not in failure_report(hermes_error_hook(status_code=True))
+    assert "status_code" not in failure_report(hermes_error_hook(status_code=700))
+    assert failure_report(hermes_error_hook(reason="Rate_Limit"))["reason"] == "rate_limit"
+
+
+def test_keys_never_leave_in_the_detail() -> None:
+    key = "my-very-secret-key-value"
+    message = f"Incorrect API key provided: {key}; also sk-proj-ABCDEF123456 and Bearer abc.def"
+    body = failure_report(
+        hermes_error_hook(error={"type": "AuthError", "message": message}), api_key=key
+    )
+    assert key not in body["detail"] and "sk-proj-ABCDEF123456" not in body["detail"]
+    assert "abc.def" not in body["detail"] and body["detail"].startswith("AuthError: Incorrect")
+    assert len(redact("x" * 5000)) == 300
+
+
+def test_success_and_usage_reports() -> None:
+    hook = {
+        "base_url": PRIMARY,
+        "provider": "custom",
+        "model": "gemma",
+        "usage": {"input_tokens": 10, "output_tokens": 3, "prompt_tokens": 12},
+    }
+    assert success_report(hook, "sha256:ff") == {
+        "base_url": "http://127.0.0.1:8080",
+        "outcome": "success",
+        "provider": "custom",
+        "model": "gemma",
+        "credential": "sha256:ff",
+    }
+    assert usage_report(hook) == {
+        "base_url": "http://127.0.0.1:8080",
+        "input_tokens": 12,
+        "output_tokens": 3,
+    }
+    assert usage_report({**hook, "usage": None}) is None
+    assert usage_report({**hook, "usage": {"prompt_tokens": 0, "output_tokens": 0}}) is None
+
+
+def test_entry_credential_reads_the_key_or_its_variable() -> None:
+    assert entry_credential({"api_key": "k1"}) == credential_fingerprint("k1")
+    env = {"FB_KEY": "k2"}
+    assert entry_credential({"key_env": "FB_KEY"}, env) == credential_fingerprint("k2")
+    assert entry_credential({"key_env": "MISSING"}, env) is None
+
+
+# --- the report queue ------------------------------------------------------------------
+
+
+class BlockingSender:
+    """Records what it sends; holds the worker inside the first send until released."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, path: str, body: dict[str, Any]) -> None:
+        self.entered.set()
+        assert self.release.wait(10)
+        if body.get("boom"):
+            raise OSError("hroute went away")
+        self.sent.append((path, body))
+
+
+def test_reporter_drops_when_full_and_never_blocks() -> None:
+    sender = BlockingSender()
+    reporter = Reporter(sender, maxsize=3)
+    assert reporter.submit("/v1/reports", {"n": 0})
+    assert sender.entered.wait(5)  # the worker holds report 0; the queue is empty
+    assert all(reporter.submit("/v1/reports", {"n": n}) for n in (1, 2, 3))
+    assert not reporter.submit("/v1/reports", {"n": 4})
+    assert not reporter.submit("/v1/reports", {"n": 5})
+    assert reporter.dropped == 2 and reporter.pending() == 4
+    assert not reporter.flush(0.01)
+    sender.release.set()
+    assert reporter.flush(5)
+    assert [b["n"] for _, b in sender.sent] == [0, 1, 2, 3]
+
+
+def test_reporter_survives_a_failing_send() -> None:
+    sender = BlockingSender()
+    sender.release.set()
+    reporter = Reporter(sender, maxsize=8)
+    reporter.submit("/v1/reports", {"boom": True})
+    reporter.submit("/v1/reports", {"n": 1})
+    assert reporter.flush(5)
+    assert reporter.failed == 1 and sender.sent == [("/v1/reports", {"n": 1})]
+
+
+# --- hroute's view, failing open ------------------------------------------------------------
+
+
+class FakeHroute:
+    """Answers like `Client.usable`: listed URLs are down, anything else usable."""
+
+    def __init__(self, down: dict[str, str] | None = None, reachable: bool = True) -> None:
+        self.down = {normalized_url(u): why for u, why in (down or {}).items()}
+        self.reachable = reachable
+        self.asked: list[tuple[str, str | None]] = []
+
+    def usable(
+        self, backend: str | None = None, *, base_url: str, credential: str | None = None
+    ) -> Usable:
+        self.asked.append((base_url, credential))
+        if not self.reachable:
+            return Usable(True, None, "unknown", "hroute_unavailable", None, "fail-open")
+        why = self.down.get(normalized_url(base_url))
+        return Usable(why is None, "b", "unhealthy" if why else "healthy", why)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_view_says_why_a_backend_is_down() -> None:
+    view = HealthView(FakeHroute({PRIMARY: "overloaded"}).usable)
+    assert view.down(PRIMARY + "/") == "overloaded"
+    assert view.down(FB1) is None
+    assert view.down(None) is None
+
+
+def test_view_stops_asking_an_unreachable_hroute_for_a_while() -> None:
+    hroute, clock = FakeHroute(reachable=False), Clock()
+    view = HealthView(hroute.usable, clock=clock, quiet_s=5.0)
+    assert [view.down(PRIMARY) for _ in range(10)] == [None] * 10
+    assert len(hroute.asked) == 1
+    clock.t += 5.1
+    view.down(PRIMARY)
+    assert len(hroute.asked) == 2
+
+
+# --- the gate on a stand-in AIAgent ---------------------------------------------------------
+
+
+def entry_key(fb: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Hermes' `_fallback_entry_key`."""
+    return (
+        str(fb.get("provider") or "").lower(),
+        str(fb.get("model") or ""),
+        str(fb.get("base_url") or "").rstrip("/"),
+    )
+
+
+def hermes_restore(agent: Agent) -> bool:
+    """Hermes' restore_primary_runtime, reduced to the state the gate depends on."""
+    if not agent._fallback_activated:
+        agent._fallback_index = 0
+        return False
+    agent.restores += 1
+    agent.base_url, agent.model = (
+        agent._primary_runtime["base_url"],
+        agent._primary_runtime["model"],
+    )
+    agent._fallback_activated, agent._fallback_index = False, 0
+    return True
+
+
+def hermes_activate(agent: Agent, reason: Any = None) -> bool:
+    """Hermes' try_activate_fallback: walk the chain, skipping `_unavailable_fallback_keys`."""
+    if agent._fallback_index >= len(agent._fallback_chain):
+        return False
+    fb = agent._fallback_chain[agent._fallback_index]
+    agent._fallback_index += 1
+    if entry_key(fb) in agent._unavailable_fallback_keys:
+        return agent._try_activate_fallback(reason)
+    agent.base_url, agent.model, agent._fallback_activated = fb["base_url"] + "/", fb["model"], True
+    return True
+
+
+class Agent:
+    """The attributes of run_agent.AIAgent that the gate reads and Hermes' helpers mutate."""
+
+    def __init__(self, gate: Gate, chain: list[dict[str, str]]) -> None:
+        self.gate = gate
+        self.model, self.base_url, self.api_key = "gemma", PRIMARY, "primary-key"
+        self._primary_runtime = {"model": "gemma", "base_url": PRIMARY, "api_key": "primary-key"}
+        self._fallback_chain = chain
+        self._fallback_index = 0
+        self._fallback_activated = False
+        self._unavailable_fallback_keys: set[tuple[str, str, str]] = set()
+        self.restores = 0
+
+    def _try_activate_fallback(self, reason: Any = None) -> bool:
+        return self.gate.activate_fallback(self, reason, hermes_activate, entry_key)
+
+    def _restore_primary_runtime(self) -> bool:
+        return self.gate.restore_primary(self, hermes_restore)
+
+
+CHAIN = [
+    {"provider": "custom", "model": "fb1", "base_url": FB1, "api_key": "k1"},
+    {"provider": "custom", "model": "fb2", "base_url": FB2, "api_key": "k2"},
+]
+
+
+def make_agent(down: dict[str, str], reachable: bool = True) -> tuple[Agent, FakeHroute]:
+    hroute = FakeHroute(down, reachable)
+    return Agent(Gate(HealthView(hroute.usable)), [dict(e) for e in CHAIN]), hroute
+
+
+def test_on_a_fallback_the_agent_stays_while_the_primary_is_down() -> None:
+    agent, hroute = make_agent({PRIMARY: "overloaded"})
+    assert agent._try_activate_fallback()
+    assert agent._restore_primary_runtime() is False
+    assert agent.model == "fb1" and agent._fallback_activated and agent.restores == 0
+    assert hroute.asked[-1] == (normalized_url(PRIMARY), credential_fingerprint("primary-key"))
+
+
+def test_on_a_fallback_the_primary_is_restored_once_usable() -> None:
+    agent, hroute = make_agent({})
+    agent._try_activate_fallback()
+    assert agent._restore_primary_runtime() is True
+    assert agent.model == "gemma" and not agent._fallback_activated
+
+
+def test_a_known_down_primary_is_left_before_the_first_request() -> None:
+    agent, _ = make_agent({PRIMARY: "connection"})
+    agent._restore_primary_runtime()
+    assert agent._fallback_activated and agent.model == "fb1"
+
+
+def test_fallbacks_hroute_says_are_down_are_skipped_for_that_activation_only() -> None:
+    agent, hroute = make_agent({PRIMARY: "connection", FB1: "overloaded"})
+    agent._restore_primary_runtime()
+    assert agent.model == "fb2"
+    assert agent._unavailable_fallback_keys == set()  # Hermes' session-long list is untouched
+    assert (normalized_url(FB1), credential_fingerprint("k1")) in hroute.asked
+
+
+def test_keys_hermes_itself_marked_stay_marked() -> None:
+    agent, _ = make_agent({FB1: "overloaded"})
+    mine = entry_key(CHAIN[1])
+    agent._unavailable_fallback_keys.add(mine)
+    agent._fallback_chain.append(
+        {"provider": "custom", "model": "fb3", "base_url": "http://127.0.0.1:9003"}
+    )
+    assert agent._try_activate_fallback()
+    assert agent.model == "fb3" and agent._unavailable_fallback_keys == {mine}
+
+
+def test_nothing_is_skipped_when_every_fallback_is_down() -> None:
+    agent, _ = make_agent({FB1: "overloaded", FB2: "overloaded"})
+    assert agent._try_activate_fallback() and agent.model == "fb1"
+    agent, _ = make_agent({PRIMARY: "connection", FB1: "overloaded", FB2: "timeout"})
+    agent._restore_primary_runtime()
+    assert not agent._fallback_activated and agent.model == "gemma"  # Hermes decides, as without us
+
+
+def test_without_hroute_the_agent_behaves_as_hermes_alone() -> None:
+    agent, _ = make_agent({PRIMARY: "connection"}, reachable=False)
+    agent._restore_primary_runtime()
+    assert not agent._fallback_activated
+    agent._try_activate_fallback()
+    assert agent._restore_primary_runtime() is True and agent.model == "gemma"
+
+
+class FakeClient(FakeHroute):
+    """`hroute.client.Client`'s two methods the plugin uses; records what it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def request(
+        self, method: str, path: str, body: Any = None, budget_s: float | None = None
+    ) -> tuple[int, Any]:
+        self.sent.append((path, body))
+        return 202, {}
+
+
+def test_hooks_fingerprint_the_key_of_the_agent_on_this_thread() -> None:
+    client = FakeClient()
+    plugin = HermesPlugin(client)  # type: ignore[arg-type]
+    agent = Agent(plugin.gate, [])
+    plugin.gate.restore_primary(agent, hermes_restore)  # each turn starts here, on its thread
+    plugin.on_api_request_error(**hermes_error_hook())
+    plugin.on_api_request_error(**hermes_error_hook(base_url=FB1))  # not the agent's URL
+    plugin.on_post_api_request(
+        base_url=PRIMARY,
+        provider="custom",
+        model="gemma",
+        usage={"prompt_tokens": 5, "output_tokens": 2},
+    )
+    other = threading.Thread(target=lambda: plugin.on_api_request_error(**hermes_error_hook()))
+    other.start()
+    other.join()
+    assert plugin.reporter.flush(5)
+    paths = [path for path, _ in client.sent]
+    bodies = [body for _, body in client.sent]
+    assert paths == ["/v1/reports"] * 3 + ["/v1/usage", "/v1/reports"]
+    assert bodies[0]["credential"] == credential_fingerprint("primary-key")
+    assert "credential" not in bodies[1] and "credential" not in bodies[4]
+    assert bodies[2]["outcome"] == "success" and bodies[2]["credential"] == bodies[0]["credential"]
+    assert "primary-key" not in repr(client.sent)
+
+
+# --- auxiliary calls -------------------------------------------------------------------------
+
+
+def normalize_label(provider: str) -> str:
+    return {"custom": "local/custom"}.get(provider, provider)
+
+
+def test_auxiliary_main_runtime_down_hides_its_labels_during_resolution() -> None:
+    gate = Gate(HealthView(FakeHroute({PRIMARY: "overloaded"}).usable))
+    unhealthy = lambda label: label == "nous"  # noqa: E731 - Hermes' own 402 cache
+    seen = {}
+
+    def resolve() -> str:
+        seen.update(
+            {
+                lbl: gate.provider_unhealthy(lbl, unhealthy)
+                for lbl in ("local/custom", "openrouter", "nous")
+            }
+        )
+        return "client"
+
+    runtime = {"provider": "custom", "base_url": PRIMARY, "api_key": "k"}
+    assert gate.resolve_auxiliary(runtime, resolve, dict, normalize_label) == "client"
+    assert seen == {"local/custom": True, "openrouter": False, "nous": True}
+    assert gate.provider_unhealthy("local/custom", unhealthy) is False  # only while resolving
+    runtime = {"provider": "openrouter", "base_url": FB1}
+    gate.resolve_auxiliary(runtime, resolve, dict, normalize_label)
+    assert seen["local/custom"] is False
+
+
+def test_auxiliary_fallback_entries_that_are_down_resolve_to_nothing() -> None:
+    gate = Gate(HealthView(FakeHroute({FB1: "timeout"}).usable))
+    resolve = lambda entry: ("client", entry["model"])  # noqa: E731
+    assert gate.resolve_fallback_entry(CHAIN[0], resolve) == (None, None)
+    assert gate.resolve_fallback_entry(CHAIN[1], resolve) == ("client", "fb2")
+
+
+# --- wiring --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_helpers() -> Iterator[types.ModuleType]:
+    mod = types.ModuleType("fake_hermes_helpers")
+
+    def restore_primary_runtime(agent: Any) -> bool:
+        return hermes_restore(agent)
+
+    mod.restore_primary_runtime = restore_primary_runtime
+    sys.modules[mod.__name__] = mod
+    yield mod
+    del sys.modules[mod.__name__]
+
+
+def test_wiring_wraps_checks_and_unwraps(
+    fake_helpers: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = fake_helpers.restore_primary_runtime
+    hroute = FakeHroute({PRIMARY: "overloaded"})
+    wiring = Wiring(Gate(HealthView(hroute.usable)))
+    groups = (
+        Group("restore", "fake_hermes_helpers", ("restore_primary_runtime",)),
+        Group(
+            "fallback", "fake_hermes_helpers", ("try_activate_fallback",), ("_fallback_entry_key",)
+        ),
+        Group("auxiliary", "no_such_hermes_module", ("_resolve_auto",)),
+    )
+    with caplog.at_level(logging.WARNING, logger="hroute_hermes"):
+        assert wiring.install(groups) == ["restore"]
+    assert (
+        "fallback not wrapped: fake_hermes_helpers has no try_activate_fallback, _fallback_entry_key"
+        in caplog.text
+    )
+    assert "auxiliary not wrapped: cannot import no_such_hermes_module" in caplog.text
+
+    agent, _ = make_agent({})
+    agent._fallback_activated = True
+    assert fake_helpers.restore_primary_runtime is not original
+    assert fake_helpers.restore_primary_runtime(agent) is False  # the primary is down
+    assert hroute.asked
+
+    Wiring(Gate(HealthView(FakeHroute().usable))).install(
+        groups[:1]
+    )  # a second plugin: no double wrap
+    assert fake_helpers.restore_primary_runtime.__hroute_original__ is original
+    wiring.uninstall()
+    assert fake_helpers.restore_primary_runtime is original
+
+
+def test_the_plugin_imports_only_the_standard_library_and_hroute_client() -> None:
+    code = (
+        "import sys; before = set(sys.modules); import hroute_hermes\n"
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+        "print(*sorted(new - set(sys.stdlib_module_names)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["hroute", "hroute_hermes"]
