@@ -18,13 +18,7 @@ _LEVELS = {
     "escalation": logging.WARNING,
     "fatal": logging.ERROR,
     "config_rejected": logging.ERROR,
-    "process_exited": logging.WARNING,
-    "process_hang": logging.WARNING,
-    "process_startup_timeout": logging.WARNING,
-    "process_spawn_failed": logging.ERROR,
-    "process_port_in_use": logging.ERROR,
-    "process_fatal": logging.ERROR,
-    "unit_failed": logging.ERROR,
+    "restart": logging.WARNING,  # a manual one is INFO (log_event)
 }
 
 
@@ -55,7 +49,7 @@ def describe(event: dict[str, Any]) -> str:
         secs = event.get("cooldown_s")
         span = "until the key changes" if secs is None else f"for {secs:g}s"
         return f"{name}: cooling down {span}{cred} ({reason}{detail})"
-    if kind.startswith(("process_", "unit_")):
+    if kind.startswith(("process_", "unit_")) or kind in ("restart", "fatal"):
         return f"{name}: {event.get('detail') or kind}"
     if kind == "cooldown_end":
         return f"{name}: cooldown over ({reason})"
@@ -86,4 +80,6 @@ def describe(event: dict[str, Any]) -> str:
 def log_event(event: dict[str, Any]) -> None:
     """The registry's log sink."""
     level = _LEVELS.get(event["event"], logging.INFO)
+    if event.get("reason") == "manual":
+        level = logging.INFO
     log.log(level, describe(event), extra={"hroute_event": event})

@@ -175,7 +175,7 @@ class ChildSupervisor:
                     reason = "manual"
             if reason == "manual":
                 self.policy.reset()
-                self._emit("process_restart", "manual", "restart requested; start history cleared")
+                self._emit("restart", "manual", "restart requested; start history cleared")
             ended = await self._run_once(reason)
             reason, detail = ended.why, ended.detail
             if ended.why == "manual":
@@ -183,11 +183,11 @@ class ChildSupervisor:
                 continue
             decision = self.policy.after_failure(self._clock.now(), ended.ran_for_s)
             delay = decision.delay_s
-            plan = "giving up" if decision.fatal else f"restarting in {delay:g}s"
-            self._emit(f"process_{ended.why}", ended.why, f"{ended.detail}; {plan}")
             if decision.fatal:
-                self._fatal(decision.why)
+                self._fatal(ended, decision.why)
             else:
+                # journald: HROUTE_EVENT=restart, HROUTE_REASON=exited|hang|startup_timeout|...
+                self._emit("restart", ended.why, f"{ended.detail}; restarting in {delay:g}s")
                 self._set(ProcState.BACKOFF, f"{detail}; next start in {delay:g}s")
 
     async def _next(self, wanted: Callable[[_Message], bool]) -> _Message:
@@ -340,14 +340,14 @@ class ChildSupervisor:
         self._down(why, detail)
         return _Ended(why, detail)
 
-    def _fatal(self, why: str) -> None:
+    def _fatal(self, last: _Ended, why: str) -> None:
         detail = (
-            f"giving up after {why}; not restarting. Fix the cause (see the lines above, "
-            f"tagged [{self.name}]), then run: hroute restart {self.name}"
+            f"{last.detail}; giving up after {why}; not restarting. Fix the cause (see the "
+            f"lines above, tagged [{self.name}]), then run: hroute restart {self.name}"
         )
         self._set(ProcState.FATAL, why)
         self._down("fatal", detail)
-        self._emit("process_fatal", "fatal", detail)
+        self._emit("fatal", last.why, detail)
 
     def _down(self, reason: str, detail: str) -> None:
         """The server is gone or useless from now on: routes must fall through at once."""

@@ -135,7 +135,7 @@ class UnitSupervisor:
     async def _handle(self, message: Any) -> None:
         if message == "restart":
             self._registry.emit(
-                "unit_restart", backend=self.name, reason="manual", detail=f"restarting {self.unit}"
+                "restart", backend=self.name, reason="manual", detail=f"restarting {self.unit}"
             )
             await self._restart("manual", reset_failed=True)
         elif isinstance(message, _PidExited):
@@ -159,7 +159,7 @@ class UnitSupervisor:
                 )
                 self._registry.mark_down(self.name, "hang", detail)
                 self._registry.hold(self.name, "hang")
-                self._registry.emit("unit_hang", backend=self.name, reason="hang", detail=detail)
+                self._registry.emit("restart", backend=self.name, reason="hang", detail=detail)
                 await self._restart("hang")
 
     async def _restart(self, reason: str, *, reset_failed: bool = False) -> None:
@@ -167,9 +167,10 @@ class UnitSupervisor:
         self.restarts += 1
         self.last_restart_reason = reason
         self._restarting_from = self.pid or 0
+        # --no-ask-password: never wait for a password prompt; authorisation is root or polkit.
         if reset_failed:  # else a unit that hit its own start limit refuses to start
-            await self._systemctl_run("reset-failed", self.unit)
-        ok, out = await self._systemctl_run("restart", "--no-block", self.unit)
+            await self._systemctl_run("--no-ask-password", "reset-failed", self.unit)
+        ok, out = await self._systemctl_run("--no-ask-password", "restart", "--no-block", self.unit)
         if not ok:
             self.detail = f"systemctl restart {self.unit} failed: {out}"
             log.error("%s: %s", self.name, self.detail)
@@ -199,7 +200,7 @@ class UnitSupervisor:
             )
             self._registry.mark_down(self.name, "fatal", detail)
             self._registry.hold(self.name, "fatal")
-            self._registry.emit("unit_failed", backend=self.name, reason="fatal", detail=detail)
+            self._registry.emit("fatal", backend=self.name, reason="unit_failed", detail=detail)
         if unit.main_pid is not None and unit.main_pid != self._watched:
             self._watched = unit.main_pid
             assert self._tg is not None

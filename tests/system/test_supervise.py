@@ -179,16 +179,18 @@ def test_crash_loop_backs_off_goes_fatal_and_hroute_restart_recovers(tmp_path: P
         cwd=str(tmp_path),
     )
     with Daemon(tmp_path, cfg) as d:
-        line = d.wait_for_log("ERROR hroute: loc: giving up after", timeout_s=15)
+        line = d.wait_for_log("ERROR hroute: loc: pid", timeout_s=15)
+        assert "exited with code 7" in line and "giving up after" in line
         assert "4 starts within 60s (start_limit: burst 4, interval_s 60)" in line
         assert "then run: hroute restart loc" in line
-        exits = events(d, "process_exited")
-        assert [e["detail"].rsplit("; ", 1)[1] for e in exits] == [
-            "restarting in 0s",
-            "restarting in 0.2s",
-            "restarting in 0.4s",
-            "giving up",
+        restarts = events(d, "restart")
+        assert [(e["reason"], e["detail"].rsplit("; ", 1)[1]) for e in restarts] == [
+            ("exited", "restarting in 0s"),
+            ("exited", "restarting in 0.2s"),
+            ("exited", "restarting in 0.4s"),
         ]
+        [fatal] = events(d, "fatal")
+        assert fatal["reason"] == "exited" and "exited with code 7" in fatal["detail"]
         starts = [e["ts"] for e in events(d, "process_started")]
         assert len(starts) == 4 and starts[3] - starts[2] >= 0.35  # it really waited
         b = d.backend("loc")

@@ -273,6 +273,113 @@ def test_stopped_service_is_started_by_a_client(root):
     assert root.show("hroute.service", "ActiveState") == "active"
 
 
+# mode: systemd against the shipped example unit and polkit rule (systemd/llama-server.service),
+# with the stand-in server tests/support/fake_llama.py in place of the llama-server binary.
+SUPERVISED_CONFIG = """\
+daemon:
+  log_level: info
+backends:
+  llama-local:
+    kind: llama-server
+    base_url: "http://127.0.0.1:8080"
+    probe: {interval_s: 0.5, timeout_s: 0.5, fall: 1}
+    supervise: {mode: systemd, unit: llama-server.service, hang_restart_after: 2}
+profiles:
+  coding: {chain: [llama-local]}
+"""
+POLKITD = Path("/usr/lib/polkit-1/polkitd")
+
+
+def shipped_llama_unit() -> str:
+    """The example unit, running the stand-in server; no GPU groups in the test root."""
+    lines = []
+    for line in (REPO / "systemd/llama-server.service").read_text().splitlines():
+        if line.startswith("ExecStart="):
+            line = "ExecStart=/usr/bin/python3 /opt/hroute-test/fake_llama.py --port 8080"
+        elif line.startswith("SupplementaryGroups="):
+            continue
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def shipped_polkit_rule() -> str:
+    """The polkit rule as the example unit's comment gives it, uncommented."""
+    text = (REPO / "systemd/llama-server.service").read_text().splitlines()
+    start = next(i for i, line in enumerate(text) if line.startswith("#   polkit.addRule"))
+    end = next(i for i in range(start, len(text)) if text[i] == "#   });")
+    return "\n".join(line[4:] for line in text[start : end + 1]) + "\n"
+
+
+def backend_view(root: SystemdRoot, name: str = "llama-local") -> dict:
+    return curl(root, f"/v1/backends/{name}")
+
+
+def unit_pid(root: SystemdRoot, unit: str = "llama-server.service") -> int:
+    return int(root.show(unit, "MainPID"))
+
+
+@pytest.mark.skipif(
+    not (POLKITD.exists() and shutil.which("dbus-daemon")), reason="needs polkitd and dbus-daemon"
+)
+def test_mode_systemd_restarts_a_hung_unit_through_systemctl_and_polkit(root):
+    """hroute runs as the user hroute under its hardened unit; the rule from the example
+    unit's comment is all that lets it restart llama-server.service."""
+    opt = root.path("/opt/hroute-test")
+    opt.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "tests/support/fake_llama.py", opt / "fake_llama.py")
+    root.path("/etc/systemd/system/llama-server.service").write_text(shipped_llama_unit())
+    rule = root.path("/etc/polkit-1/rules.d/50-hroute-llama-server.rules")
+    rule.parent.mkdir(parents=True, exist_ok=True)
+    rule.write_text(shipped_polkit_rule())
+    root.run("systemctl", "daemon-reload")
+    root.run("systemctl", "start", "dbus.socket")  # the test's target starts nothing else
+    root.run("systemctl", "start", "llama-server.service", timeout_s=30)
+    root.path("/etc/hroute/hroute.yaml").write_text(SUPERVISED_CONFIG)
+    root.run("systemctl", "reload", "hroute.service", timeout_s=30)
+    try:
+        first = unit_pid(root)
+        view = wait_until(
+            lambda: (b := backend_view(root))["usable"] and b["process"]["pid"] == first and b,
+            20,
+            "llama-local healthy, watching the unit's main pid",
+        )
+        assert view["process"]["mode"] == "systemd" and view["process"]["state"] == "running"
+
+        # A crash is the unit's own Restart= business; hroute sees the exit and follows.
+        root.run("kill", "-9", str(first))
+        second = wait_until(lambda: unit_pid(root) not in (0, first) and unit_pid(root), 15, "")
+        wait_until(
+            lambda: (b := backend_view(root))["usable"] and b["process"]["pid"] == second,
+            20,
+            "healthy again on systemd's restart",
+        )
+        exited = [e for e in curl(root, "/v1/events")["events"] if e["event"] == "unit_exited"]
+        assert exited and f"main pid {first} exited" in exited[-1]["detail"]
+
+        # A hang is not: the process lives, only hroute's probes see it. systemctl restart,
+        # as the user hroute, allowed by the polkit rule.
+        root.run("kill", "-STOP", str(second))
+        third = wait_until(
+            lambda: unit_pid(root) not in (0, second) and unit_pid(root), 30, "hang restart"
+        )
+        view = wait_until(
+            lambda: (b := backend_view(root))["usable"] and b["process"]["pid"] == third and b,
+            20,
+            "healthy after the hang restart",
+        )
+        assert view["process"]["last_restart_reason"] == "hang"
+        assert view["process"]["restarts"] == 1
+        assert "failed" not in view["process"]["detail"]
+        [entry] = journal(root, "HROUTE_EVENT=restart", "HROUTE_REASON=hang")
+        assert entry["HROUTE_BACKEND"] == "llama-local"
+        assert entry["MESSAGE_ID"] == MESSAGE_IDS["restart"]
+        assert f"pid {second} is alive but 2 probes in a row got no answer" in entry["MESSAGE"]
+    finally:
+        root.path("/etc/hroute/hroute.yaml").write_text(CONFIG)
+        root.run("systemctl", "reload", "hroute.service", check=False, timeout_s=30)
+        root.run("systemctl", "stop", "llama-server.service", check=False, timeout_s=30)
+
+
 def test_purge_removes_what_the_package_added(root):
     root.run("dpkg", "--purge", "hroute", timeout_s=120)
     assert root.run("getent", "passwd", "hroute", check=False).returncode != 0
