@@ -26,7 +26,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,18 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.llama import llama_command, tiny_model  # noqa: E402
+from tests.support.procs import free_port  # noqa: E402
 
 from hroute.client import Client  # noqa: E402
 
 PROBE = {"interval_s": 2, "timeout_s": 1}  # README: llama-local; fall 3, jitter 0.1 by default
 HANG_AFTER = 3
 RESET_AFTER_S = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:

@@ -22,23 +22,9 @@ from hroute.child import (
     stop_child,
 )
 from tests.support.daemon import wait_until
+from tests.support.procs import dead, free_port
 
 FAKE = str(Path(__file__).resolve().parents[1] / "support" / "fake_llama.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def dead(pid: int) -> bool:
-    """Gone, or a zombie nobody has reaped yet (it holds no port, no memory)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def run_child(argv: list[str], then=None) -> tuple[int, list[str], object]:

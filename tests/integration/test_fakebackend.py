@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.fakebackend import Behavior, FakeBackend, sse_body  # noqa: E402
+from tests.support.procs import free_port  # noqa: E402
 
 SUPPORT = ROOT / "tests" / "support"
 
@@ -229,12 +230,6 @@ def test_fakebackend_as_subprocess() -> None:
 
 
 # ------------------------------------------------------------------------------ fake_llama
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -17,14 +17,9 @@ import pytest
 from hroute.client import Client
 from tests.support.daemon import Daemon, wait_until
 from tests.support.fakebackend import Behavior, FakeBackend
+from tests.support.procs import free_port
 
 pytestmark = pytest.mark.system
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config(backends: dict[str, str], profiles: str = "", interval: float = 0.1) -> str:

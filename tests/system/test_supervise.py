@@ -14,17 +14,12 @@ from typing import Any
 import pytest
 
 from tests.support.daemon import Daemon, wait_until
+from tests.support.procs import dead, free_port
 
 pytestmark = pytest.mark.system
 
 FAKE = str(Path(__file__).resolve().parents[1] / "support" / "fake_llama.py")
 FAST_PROBE = {"interval_s": 0.1, "timeout_s": 0.5, "fall": 1, "rise": 1, "jitter": 0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake(port: int, *args: str) -> list[str]:
@@ -81,15 +76,6 @@ def events(d: Daemon, event: str | None = None) -> list[dict[str, Any]]:
     status, body = d.get("/v1/events")
     assert status == 200
     return [e for e in body["events"] if event is None or e["event"] == event]
-
-
-def dead(pid: int) -> bool:
-    """Gone, or a zombie nobody has reaped yet (it holds no port, no memory)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def hroute(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +15,9 @@ import pytest
 
 from tests.support.daemon import Daemon, wait_until
 from tests.support.llama import llama_command, require_llama_server, tiny_model
+from tests.support.procs import dead, free_port
 
 pytestmark = [pytest.mark.system, pytest.mark.llama]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def dead(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def process(d: Daemon) -> dict[str, Any]:

@@ -14,12 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from hroute.journal import MESSAGE_IDS
+from tests.support.daemon import wait_until as _wait_until
 from tests.support.systemd_root import SystemdRoot, root_skip_reason
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,15 +58,8 @@ LimitCORE=0
 """
 
 
-def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+def wait_until(predicate, timeout_s: float, what: str):
+    return _wait_until(predicate, timeout_s, interval_s=0.1, what=what)
 
 
 def _source_digest() -> str:
