@@ -22,7 +22,7 @@ exit codes:
   1  failure: invalid configuration, or the daemon answered with an error
   2  bad command-line usage
   3  cannot reach the daemon (is it running? is --socket right?)
-  4  route: no backend of the profile is usable now
+  4  route: no backend of the profile is usable now; usable: the backend is not usable now
 
 The socket is --socket, else $HROUTE_SOCKET, else $RUNTIME_DIRECTORY/hroute.sock,
 else /run/hroute/hroute.sock as root, else $XDG_RUNTIME_DIR/hroute/hroute.sock.
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hroute {__version__}")
     parser.add_argument("--socket", help="the daemon's Unix socket (see below)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = _Commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
 
     p = sub.add_parser("run", help="run the daemon in the foreground (logs to stderr)")
     p.add_argument("--config", "-c", help="YAML configuration file")
@@ -99,9 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("reload", help="reload the configuration (same as SIGHUP)")
-    p = sub.add_parser("restart", help="restart a supervised inference server")
-    p.add_argument("backend")
+    p = sub.add_parser(
+        "restart",
+        help="restart a supervised inference server",
+        epilog="Works from any state; clears 'fatal' and the start history. For mode: systemd "
+        "it runs systemctl reset-failed and restart. Exit 1 if the backend is not supervised.",
+    )
+    p.add_argument("backend", help="the backend's name in the configuration")
     return parser
+
+
+class _Commands:
+    """Subcommands whose --help starts with what the command does (its one-line help)."""
+
+    def __init__(self, action: Any) -> None:
+        self._action = action
+
+    def add_parser(self, name: str, *, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+        text = help[:1].upper() + help[1:]
+        description = text if text.endswith("?") else text + "."
+        return self._action.add_parser(name, help=help, description=description, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
