@@ -72,6 +72,8 @@ def describe(event: dict[str, Any]) -> str:
         return f"{name}: rejected hroute's key ({reason}{detail}); unusable until the key or config changes"
     if "old" in event and "new" in event:
         why = f" ({reason}{detail})" if reason or detail else ""
+        if event["old"] == event["new"]:  # a new reason for the same state
+            return f"{name}: still {event['new']}, now{why}"
         return f"{name}: {event['old']} -> {event['new']}{why}"
     extra = f" ({reason}{detail})" if reason or detail else ""
     return f"{name}: {kind}{extra}"
