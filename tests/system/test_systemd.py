@@ -383,6 +383,65 @@ def test_mode_systemd_restarts_a_hung_unit_through_systemctl_and_polkit(root):
         root.run("systemctl", "stop", "llama-server.service", check=False, timeout_s=30)
 
 
+CHILD_CONFIG = """\
+daemon:
+  log_level: info
+backends:
+  llama-child:
+    kind: llama-server
+    base_url: "http://127.0.0.1:8081"
+    probe: {interval_s: 0.5, timeout_s: 0.5, fall: 1}
+    supervise:
+      command: ["/usr/bin/python3", "/opt/hroute-test/fake_llama.py", "--port", "8081"]
+      restart: {backoff_initial_s: 0.2}
+profiles:
+  coding: {chain: [llama-child]}
+"""
+
+
+def test_mode_child_under_the_hardened_unit_and_a_clean_stop(root):
+    """hroute's own unit runs the server as its child; stopping hroute stops the child
+    through hroute (one graceful stop, no crash restart on the way out)."""
+    opt = root.path("/opt/hroute-test")
+    opt.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "tests/support/fake_llama.py", opt / "fake_llama.py")
+    root.path("/etc/hroute/hroute.yaml").write_text(CHILD_CONFIG)
+    root.run("systemctl", "reload", "hroute.service", timeout_s=30)
+    try:
+        view = wait_until(
+            lambda: (b := backend_view(root, "llama-child"))["usable"] and b, 20, "child healthy"
+        )
+        first = view["process"]["pid"]
+        assert view["process"]["mode"] == "child"
+        cgroup = root.path(f"/proc/{first}/cgroup").read_text()
+        assert "/system.slice/hroute.service" in cgroup  # hroute's child, in hroute's cgroup
+        root.run("kill", "-9", str(first))
+        wait_until(
+            lambda: (
+                (b := backend_view(root, "llama-child"))["usable"]
+                and b["process"]["pid"] not in (None, first)
+            ),
+            20,
+            "the child restarted",
+        )
+        [crash] = journal(root, "HROUTE_EVENT=restart", "HROUTE_BACKEND=llama-child")
+        assert crash["HROUTE_REASON"] == "exited" and "killed by SIGKILL" in crash["MESSAGE"]
+        second = backend_view(root, "llama-child")["process"]["pid"]
+
+        cursor = journal(root, "-n", "1")[-1]["__CURSOR"]
+        root.run("systemctl", "stop", "hroute.service", timeout_s=60)
+        assert not root.path(f"/proc/{second}").exists()
+        stopped = root.run(
+            "journalctl", "-u", "hroute", "--no-pager", "-o", "cat", "--after-cursor", cursor
+        ).stdout
+        assert f"llama-child: pid {second} stopped (hroute is stopping)" in stopped
+        assert "restarting in" not in stopped  # the child's exit was not taken for a crash
+        assert "received SIGTERM" in stopped  # its own last words, forwarded
+    finally:
+        root.path("/etc/hroute/hroute.yaml").write_text(CONFIG)
+        root.run("systemctl", "start", "hroute.service", check=False, timeout_s=30)
+
+
 def test_purge_removes_what_the_package_added(root):
     root.run("dpkg", "--purge", "hroute", timeout_s=120)
     assert root.run("getent", "passwd", "hroute", check=False).returncode != 0
