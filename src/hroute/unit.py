@@ -142,11 +142,7 @@ class UnitSupervisor:
             if message.pid == self.pid:
                 self.last_exit = {"code": None, "signal": None, "at": round(self._clock.wall(), 3)}
                 detail = f"{self.unit}: main pid {message.pid} exited; the unit's Restart= decides"
-                self._registry.mark_down(self.name, "exited", detail)
-                self._registry.hold(self.name, "exited")
-                self._registry.emit(
-                    "unit_exited", backend=self.name, reason="exited", detail=detail
-                )
+                self._down("exited", detail, "unit_exited")
         elif isinstance(message, ProbeOutcome) and self.state is ProcState.RUNNING:
             if message.reason is not Reason.TIMEOUT or self._restarting_from is not None:
                 self._hangs = 0
@@ -157,9 +153,7 @@ class UnitSupervisor:
                     f"{self.unit}: pid {self.pid} is alive but {self._hangs} probes in a row "
                     f"got no answer ({message.detail}); systemctl restart {self.unit}"
                 )
-                self._registry.mark_down(self.name, "hang", detail)
-                self._registry.hold(self.name, "hang")
-                self._registry.emit("restart", backend=self.name, reason="hang", detail=detail)
+                self._down("hang", detail, "restart")
                 await self._restart("hang")
 
     async def _restart(self, reason: str, *, reset_failed: bool = False) -> None:
@@ -198,13 +192,17 @@ class UnitSupervisor:
                 f"{self.unit} failed and systemd gave up on it (see: systemctl status {self.unit}; "
                 f"journalctl -u {self.unit}); then run: hroute restart {self.name}"
             )
-            self._registry.mark_down(self.name, "fatal", detail)
-            self._registry.hold(self.name, "fatal")
-            self._registry.emit("fatal", backend=self.name, reason="unit_failed", detail=detail)
+            self._down("fatal", detail, "fatal", reason="unit_failed")
         if unit.main_pid is not None and unit.main_pid != self._watched:
             self._watched = unit.main_pid
             assert self._tg is not None
             self._tg.start_soon(self._watch_pid, unit.main_pid)
+
+    def _down(self, hold: str, detail: str, event: str, reason: str | None = None) -> None:
+        """Unusable from now on, whatever probes say, for `hold`; told as `event`."""
+        self._registry.mark_down(self.name, hold, detail)
+        self._registry.hold(self.name, hold)
+        self._registry.emit(event, backend=self.name, reason=reason or hold, detail=detail)
 
     def _set(self, state: ProcState, pid: int | None, detail: str) -> None:
         self.state, self.pid, self.detail = state, pid, detail
