@@ -144,6 +144,13 @@ class BackendConfig(_Frozen):
             self.price is not None and (self.price.input_per_mtok + self.price.output_per_mtok) > 0
         )
 
+    @property
+    def process_spec(self) -> tuple[Any, ...] | None:
+        """What of a supervised server, when changed, needs it restarted (not just new
+        settings applied); None when the backend is not supervised."""
+        s = self.supervise
+        return None if s is None else (s.mode, s.command, s.env, s.cwd, s.unit, self.base_url)
+
 
 TaskReason = Literal[
     "repeated_tool_failure", "invalid_output", "no_progress", "task_timeout", "user_request"

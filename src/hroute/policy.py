@@ -21,6 +21,7 @@ TASK_REASONS = (
 class TaskState:
     reasons: list[str] = field(default_factory=list)
     last_at: float = 0.0
+    announced: set[str] = field(default_factory=set)  # profiles whose escalation was logged
 
     def escalated(self, escalation: Any) -> tuple[bool, str]:
         """Whether the task has failed locally often enough to skip the local tier, and why."""

@@ -53,7 +53,6 @@ class Registry:
         self._process_views: dict[str, Callable[[], dict[str, Any]]] = {}
         self.tasks = Tasks()
         self.spend = Spend()
-        self._escalated: set[tuple[str, str]] = set()  # (profile, task) already announced
         self.version = 0  # bumped on every change; the snapshot publisher watches it
         self.config = config
         self._by_identity: dict[BackendIdentity, Health] = {}
@@ -258,10 +257,9 @@ class Registry:
         excluded = set(exclude)
         now = self._clock.now()
         escalated, why_escalated = False, ""
-        if task is not None:
-            state = self.tasks.get(task, now, self._task_ttl_s())
-            if state is not None:
-                escalated, why_escalated = state.escalated(prof.escalation)
+        state = None if task is None else self.tasks.get(task, now, self._task_ttl_s())
+        if state is not None:
+            escalated, why_escalated = state.escalated(prof.escalation)
         day = self._day()
         chain, chosen, waits = [], None, []
         for member in prof.chain:
@@ -284,8 +282,8 @@ class Registry:
                 chosen = member
             elif retry_after is not None:
                 waits.append(retry_after)
-        if escalated and (profile, task) not in self._escalated:
-            self._escalated.add((profile, task))  # type: ignore[arg-type]
+        if state is not None and escalated and profile not in state.announced:
+            state.announced.add(profile)
             self.emit(
                 "escalation",
                 profile=profile,
@@ -293,7 +291,7 @@ class Registry:
                 backend=chosen or "none",
                 reason=why_escalated,
             )
-        if task is None and not needs.vision and not needs.tools and not needs.context:
+        if task is None and needs == NO_NEEDS:
             self._note_route(profile, chosen, chain)  # per-request choices are not fallbacks
         answer: dict[str, Any] = {"profile": profile, "backend": chosen, "chain": chain}
         if escalated:

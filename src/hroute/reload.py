@@ -70,9 +70,8 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
     restart = tuple(
         n
         for n in common
-        if _process(ob[n]) is not None
-        and _process(nb[n]) is not None
-        and _process(ob[n]) != _process(nb[n])
+        if None not in (ob[n].process_spec, nb[n].process_spec)
+        and ob[n].process_spec != nb[n].process_spec
     )
     profile_names = set(old.profiles) | set(new.profiles)
     profiles = tuple(sorted(p for p in profile_names if old.profiles.get(p) != new.profiles.get(p)))
@@ -85,14 +84,6 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
         profiles=profiles,
         daemon_changed=old.daemon != new.daemon,
     )
-
-
-def _process(backend: Any) -> Any:
-    """The part of a supervise block whose change means a restart (command, env, cwd)."""
-    supervise = getattr(backend, "supervise", None)
-    if supervise is None:
-        return None
-    return tuple(getattr(supervise, f, None) for f in ("command", "env", "cwd", "mode", "unit"))
 
 
 @dataclass

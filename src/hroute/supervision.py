@@ -64,7 +64,7 @@ class Supervision:
         wanted = {name: b for name, b in config.backends.items() if b.supervise is not None}
         for name, sup in list(self._supervisors.items()):
             backend = wanted.get(name)
-            if backend is None or _process_spec(backend) != _process_spec(sup.backend):
+            if backend is None or backend.process_spec != sup.backend.process_spec:
                 self._retire(name)
             elif backend != sup.backend:
                 # Only the policy changed (timeouts, backoff, limits): keep the process.
@@ -133,10 +133,3 @@ class Supervision:
                 await sup.run()
         finally:
             done.set()
-
-
-def _process_spec(backend: BackendConfig) -> tuple[Any, ...]:
-    """What, when changed, needs the server restarted rather than the policy updated."""
-    s = backend.supervise
-    assert s is not None
-    return (s.mode, s.command, s.env, s.cwd, s.unit, backend.base_url)
