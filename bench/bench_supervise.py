@@ -38,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.daemon import wait_until  # noqa: E402
 from tests.support.llama import llama_command, tiny_model  # noqa: E402
 from tests.support.procs import free_port  # noqa: E402
 
@@ -49,13 +50,7 @@ RESET_AFTER_S = 1.0
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise SystemExit(f"bench: timed out after {timeout_s}s waiting for {what}")
+    return wait_until(predicate, timeout_s, interval_s=0.005, what=what)
 
 
 class Hroute:

@@ -69,11 +69,10 @@ async def run_daemon(
             registry,
             session,
             clock,
-            on_probe=lambda name, secs, ok: (
-                metrics.probes.labels(name, "ok" if ok else "fail").inc(),
-                metrics.probe_duration.labels(name).observe(secs),
+            on_outcome=lambda name, outcome: (
+                metrics.on_probe(name, outcome),
+                supervision.observe(name, outcome),
             ),
-            on_outcome=supervision.observe,
         )
         publisher = SnapshotPublisher(registry, clock, snapshot_path(socket_path))
         saver = StateSaver(registry, clock, state_path)
@@ -131,7 +130,7 @@ async def run_daemon(
                     len(config.profiles),
                 )
                 notifier.ready(f"{len(config.backends)} backends; serving on {socket_path}")
-                tg.start_soon(keep_status, lambda: registry, notifier)
+                tg.start_soon(keep_status, registry, notifier)
         finally:
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()

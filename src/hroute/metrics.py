@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .health import State
+from .health import ProbeOutcome, State
 
 PROCESS_STATES = ("stopped", "starting", "running", "backoff", "stopping", "fatal")
 
@@ -53,6 +53,10 @@ class Metrics:
 
     def on_event(self, event: dict[str, Any]) -> None:
         self.events.labels(event["event"]).inc()
+
+    def on_probe(self, name: str, outcome: ProbeOutcome) -> None:
+        self.probes.labels(name, "ok" if outcome.reason is None else "fail").inc()
+        self.probe_duration.labels(name).observe((outcome.latency_ms or 0) / 1000)
 
 
 class _HealthCollector(Collector):

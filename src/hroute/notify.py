@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import anyio
 import sdnotify
 
-STATUS_REFRESH_S = 1.0  # also catches a registry replaced by a reload
+STATUS_REFRESH_S = 1.0  # also puts STATUS= back after a reload's READY=1 replaced it
 STATUS_NOTES_MAX = 3  # keep STATUS= one short line
 
 
@@ -88,10 +88,10 @@ async def keep_watchdog(notifier: Notifier) -> None:
         await anyio.sleep(interval_s / 2)
 
 
-async def keep_status(get_registry: Callable[[], Any], notifier: Notifier) -> None:
+async def keep_status(registry: Any, notifier: Notifier) -> None:
     """Keep STATUS= equal to `status_line()` of the registry: recomputed when the registry
-    changes (or is replaced), sent only when it differs from the last STATUS= sent (which a
-    reload's READY=1 may have set meanwhile)."""
+    changes, sent only when it differs from the last STATUS= sent (which a reload's READY=1
+    may have set meanwhile)."""
     if not notifier.enabled:
         return
     changed = anyio.Event()
@@ -99,16 +99,12 @@ async def keep_status(get_registry: Callable[[], Any], notifier: Notifier) -> No
     def wake() -> None:
         changed.set()
 
-    watched = None
-    seen: tuple[int, int] | None = None
+    registry.add_listener(wake)
+    seen: int | None = None
     line = None
     while True:
-        registry = get_registry()
-        if registry is not watched:
-            registry.add_listener(wake)
-            watched = registry
-        if seen != (id(registry), registry.version) or notifier.last_status != line:
-            seen = (id(registry), registry.version)
+        if seen != registry.version or notifier.last_status != line:
+            seen = registry.version
             line = status_line(registry.views())
             if line != notifier.last_status:
                 notifier.status(line)

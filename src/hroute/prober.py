@@ -28,14 +28,12 @@ class Prober:
         clock: Clock,
         *,
         env: dict[str, str] | None = None,
-        on_probe: Callable[[str, float, bool], None] = lambda name, seconds, ok: None,
         on_outcome: Callable[[str, ProbeOutcome], None] = lambda name, outcome: None,
         rng: random.Random | None = None,
     ) -> None:
         self._registry, self._session, self._clock = registry, session, clock
         self._env = os.environ if env is None else env
-        self._on_probe = on_probe
-        self._on_outcome = on_outcome  # the supervisor of a local server watches for hangs
+        self._on_outcome = on_outcome  # metrics; the supervisor of a local server (hangs)
         self._rng = rng or random.Random()
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._pokes: dict[str, anyio.Event] = {}
@@ -111,7 +109,6 @@ class Prober:
                 outcome.detail.replace(key, "[key]"),
                 outcome.latency_ms,
             )
-        self._on_probe(name, (outcome.latency_ms or 0) / 1000, outcome.reason is None)
         log.debug("probe %s: %s %s", name, outcome.reason or "ok", outcome.detail)
         self._registry.record_probe(name, outcome)
         self._on_outcome(name, outcome)
