@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from hroute import __version__
+from hroute.core.escalation import TASK_REASONS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NONE_USABLE = 0, 1, 2, 3, 4
 DEFAULT_CONFIG = "/etc/hroute/hroute.yaml"
@@ -69,13 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task")
     p.add_argument(
         "reason",
-        choices=[
-            "repeated_tool_failure",
-            "invalid_output",
-            "no_progress",
-            "task_timeout",
-            "user_request",
-        ],
+        choices=TASK_REASONS,
     )
 
     p = sub.add_parser("usable", help="may a backend be used (restored) now?")
@@ -137,9 +132,9 @@ def _config_path(value: str | None) -> Path:
 def _cmd_run(args: argparse.Namespace) -> int:
     import anyio
 
-    from .daemon import run_daemon
-    from .errors import HrouteError
-    from .logs import setup_logging
+    from hroute.daemon import run_daemon
+    from hroute.errors import HrouteError
+    from hroute.systemd.logs import setup_logging
 
     setup_logging(args.log_level or os.environ.get("HROUTE_LOG_LEVEL", "info"))
     if args.socket:
@@ -153,8 +148,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from .config import missing_keys, read_config
-    from .errors import ConfigError
+    from hroute.config.model import missing_keys, read_config
+    from hroute.errors import ConfigError
 
     path = _config_path(args.file)
     try:
@@ -172,7 +167,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
-    from .client import Client
+    from hroute.client import Client
 
     return Client(args.socket, budget_s=CLI_BUDGET_S)
 
@@ -292,7 +287,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
-    from .logs import describe
+    from hroute.systemd.logs import describe
 
     since = args.since
     while True:
