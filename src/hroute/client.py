@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ class Client:
         self._snapshot_path = str(snapshot_path(self.socket_path))
         self._snap_key: tuple[int, int, int] | None = None
         self._snap: dict[str, Any] | None = None
+        self._conn: socket.socket | None = None  # kept open between calls
+        self._conn_pid = 0  # a forked child must not share its parent's connection
+        self._lock = threading.Lock()
 
     # --- the hot path ---------------------------------------------------------------
 
@@ -208,27 +212,121 @@ class Client:
     def request(
         self, method: str, path: str, body: Any = None, budget_s: float | None = None
     ) -> tuple[int, Any]:
-        """One HTTP/1.1 exchange over the socket; raises OSError/TimeoutError/ValueError."""
+        """One HTTP/1.1 exchange over the socket; raises OSError/TimeoutError/ValueError.
+
+        The connection is kept for the next call (an agent asks every turn); one that the
+        daemon closed meanwhile (restart, idle timeout) is replaced once, transparently.
+        Threads share nothing: a call that finds the connection in use opens its own.
+        """
         deadline = time.monotonic() + (self.budget_s if budget_s is None else budget_s)
         payload = b"" if body is None else json.dumps(body).encode()
         head = (
             f"{method} {quote(path, safe='/?&=%,:+@')} HTTP/1.1\r\nHost: hroute\r\n"
-            f"Connection: close\r\nContent-Length: {len(payload)}\r\n"
+            f"Content-Length: {len(payload)}\r\n"
         )
         if payload:
             head += "Content-Type: application/json\r\n"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        wire = head.encode() + b"\r\n" + payload
+        if not self._lock.acquire(blocking=False):
+            return _exchange(self._connect(deadline), wire, deadline, keep=False)[0]
+        try:
+            kept = self._conn if self._conn_pid == os.getpid() else None
+            self._conn = None
+            if kept is not None:
+                try:
+                    answer, reusable = _exchange(kept, wire, deadline, keep=True)
+                except (ConnectionError, _Closed):
+                    kept.close()  # the daemon let it go: one fresh try, below
+                else:
+                    self._keep(kept if reusable else None)
+                    return answer
+            sock = self._connect(deadline)
+            answer, reusable = _exchange(sock, wire, deadline, keep=True)
+            self._keep(sock if reusable else None)
+            return answer
+        finally:
+            self._lock.release()
+
+    def _connect(self, deadline: float) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
             sock.settimeout(_left(deadline))
             sock.connect(str(self.socket_path))
-            sock.sendall(head.encode() + b"\r\n" + payload)
-            chunks = []
-            while True:
-                sock.settimeout(_left(deadline))
-                chunk = sock.recv(65536)
-                if not chunk:
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _keep(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        self._conn, self._conn_pid = sock, os.getpid()
+
+    def close(self) -> None:
+        """Close the kept connection (it is also closed when the client is collected)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        conn = self.__dict__.get("_conn")
+        if conn is not None:
+            conn.close()
+
+
+class _Closed(Exception):
+    """The daemon closed a kept connection before answering."""
+
+
+def _exchange(
+    sock: socket.socket, wire: bytes, deadline: float, *, keep: bool
+) -> tuple[tuple[int, Any], bool]:
+    """Send one request and read one response; ((status, body), connection reusable)."""
+    try:
+        sock.settimeout(_left(deadline))
+        sock.sendall(wire)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            sock.settimeout(_left(deadline))
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise _Closed if not buf else ValueError("connection closed mid-response")
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status_line = lines[0].split()
+        if len(status_line) < 2 or not status_line[1].isdigit():
+            raise ValueError("not an HTTP response")
+        length, close = None, False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        while (len(rest) < length) if length is not None else True:
+            sock.settimeout(_left(deadline))
+            chunk = sock.recv(65536)
+            if not chunk:
+                if length is None:
                     break
-                chunks.append(chunk)
-        return _parse_response(b"".join(chunks))
+                raise ValueError("connection closed mid-body")
+            rest += chunk
+        reusable = keep and length is not None and not close
+        if not reusable:
+            sock.close()
+        return (int(status_line[1]), json.loads(rest) if rest else None), reusable
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _from_snapshot(
@@ -262,11 +360,3 @@ def _left(deadline: float) -> float:
     if left <= 0:
         raise TimeoutError("hroute did not answer within the budget")
     return left
-
-
-def _parse_response(raw: bytes) -> tuple[int, Any]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].split()
-    if len(status_line) < 2 or not status_line[1].isdigit():
-        raise ValueError("not an HTTP response")
-    return int(status_line[1]), (json.loads(body) if body else None)

@@ -8,23 +8,21 @@ import os
 import signal
 from pathlib import Path
 
-import aiohttp
 import anyio
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from hroute import __version__
 from hroute.config.model import Config, missing_keys, read_config
 from hroute.core.clock import Clock
 from hroute.core.registry import Registry
-from hroute.edges.api import Deps, make_app
-from hroute.edges.clock import RealClock
+from hroute.edges.api import Deps, make_api
+from hroute.edges.clock import RealClock, wait_until
 from hroute.edges.fault_injection import serve_test_hooks
 from hroute.edges.metrics import Metrics
 from hroute.edges.prober import Prober
 from hroute.edges.reloader import Reloader, ReloadResult
 from hroute.edges.snapshot import SnapshotPublisher
-from hroute.edges.sockets import bind_unix_socket, inherited_socket
+from hroute.edges.sockets import bind_unix_socket, inherited_socket, listen_tcp
 from hroute.edges.state_file import StateSaver, load_state
 from hroute.paths import snapshot_path
 from hroute.supervise.supervisors import Supervision
@@ -63,81 +61,76 @@ async def run_daemon(
     owns_socket = sock is None
     if sock is None:
         sock = bind_unix_socket(socket_path)
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)  # probes never hold a server thread
-    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
-        supervision = Supervision(registry, clock, poke=lambda name: prober.poke(name))
-        prober = Prober(
-            registry,
-            session,
-            clock,
-            on_outcome=lambda name, outcome: (
-                metrics.on_probe(name, outcome),
-                supervision.observe(name, outcome),
-            ),
-        )
-        publisher = SnapshotPublisher(registry, clock, snapshot_path(socket_path))
-        saver = StateSaver(registry, clock, state_path)
-        reloader = Reloader(config_path, config)
-        reloader.apply += [
-            lambda old, new, diff: registry.apply_config(new),
-            lambda old, new, diff: _note_missing_keys(registry, new),
-            lambda old, new, diff: prober.sync(new),
-            lambda old, new, diff: supervision.sync(new),
-        ]
-        reloader.on_start = notifier.reloading
-        reloader.on_result = lambda result, trigger: _tell_reload(
-            result, trigger, registry, metrics, notifier
-        )
+    supervision = Supervision(registry, clock, poke=lambda name: prober.poke(name))
+    prober = Prober(
+        registry,
+        clock,
+        on_outcome=lambda name, outcome: (
+            metrics.on_probe(name, outcome),
+            supervision.observe(name, outcome),
+        ),
+    )
+    publisher = SnapshotPublisher(registry, clock, snapshot_path(socket_path))
+    saver = StateSaver(registry, clock, state_path)
+    reloader = Reloader(config_path, config)
+    reloader.apply += [
+        lambda old, new, diff: registry.apply_config(new),
+        lambda old, new, diff: _note_missing_keys(registry, new),
+        lambda old, new, diff: prober.sync(new),
+        lambda old, new, diff: supervision.sync(new),
+    ]
+    reloader.on_start = notifier.reloading
+    reloader.on_result = lambda result, trigger: _tell_reload(
+        result, trigger, registry, metrics, notifier
+    )
 
-        def after_report(name: str, body: dict) -> None:
-            if body.get("outcome") == "failure":
-                prober.poke(name)
+    def after_report(name: str, body: dict) -> None:
+        if body.get("outcome") == "failure":
+            prober.poke(name)
 
-        async def reload_from_api() -> dict:
-            return (await reloader.reload("hroute reload")).as_json()
+    async def reload_from_api() -> dict:
+        return (await reloader.reload("hroute reload")).as_json()
 
-        deps = Deps(
-            registry=registry,
-            metrics=metrics,
-            prometheus=prometheus,
-            on_report=after_report,
-            reload=reload_from_api,
-            restart=supervision.restart,
-        )
-        runner = web.AppRunner(make_app(deps), access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            async with anyio.create_task_group() as tg:
-                # Signals first: a SIGTERM that comes as soon as the socket answers must stop
-                # the daemon cleanly, not kill it with the default action.
-                await tg.start(_watch_signals, tg.cancel_scope, notifier, reloader)
-                await web.SockSite(runner, sock).start()
-                if config.daemon.metrics_listen:
-                    host, port = config.daemon.metrics_listen.rsplit(":", 1)
-                    await web.TCPSite(runner, host, int(port)).start()
-                await tg.start(publisher.run)
-                await tg.start(prober.run)
-                await tg.start(supervision.run)
-                await tg.start(saver.run)
-                await tg.start(reloader.watch)
-                tg.start_soon(_expire_cooldowns, registry, clock)
-                tg.start_soon(keep_watchdog, notifier)
-                tg.start_soon(serve_test_hooks)
-                log.info(
-                    "hroute %s serving on %s: %d backends, %d profiles",
-                    __version__,
-                    socket_path,
-                    len(config.backends),
-                    len(config.profiles),
-                )
-                notifier.ready(f"{len(config.backends)} backends; serving on {socket_path}")
-                tg.start_soon(keep_status, registry, notifier)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await runner.cleanup()
-                if owns_socket:
-                    with contextlib.suppress(OSError):
-                        os.unlink(socket_path)
+    deps = Deps(
+        registry=registry,
+        metrics=metrics,
+        prometheus=prometheus,
+        on_report=after_report,
+        reload=reload_from_api,
+        restart=supervision.restart,
+    )
+    api = make_api(deps)
+    try:
+        async with anyio.create_task_group() as tg:
+            # Signals first: a SIGTERM that comes as soon as the socket answers must stop
+            # the daemon cleanly, not kill it with the default action.
+            await tg.start(_watch_signals, tg.cancel_scope, notifier, reloader)
+            await api.serve(sock)
+            if config.daemon.metrics_listen:
+                await api.serve(listen_tcp(config.daemon.metrics_listen))
+            await tg.start(publisher.run)
+            await tg.start(supervision.run)
+            await tg.start(prober.run)  # loads its HTTP client off the loop: the socket answers
+            await tg.start(saver.run)
+            await tg.start(reloader.watch)
+            tg.start_soon(_expire_cooldowns, registry, clock)
+            tg.start_soon(keep_watchdog, notifier)
+            tg.start_soon(serve_test_hooks)
+            log.info(
+                "hroute %s serving on %s: %d backends, %d profiles",
+                __version__,
+                socket_path,
+                len(config.backends),
+                len(config.profiles),
+            )
+            notifier.ready(f"{len(config.backends)} backends; serving on {socket_path}")
+            tg.start_soon(keep_status, registry, notifier)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await api.aclose()
+            if owns_socket:
+                with contextlib.suppress(OSError):
+                    os.unlink(socket_path)
     log.info("hroute stopped")
 
 
@@ -156,9 +149,22 @@ def _note_missing_keys(registry: Registry, config: Config) -> None:
 
 
 async def _expire_cooldowns(registry: Registry, clock: Clock) -> None:
+    """End cooldowns when they run out: sleep until the next deadline, not on a tick.
+
+    A report that arms an earlier one wakes it (cooldowns are never shorter than a tick)."""
+    wake = anyio.Event()
+
+    def on_change() -> None:
+        wake.set()
+
+    registry.add_listener(on_change)
     while True:
-        registry.expire()
-        await clock.sleep(EXPIRY_TICK_S)
+        deadline = registry.expire()
+        wake = anyio.Event()
+        if deadline is None:
+            await wake.wait()
+        else:
+            await wait_until(clock, wake, max(deadline, clock.now() + EXPIRY_TICK_S))
 
 
 async def _watch_signals(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
 import aiohttp
+import anyio
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from hroute.client import Client
@@ -17,12 +18,13 @@ from hroute.config.model import load_config
 from hroute.core.health import ProbeOutcome, Report
 from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
-from hroute.edges.api import Deps, make_app
+from hroute.edges.api import Deps, make_api
 from hroute.edges.clock import RealClock
 from hroute.edges.metrics import Metrics
 from hroute.edges.prober import Prober
 from hroute.edges.reloader import Reloader
 from hroute.edges.snapshot import SnapshotPublisher
+from hroute.edges.sockets import bind_unix_socket
 from hroute.edges.state_file import StateSaver, load_state
 
 pytestmark = pytest.mark.anyio
@@ -40,56 +42,102 @@ def registry(port: int = 9) -> Registry:
     return Registry(load_config(CONFIG.replace("PORT", str(port))), RealClock())
 
 
-async def api_client(reg: Registry) -> TestClient:
-    prometheus = CollectorRegistry()
-    deps = Deps(registry=reg, metrics=Metrics(prometheus, lambda: reg), prometheus=prometheus)
-    client = TestClient(TestServer(make_app(deps)))
-    await client.start_server()
-    return client
+class Api:
+    """The socket API served in this process on a real Unix socket; asked with the client."""
+
+    def __init__(self, reg: Registry, path: Path) -> None:
+        prometheus = CollectorRegistry()
+        deps = Deps(registry=reg, metrics=Metrics(prometheus, lambda: reg), prometheus=prometheus)
+        self.server, self.path = make_api(deps), path
+
+    async def __aenter__(self) -> Api:
+        await self.server.serve(bind_unix_socket(self.path))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.aclose()
+
+    async def request(self, method: str, path: str, body: object = None) -> tuple[int, dict]:
+        client = Client(socket_path=self.path, budget_s=5.0)
+        return await anyio.to_thread.run_sync(client.request, method, path, body)
+
+    async def raw(self, data: bytes) -> bytes:
+        def exchange() -> bytes:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(str(self.path))
+                s.sendall(data)
+                chunks = []
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+        return await anyio.to_thread.run_sync(exchange)
 
 
-async def test_api_answers_from_the_registry_and_reports_change_it() -> None:
+async def test_api_answers_from_the_registry_and_reports_change_it(tmp_path: Path) -> None:
     reg = registry()
-    client = await api_client(reg)
-    try:
-        r = await client.get("/v1/usable", params={"backend": "local"})
-        assert (r.status, (await r.json())["usable"]) == (200, True)
-        r = await client.post(
-            "/v1/reports",
-            json={"backend": "local", "outcome": "failure", "reason": "server_error"},
-        )
-        assert r.status == 202
-        r = await client.get("/v1/route", params={"profile": "coding"})
-        body = await r.json()
+    async with Api(reg, tmp_path / "s.sock") as api:
+        status, body = await api.request("GET", "/v1/usable?backend=local")
+        assert (status, body["usable"]) == (200, True)
+        report = {"backend": "local", "outcome": "failure", "reason": "server_error"}
+        status, _ = await api.request("POST", "/v1/reports", report)
+        assert status == 202
+        status, body = await api.request("GET", "/v1/route?profile=coding")
         assert body["backend"] == "cloud" and body["chain"][0]["reason"] == "server_error"
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "body"),
+    ("method", "path", "body", "status"),
     [
-        ("POST", "/v1/reports", b"{not json"),
-        ("POST", "/v1/reports", b'{"backend": "local"}'),
-        ("POST", "/v1/reports", b'{"backend": "nope", "outcome": "failure"}'),
-        ("GET", "/v1/route?profile=nope", b""),
-        ("GET", "/v1/usable", b""),
+        ("POST", "/v1/reports", b"{not json", 400),
+        ("POST", "/v1/reports", b'{"backend": "local"}', 400),
+        ("POST", "/v1/reports", b'{"backend": "nope", "outcome": "failure"}', 404),
+        ("GET", "/v1/route?profile=nope", b"", 404),
+        ("GET", "/v1/usable", b"", 400),
+        ("GET", "/v1/nothing", b"", 404),
+        ("DELETE", "/v1/reports", b"", 405),
+        ("POST", "/v1/tasks//failures", b"{}", 404),
     ],
 )
-async def test_api_bad_requests_get_a_4xx_json_error_and_change_nothing(method, path, body) -> None:
+async def test_api_bad_requests_get_a_4xx_json_error_and_change_nothing(
+    tmp_path: Path, method, path, body, status
+) -> None:
     reg = registry()
     version = reg.version
-    client = await api_client(reg)
-    try:
-        r = await client.request(
-            method, path, data=body, headers={"Content-Type": "application/json"}
-        )
-        assert 400 <= r.status < 500
-        assert "error" in await r.json()
+    async with Api(reg, tmp_path / "s.sock") as api:
+        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        raw = await api.raw(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert raw.startswith(f"HTTP/1.1 {status} ".encode())
+        assert "error" in json.loads(raw.split(b"\r\n\r\n", 1)[1])
         assert reg.version == version
-        assert (await client.get("/v1/version")).status == 200  # still serving
-    finally:
-        await client.close()
+        assert (await api.request("GET", "/v1/version"))[0] == 200  # still serving
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /v1/version HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
+        (b"POST /v1/reports HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),
+        (b"GET /v1/version HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n", 431),
+    ],
+)
+async def test_broken_http_is_answered_and_closed(tmp_path: Path, data, status) -> None:
+    async with Api(registry(), tmp_path / "s.sock") as api:
+        raw = await api.raw(data)
+        assert raw.startswith(f"HTTP/1.1 {status} ".encode()) and b"Connection: close" in raw
+        assert (await api.request("GET", "/v1/version"))[0] == 200
+
+
+async def test_keep_alive_answers_pipelined_requests_in_order(tmp_path: Path) -> None:
+    async with Api(registry(), tmp_path / "s.sock") as api:
+        one = b"GET /v1/usable?backend=local HTTP/1.1\r\nHost: x\r\n\r\n"
+        last = b"GET /v1/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        raw = await api.raw(one * 3 + last)
+        assert raw.count(b"HTTP/1.1 200 OK") == 4
+        assert raw.rindex(b'"version"') > raw.rindex(b'"backend":"local"')
 
 
 async def _fake_backend(models_status: int) -> tuple[web.AppRunner, int]:
@@ -112,7 +160,9 @@ async def test_prober_probes_a_real_server_and_records_what_it_saw(status, state
     seen = []
     try:
         async with aiohttp.ClientSession() as session:
-            prober = Prober(reg, session, reg.clock, on_outcome=lambda n, o: seen.append((n, o)))
+            prober = Prober(
+                reg, reg.clock, session=session, on_outcome=lambda n, o: seen.append((n, o))
+            )
             await prober.probe_once("local")
     finally:
         await runner.cleanup()

@@ -45,8 +45,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def log(message: str) -> None:
-    """One line to stderr, where llama-server logs, flushed for the supervisor's reader."""
-    print(message, file=sys.stderr, flush=True)
+    """One line to stderr, where llama-server logs, flushed for the supervisor's reader.
+
+    One write of line and newline: print() writes them apart, and a signal handler that logs
+    in between would glue two lines together."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def exit_now(code: int, reason: str) -> None:

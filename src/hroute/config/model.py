@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from datetime import tzinfo
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -129,19 +130,19 @@ class BackendConfig(_Frozen):
             raise ValueError(f"must start with http:// or https:// (got {value!r})")
         return value
 
-    @property
+    @cached_property  # frozen: computed once, asked on every route
     def identity(self) -> BackendIdentity:
         return backend_identity(self.kind, self.base_url, self.model_family)
 
-    @property
+    @cached_property  # frozen: computed once, asked on every route
     def local(self) -> bool:
         return is_loopback(self.base_url)
 
-    @property
+    @cached_property  # frozen: computed once, asked on every route
     def tier_name(self) -> str:
         return self.tier or ("local" if self.local else "cloud")
 
-    @property
+    @cached_property  # frozen: computed once, asked on every route
     def paid(self) -> bool:
         return (
             self.price is not None and (self.price.input_per_mtok + self.price.output_per_mtok) > 0

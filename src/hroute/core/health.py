@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from hroute.core.reasons import CREDENTIAL_SCOPED, HEALTH_NEUTRAL, SEVERE, Reason
-from hroute.core.verdict import INF, Verdict, decide
+from hroute.core.verdict import INF, USABLE, Verdict, decide
 
 AUTH_REASONS = (Reason.AUTH, Reason.AUTH_PERMANENT)
 STREAKS_KEPT = 256  # keys whose failure streak one backend remembers
@@ -24,6 +24,9 @@ class State(StrEnum):
     STARTING = "starting"
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
+
+
+_OPEN_STATES = (State.UNKNOWN, State.HEALTHY)  # blocker() is None in these, unless blocked
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,16 @@ class Health:
             return float("inf")
         return max(0.0, self.cooldown.until - now)
 
+    def mark(self) -> tuple:
+        """Everything an answer depends on, to tell a change from a confirmation."""
+        c = self.cooldown
+        return (
+            self.state,
+            self.blocker(),
+            None if c is None else (c.until, c.reason),
+            len(self.credentials),  # a key's new cooldown comes with a Transition
+        )
+
     def blocker(self) -> str | None:
         """What makes the backend unusable whatever the time, or None."""
         if self.block:
@@ -123,6 +136,13 @@ class Health:
     def verdict(self, now: float, credential: str | None = None) -> Verdict:
         """(usable, reason, retry_after_s): `verdict.decide`, the one definition."""
         cooldown = self.cooldown
+        if (
+            cooldown is None
+            and self.block is None
+            and self.state in _OPEN_STATES
+            and (credential is None or credential not in self.credentials)
+        ):
+            return USABLE  # the common answer, without building decide()'s arguments
         return decide(
             now,
             block=self.blocker(),

@@ -60,6 +60,7 @@ class Registry:
             health[ident] = record
             entries[name] = Entry(name, ident, record)
         self._by_identity, self._entries = health, entries
+        self._policies: dict[str, Policy] = {}
         self._by_url = {}
         for name, entry in entries.items():
             self._by_url.setdefault(entry.identity.base_url, name)
@@ -124,6 +125,13 @@ class Registry:
             listener()
 
     def policy(self, name: str) -> Policy:
+        """The thresholds of `name` (computed once per configuration)."""
+        policy = self._policies.get(name)
+        if policy is None:
+            policy = self._policies[name] = self._make_policy(name)
+        return policy
+
+    def _make_policy(self, name: str) -> Policy:
         probe, cooldown = self.config.probe_for(name), self.config.cooldown_for(name)
         rules = {reason: rule.threshold for reason, rule in self.config.fallback_rules.items()}
         return Policy(
@@ -159,15 +167,17 @@ class Registry:
     # --- updates ----------------------------------------------------------------------
 
     def record_probe(self, name: str, outcome: ProbeOutcome) -> None:
-        entry = self._entry(name)
-        self._publish(name, entry.health.on_probe(outcome, self.clock.now(), self.policy(name)))
+        health = self._entry(name).health
+        before = health.mark()
+        changes = health.on_probe(outcome, self.clock.now(), self.policy(name))
+        self._publish(name, changes, visible=health.mark() != before)
 
     def record_report(self, name: str, report: Report) -> list[Transition]:
-        entry = self._entry(name)
+        health = self._entry(name).health
         now = self.clock.now()
-        entry.health.expire(now)
-        changes = entry.health.on_report(report, now, self.policy(name))
-        self._publish(name, changes)
+        before = health.mark()
+        changes = health.expire(now) + health.on_report(report, now, self.policy(name))
+        self._publish(name, changes, visible=health.mark() != before)
         return changes
 
     def block(self, name: str, reason: str, detail: str = "") -> None:
@@ -205,7 +215,10 @@ class Registry:
                 deadlines.append(deadline)
         return min(deadlines, default=None)
 
-    def _publish(self, name: str, changes: Iterable[Transition]) -> None:
+    def _publish(self, name: str, changes: Iterable[Transition], *, visible: bool = True) -> None:
+        """Tell each transition; then, if anything an answer depends on moved, `changed()`.
+        A probe that confirms what was known changes nothing: no snapshot write, no work."""
+        changes = list(changes)
         for change in changes:
             self.emit(
                 change.event,
@@ -217,7 +230,8 @@ class Registry:
                 credential=change.credential,
                 detail=change.detail,
             )
-        self.changed()  # after the cause is told: a fallback it brings follows it
+        if changes or visible:
+            self.changed()  # after the cause is told: a fallback it brings follows it
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         """Record an event in the ring buffer and hand it to every sink (log, journal, metrics)."""

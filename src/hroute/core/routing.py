@@ -53,7 +53,7 @@ class Router:
         excluded = set(exclude)
         now = self._registry.clock.now()
         escalated, why_escalated, note = self._escalation(profile, task, now)
-        day = self.day_window()
+        day: Day | None = None  # only paid backends need it
         chain, chosen = [], None
         waits: list[float] = []
         unknown: list[str] = []
@@ -68,6 +68,7 @@ class Router:
             elif (gap := capability_gap(backend, needs)) is not None:
                 skip = gap
             elif backend.paid and not allow_paid:
+                day = day or self.day_window()
                 skip = budget_block(member, config.budgets, self.spend, day)
                 if skip is not None:
                     wait = self.spend.resets_in(day)

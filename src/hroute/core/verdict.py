@@ -19,6 +19,9 @@ class Verdict(NamedTuple):
     retry_after_s: float | None  # None: unknown or never (a block), or usable
 
 
+USABLE = Verdict(True, None, None)
+
+
 def decide(
     now: float,
     *,
@@ -43,7 +46,7 @@ def decide(
         cred = credentials.get(credential)
         if cred is not None and (cred[0] is None or cred[0] > now):
             return Verdict(False, cred[1], None if cred[0] is None else _left(cred[0], now))
-    return Verdict(True, None, None)
+    return USABLE
 
 
 def _left(until: float, now: float) -> float | None:

@@ -1,15 +1,13 @@
-"""The socket API: HTTP/1.1 + JSON over aiohttp. Handlers translate; the registry decides."""
+"""The socket API: HTTP/1.1 + JSON. Handlers translate; the registry decides."""
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hroute import __version__
@@ -17,8 +15,18 @@ from hroute.core.escalation import TASK_REASONS
 from hroute.core.needs import parse_needs
 from hroute.core.registry import Registry
 from hroute.core.reports import DETAIL_CHARS, parse_report
+from hroute.edges.http import (
+    Handler,
+    HttpServer,
+    Request,
+    Response,
+    error_response,
+    json_response,
+)
 from hroute.edges.metrics import Metrics
 from hroute.errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
+
+log = logging.getLogger("hroute.api")
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -74,57 +82,36 @@ def _problems(exc: ValidationError) -> str:
     )
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    body = {"error": {"code": code, "message": message, **extra}}
-    return web.json_response(body, status=status)
+class _BadRequest(HrouteError):
+    """A request hroute cannot act on: 400 with this message."""
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler):
-    """Every failure becomes `{"error": {...}}` with a 4xx/5xx; the daemon keeps serving."""
-    try:
-        return await handler(request)
-    except UnknownBackendError as exc:
-        return _error(404, "unknown_backend", str(exc))
-    except UnknownProfileError as exc:
-        return _error(404, "unknown_profile", str(exc))
-    except NotSupervisedError as exc:
-        return _error(409, "not_supervised", str(exc))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = {413: "payload_too_large", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.status, "bad_request"
-        )
-        message = exc.text if exc.status == 413 else exc.reason
-        return _error(exc.status, code, message or exc.reason)
-    except HrouteError as exc:
-        return _error(400, "bad_request", str(exc))
+def make_api(deps: Deps) -> HttpServer:
+    """The socket API: a router of framework-free handlers on the small HTTP server.
 
-
-def make_app(deps: Deps) -> web.Application:
-    """The aiohttp application serving hroute's API; serve it on any socket."""
-    app = web.Application(middlewares=[_json_errors], client_max_size=MAX_BODY_BYTES)
+    Handlers translate request → registry call → JSON. They answer synchronously (the
+    registry never awaits), except reload and restart, which return an awaitable.
+    """
     reg = deps.registry
 
     def name_from(query: Any) -> str:
         backend, base_url = query.get("backend"), query.get("base_url")
         if not backend and not base_url:
-            raise web.HTTPBadRequest(reason="give backend=NAME or base_url=URL")
+            raise _BadRequest("give backend=NAME or base_url=URL")
         name = reg.resolve(backend=backend, base_url=base_url)
         if name is None:
             raise UnknownBackendError(backend or base_url, reg.names)
         return name
 
-    async def usable(request: web.Request) -> web.Response:
-        query = request.rel_url.query
+    def usable(request: Request) -> Response:
+        query = request.query
         backend, base_url = query.get("backend"), query.get("base_url")
         if not backend and not base_url:
-            raise web.HTTPBadRequest(reason="give backend=NAME or base_url=URL")
+            raise _BadRequest("give backend=NAME or base_url=URL")
         name = reg.resolve(backend=backend, base_url=base_url)
         if name is None and base_url:
             # A URL hroute does not watch: let the agent go ahead, as if hroute were absent.
-            return web.json_response(
+            return json_response(
                 {
                     "backend": None,
                     "usable": True,
@@ -135,27 +122,26 @@ def make_app(deps: Deps) -> web.Application:
             )
         if name is None:
             raise UnknownBackendError(backend, reg.names)
-        return web.json_response(reg.usable(name, query.get("credential")))
+        return json_response(reg.usable(name, query.get("credential")))
 
-    async def backends(request: web.Request) -> web.Response:
-        return web.json_response({"backends": reg.views()})
+    def backends(request: Request) -> Response:
+        return json_response({"backends": reg.views()})
 
-    async def backend(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+    def backend(request: Request, name: str) -> Response:
         if reg.resolve(backend=name) is None:
             raise UnknownBackendError(name, reg.names)
-        return web.json_response(reg.view(name))
+        return json_response(reg.view(name))
 
-    async def route(request: web.Request) -> web.Response:
-        query = request.rel_url.query
+    def route(request: Request) -> Response:
+        query = request.query
         profile = query.get("profile")
         if not profile:
-            raise web.HTTPBadRequest(reason="give profile=NAME")
+            raise _BadRequest("give profile=NAME")
         exclude = [x for x in query.get("exclude", "").split(",") if x]
         try:
             needs = parse_needs(query.get("needs"))
         except ValueError as exc:
-            raise web.HTTPBadRequest(reason=str(exc)) from None
+            raise _BadRequest(str(exc)) from None
         allow_paid = any(
             query.get(k, "").lower() in ("1", "true", "yes") for k in ("allow_paid", "confirm")
         )
@@ -175,84 +161,138 @@ def make_app(deps: Deps) -> web.Application:
                 "code": "no_usable_backend",
                 "message": f"no backend of profile {profile!r} is usable now",
             }
-            return web.json_response(answer, status=503, headers=headers)
-        return web.json_response(answer)
+            return json_response(answer, 503, headers)
+        return json_response(answer)
 
-    async def report(request: web.Request) -> web.Response:
-        raw = await request.read()
+    def report(request: Request) -> Response:
         try:
-            data = ReportBody.model_validate_json(raw or b"{}")
+            data = ReportBody.model_validate_json(request.body or b"{}")
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-                for e in exc.errors(include_url=False)
-            )
-            return _error(400, "bad_request", problems)
+            return error_response(400, "bad_request", _problems(exc))
         body = data.model_dump(exclude_none=True)
         name = name_from(body)
         deps.metrics.reports.labels(name, data.outcome, data.reason or "").inc()
         reg.record_report(name, parse_report(body))
         deps.on_report(name, body)
-        return web.json_response(reg.view(name), status=202)
+        return json_response(reg.view(name), 202)
 
-    async def task_failure(request: web.Request) -> web.Response:
+    def task_failure(request: Request, task: str) -> Response:
         try:
-            data = TaskFailureBody.model_validate_json(await request.read() or b"{}")
+            data = TaskFailureBody.model_validate_json(request.body or b"{}")
         except ValidationError as exc:
-            return _error(400, "bad_request", _problems(exc))
-        answer = reg.record_task_failure(
-            request.match_info["task"], data.reason, (data.detail or "")[:DETAIL_CHARS]
-        )
-        return web.json_response(answer, status=202)
+            return error_response(400, "bad_request", _problems(exc))
+        answer = reg.record_task_failure(task, data.reason, (data.detail or "")[:DETAIL_CHARS])
+        return json_response(answer, 202)
 
-    async def usage(request: web.Request) -> web.Response:
+    def usage(request: Request) -> Response:
         try:
-            data = UsageBody.model_validate_json(await request.read() or b"{}")
+            data = UsageBody.model_validate_json(request.body or b"{}")
         except ValidationError as exc:
-            return _error(400, "bad_request", _problems(exc))
+            return error_response(400, "bad_request", _problems(exc))
         name = name_from(data.model_dump(exclude_none=True))
-        return web.json_response(
-            reg.record_usage(name, data.input_tokens, data.output_tokens), status=202
-        )
+        return json_response(reg.record_usage(name, data.input_tokens, data.output_tokens), 202)
 
-    async def events(request: web.Request) -> web.Response:
+    def events(request: Request) -> Response:
         try:
-            since = int(request.rel_url.query.get("since", "0"))
+            since = int(request.query.get("since", "0"))
         except ValueError:
-            raise web.HTTPBadRequest(reason="since must be an integer event id") from None
-        return web.json_response({"events": reg.events_since(since)})
+            raise _BadRequest("since must be an integer event id") from None
+        return json_response({"events": reg.events_since(since)})
 
-    async def version(request: web.Request) -> web.Response:
-        return web.json_response({"version": __version__})
+    def version(request: Request) -> Response:
+        return json_response({"version": __version__})
 
-    async def reload(request: web.Request) -> web.Response:
+    def metrics(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(200, generate_latest(deps.prometheus), CONTENT_TYPE_LATEST)
+
+    async def reload(request: Request) -> Response:
         if deps.reload is None:
-            raise web.HTTPNotFound(reason="reload is not available")
+            return error_response(404, "not_found", "reload is not available")
         result = await deps.reload()
-        return web.json_response(result, status=200 if result.get("ok") else 422)
+        return json_response(result, 200 if result.get("ok") else 422)
 
-    async def restart(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+    def restart(request: Request, name: str) -> Response | Awaitable[Response]:
         if reg.resolve(backend=name) is None:
             raise UnknownBackendError(name, reg.names)
         if deps.restart is None:
-            return _error(409, "not_supervised", f"backend {name!r} is not supervised by hroute")
-        return web.json_response(await deps.restart(name), status=202)
+            return error_response(
+                409, "not_supervised", f"backend {name!r} is not supervised by hroute"
+            )
 
-    app.router.add_get("/v1/usable", usable)
-    app.router.add_get("/v1/backends", backends)
-    app.router.add_get("/v1/backends/{name}", backend)
-    app.router.add_post("/v1/backends/{name}/restart", restart)
-    app.router.add_get("/v1/route", route)
-    app.router.add_post("/v1/reports", report)
-    app.router.add_get("/v1/events", events)
-    app.router.add_post("/v1/tasks/{task}/failures", task_failure)
-    app.router.add_post("/v1/usage", usage)
-    app.router.add_post("/v1/reload", reload)
-    app.router.add_get("/v1/version", version)
-    app.router.add_get("/metrics", make_aiohttp_handler(deps.prometheus))
-    return app
+        async def ask() -> Response:
+            assert deps.restart is not None
+            return json_response(await deps.restart(name), 202)
+
+        return ask()
+
+    fixed: dict[tuple[str, str], Callable[[Request], Any]] = {
+        ("GET", "/v1/usable"): usable,
+        ("GET", "/v1/backends"): backends,
+        ("GET", "/v1/route"): route,
+        ("POST", "/v1/reports"): report,
+        ("GET", "/v1/events"): events,
+        ("POST", "/v1/usage"): usage,
+        ("POST", "/v1/reload"): reload,
+        ("GET", "/v1/version"): version,
+        ("GET", "/metrics"): metrics,
+    }
+
+    def with_name(method: str, path: str) -> Callable[[Request], Any] | None:
+        match (method, path.split("/")[1:]):
+            case ("GET", ["v1", "backends", name]) if name:
+                return lambda r: backend(r, name)
+            case ("POST", ["v1", "backends", name, "restart"]) if name:
+                return lambda r: restart(r, name)
+            case ("POST", ["v1", "tasks", task, "failures"]) if task:
+                return lambda r: task_failure(r, task)
+        return None
+
+    def find(request: Request) -> Handler | None:
+        handler = fixed.get((request.method, request.path)) or with_name(
+            request.method, request.path
+        )
+        return None if handler is None else _errors_as_json(handler)
+
+    def allowed(path: str) -> list[str]:
+        return [m for m in ("GET", "POST") if (m, path) in fixed or with_name(m, path)]
+
+    return HttpServer(
+        routes=find,
+        allowed=allowed,
+        max_body=MAX_BODY_BYTES,
+        on_crash=lambda exc: log.error("request failed", exc_info=exc),
+    )
 
 
-def dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"))
+def _errors_as_json(handler: Callable[[Request], Any]) -> Handler:
+    """Every failure becomes `{"error": {...}}` with a 4xx; the daemon keeps serving."""
+
+    def call(request: Request) -> Response | Awaitable[Response]:
+        try:
+            result = handler(request)
+        except HrouteError as exc:
+            return _error_of(exc)
+        if isinstance(result, Response):
+            return result
+        return _await_errors_as_json(result)
+
+    return call
+
+
+async def _await_errors_as_json(pending: Awaitable[Response]) -> Response:
+    try:
+        return await pending
+    except HrouteError as exc:
+        return _error_of(exc)
+
+
+def _error_of(exc: HrouteError) -> Response:
+    if isinstance(exc, UnknownBackendError):
+        return error_response(404, "unknown_backend", str(exc))
+    if isinstance(exc, UnknownProfileError):
+        return error_response(404, "unknown_profile", str(exc))
+    if isinstance(exc, NotSupervisedError):
+        return error_response(409, "not_supervised", str(exc))
+    return error_response(400, "bad_request", str(exc))

@@ -1,4 +1,10 @@
-"""Runs the active probes: one task per backend identity, each on its own schedule."""
+"""Runs the active probes: one task per backend identity, each on its own schedule.
+
+HTTP client connections are kept per server between probes (a thousand backends probed
+every few seconds must not pay a TCP handshake each), except for llama-server: an idle
+kept connection would hold one of its few server threads. aiohttp is imported when the
+prober starts, in a worker thread, so the socket already answers while it loads.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,10 @@ import dataclasses
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
-import aiohttp
 import anyio
 
 from hroute.config.model import Config
@@ -17,7 +24,9 @@ from hroute.core.health import ProbeOutcome
 from hroute.core.redact import redact
 from hroute.core.registry import Registry
 from hroute.edges.clock import wait_until
-from hroute.edges.probe_requests import probe_backend
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("hroute.probe")
 
@@ -28,14 +37,19 @@ class Prober:
     def __init__(
         self,
         registry: Registry,
-        session: aiohttp.ClientSession,
         clock: Clock,
         *,
+        session: aiohttp.ClientSession | None = None,
         env: dict[str, str] | None = None,
         on_outcome: Callable[[str, ProbeOutcome], None] = lambda name, outcome: None,
         rng: random.Random | None = None,
     ) -> None:
-        self._registry, self._session, self._clock = registry, session, clock
+        self._registry, self._clock = registry, clock
+        self._given = session  # tests hand one in; else run() opens its own
+        # kept alive? -> session
+        self._sessions: dict[bool, aiohttp.ClientSession] = (
+            {} if session is None else {True: session, False: session}
+        )
         self._env = os.environ if env is None else env
         self._on_outcome = on_outcome  # metrics; the supervisor of a local server (hangs)
         self._rng = rng or random.Random()
@@ -44,11 +58,28 @@ class Prober:
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        async with anyio.create_task_group() as tg:
+        async with self._open_sessions(), anyio.create_task_group() as tg:
             self._tg = tg
             self.sync(self._registry.config)
             task_status.started()
             await anyio.sleep_forever()
+
+    @asynccontextmanager
+    async def _open_sessions(self) -> AsyncIterator[None]:
+        if self._given is not None:
+            yield
+            return
+        await anyio.to_thread.run_sync(_load_http_client)
+        import aiohttp
+
+        kept = aiohttp.TCPConnector(limit=0, limit_per_host=4, keepalive_timeout=30)
+        fresh = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with (
+            aiohttp.ClientSession(connector=kept, trust_env=False) as keep,
+            aiohttp.ClientSession(connector=fresh, trust_env=False) as close,
+        ):
+            self._sessions = {True: keep, False: close}
+            yield
 
     def sync(self, config: Config) -> None:
         """Probe exactly the backends `config` names: start new ones, stop removed ones."""
@@ -102,11 +133,19 @@ class Prober:
         key = self._env.get(backend.key_env) if backend.key_env else None
         if backend.key_env and not key:
             return  # said once at start and shown on the backend; a keyless probe would only 401
+        from hroute.edges.probe_requests import probe_backend
+
+        session = self._sessions[backend.kind != "llama-server"]
         outcome = await probe_backend(
-            self._session, backend, api_key=key, timeout_s=settings.timeout_s, wall=self._clock.wall
+            session, backend, api_key=key, timeout_s=settings.timeout_s, wall=self._clock.wall
         )
         if key and key in outcome.detail:
             outcome = dataclasses.replace(outcome, detail=redact(outcome.detail, [key]))
         log.debug("probe %s: %s %s", name, outcome.reason or "ok", outcome.detail)
         self._registry.record_probe(name, outcome)
         self._on_outcome(name, outcome)
+
+
+def _load_http_client() -> None:
+    """Import the probe's HTTP stack (aiohttp, ssl: a few hundred ms) off the event loop."""
+    import hroute.edges.probe_requests  # noqa: F401

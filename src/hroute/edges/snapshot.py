@@ -24,7 +24,7 @@ log = logging.getLogger("hroute")
 
 SNAPSHOT_VERSION = 1
 SNAPSHOT_TTL_S = 5.0
-REFRESH_S = 1.0
+REFRESH_S = 2.0  # well inside the TTL: a busy loop may be late
 
 
 class SnapshotPublisher:
@@ -68,7 +68,8 @@ class SnapshotPublisher:
             self.flush(force=True)
             task_status.started()
             while True:
-                await self._clock.sleep(REFRESH_S / 2)
+                due = self._last_write + REFRESH_S - self._clock.now()
+                await self._clock.sleep(max(0.05, min(due, REFRESH_S)))
                 self.flush()  # keeps the expiry fresh while nothing changes
         finally:
             with contextlib.suppress(OSError):

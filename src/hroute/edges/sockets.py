@@ -70,3 +70,15 @@ def _is_live(path: Path) -> bool:
     finally:
         with contextlib.suppress(OSError):
             probe.close()
+
+
+def listen_tcp(address: str, backlog: int = 128) -> socket.socket:
+    """A listening TCP socket for `host:port` (`[::1]:9464` for IPv6), for /metrics."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        sock = socket.create_server((host, int(port)), backlog=backlog)
+    except (OSError, ValueError) as exc:
+        raise HrouteError(f"metrics_listen {address}: cannot listen: {exc}") from exc
+    sock.setblocking(False)
+    return sock
