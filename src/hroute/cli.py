@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="a table of every backend's health")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
+    _watch_options(p)
+    p = sub.add_parser("top", help="the status table refreshed in place (status --watch)")
+    _watch_options(p, implied=True)
 
     p = sub.add_parser("route", help="which backend a profile should use now")
     p.add_argument("profile")
@@ -107,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("backend", help="the backend's name in the configuration")
     return parser
+
+
+def _watch_options(p: argparse.ArgumentParser, implied: bool = False) -> None:
+    if not implied:
+        p.add_argument("--watch", "-w", action="store_true", help="refresh in place, events below")
+    else:
+        p.add_argument("--json", action="store_true", help="one JSON line per refresh")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N refreshes")
 
 
 class _Commands:
@@ -193,6 +205,10 @@ def _fail(status: int, body: Any) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if getattr(args, "watch", True):
+        from .tools.watch import watch
+
+        return watch(_client(args), interval_s=args.interval, count=args.count, as_json=args.json)
     status, body = _call(args, "GET", "/v1/backends")
     if status != 200:
         return _fail(status, body)
@@ -355,6 +371,7 @@ _COMMANDS = {
     "run": _cmd_run,
     "check-config": _cmd_check_config,
     "status": _cmd_status,
+    "top": _cmd_status,
     "route": _cmd_route,
     "usable": _cmd_usable,
     "task-failure": _cmd_task_failure,

@@ -1,0 +1,56 @@
+"""Run a command in a pseudo-terminal, as a user at a terminal would, and collect its output."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import time
+
+
+def run_in_pty(
+    argv: list[str], *, env: dict[str, str] | None = None, timeout_s: float = 30.0
+) -> tuple[int, str]:
+    """Run `argv` with a pty as stdin/stdout/stderr; its exit status and everything it wrote.
+
+    Fails (AssertionError) when it does not end within `timeout_s`; the process group is
+    killed then, so nothing is left running.
+    """
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        argv,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+        start_new_session=True,
+        close_fds=True,
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+                out = b"".join(chunks).decode(errors="replace")
+                raise AssertionError(f"{argv} did not end within {timeout_s}s; output:\n{out}")
+            ready, _, _ = select.select([leader], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:  # EIO: every writer closed the pty
+                    data = b""
+                if not data:
+                    break
+                chunks.append(data)
+        return proc.wait(timeout_s), b"".join(chunks).decode(errors="replace")
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
