@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser(
+        "doctor", help="check the setup as this user: config, socket, Hermes, backends"
+    )
+    p.add_argument("--config", "-c", help="YAML configuration file")
+    p.add_argument("--hermes-home", help="Hermes' home (default: $HERMES_HOME or ~/.hermes)")
+    p.add_argument("--hermes-python", help="the Python that runs hermes (default: its #! line)")
+    p.add_argument("--json", action="store_true")
+
     sub.add_parser("reload", help="reload the configuration (same as SIGHUP)")
     p = sub.add_parser(
         "restart",
@@ -345,6 +353,18 @@ def _cmd_task_failure(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .tools.doctor import doctor
+
+    return doctor(
+        _config_path(args.config),
+        Path(args.socket) if args.socket else None,
+        hermes_home=args.hermes_home,
+        hermes_python=args.hermes_python,
+        as_json=args.json,
+    )
+
+
 def _cmd_reload(args: argparse.Namespace) -> int:
     status, body = _call(args, "POST", "/v1/reload")
     if status != 200:
@@ -378,6 +398,7 @@ _COMMANDS = {
     "report": _cmd_report,
     "events": _cmd_events,
     "reload": _cmd_reload,
+    "doctor": _cmd_doctor,
     "restart": _cmd_restart,
 }
 
