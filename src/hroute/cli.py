@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hermes-python", help="the Python that runs hermes (default: its #! line)")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser(
+        "demo", help="a minute of crash, hang, fallback, cooldown and recovery (no root needed)"
+    )
+    p.add_argument("--duration", type=float, default=60.0, metavar="SECONDS")
+
     sub.add_parser("reload", help="reload the configuration (same as SIGHUP)")
     p = sub.add_parser(
         "restart",
@@ -365,6 +370,12 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .tools.demo import run_demo
+
+    return run_demo(max(args.duration, 10.0))
+
+
 def _cmd_reload(args: argparse.Namespace) -> int:
     status, body = _call(args, "POST", "/v1/reload")
     if status != 200:
@@ -399,6 +410,7 @@ _COMMANDS = {
     "events": _cmd_events,
     "reload": _cmd_reload,
     "doctor": _cmd_doctor,
+    "demo": _cmd_demo,
     "restart": _cmd_restart,
 }
 

@@ -1,0 +1,62 @@
+"""`hroute demo` to completion in a pseudo-terminal, as a newcomer would run it."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import dead
+from tests.support.terminal import run_in_pty
+
+pytestmark = pytest.mark.system
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.mark.timeout(90)
+def test_demo_tells_the_whole_story_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where its work directory must appear
+    env.pop("HROUTE_SOCKET", None)
+    rc, raw = run_in_pty(
+        [sys.executable, "-m", "hroute.cli", "demo", "--duration", "18"], env=env, timeout_s=75
+    )
+    out = ANSI.sub("", raw).replace("\r\n", "\n")
+    assert rc == 0, out
+    assert "\x1b[31m" in raw  # coloured on a terminal
+
+    story = re.findall(r"^\[ *([\d.]+)s\] (\w+) +(.*)$", out, re.M)
+    tags = [tag for _, tag, _ in story]
+    text = {tag: [t for _, g, t in story if g == tag] for tag in set(tags)}
+    # Each act, by the real daemon: probes, the supervisor, the registry's cooldown.
+    assert any(re.match(r"local-a crashed: pid \d+ exited with code 134", t) for t in text["CRASH"])
+    assert any(t.startswith("local-b is alive but stopped answering") for t in text["HANG"])
+    assert any("supervisor restarts local-a" in t for t in text["RESTART"])
+    assert any("supervisor restarts local-b" in t for t in text["RESTART"])
+    assert any("local-a -> local-b" in t for t in text["FALLBACK"])
+    assert any("-> cloud" in t for t in text["FALLBACK"])
+    assert any("cloud answered 429, Retry-After" in t for t in text["AGENT"])
+    assert any(
+        re.match(r"cloud: cooling down for \d+s \(rate_limit\)", t) for t in text["COOLDOWN"]
+    )
+    assert any("cooldown over" in t for t in text["COOLDOWN"])
+    assert any(t == "probe: local-a is healthy" for t in text["RECOVERY"])
+    assert any(t == "probe: local-b is healthy" for t in text["RECOVERY"])
+    # In the order they happen: the crash before its restart, the restart before recovery.
+    first = {tag: tags.index(tag) for tag in ("CRASH", "RESTART", "FALLBACK", "RECOVERY")}
+    assert first["CRASH"] < first["RESTART"] < first["RECOVERY"]
+    assert first["CRASH"] < first["FALLBACK"]
+    assert re.search(r"^demo over after 1[89]s: 2 crash, 1 hang, 3 restarts", out, re.M), out
+
+    # Nothing left behind: the work directory and every process it started are gone.
+    work = re.search(r"work directory (\S+)", out).group(1)
+    assert work.startswith(str(tmp_path))
+    assert f"removed {work}" in out
+    assert not Path(work).exists()
+    assert list(tmp_path.iterdir()) == []
+    pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
+    assert len(pids) >= 5  # two servers at first, and their three restarts
+    assert all(dead(pid) for pid in pids)
