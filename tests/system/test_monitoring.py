@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -199,3 +200,33 @@ def test_a_real_prometheus_scrapes_the_daemon_and_loads_the_rules(tmp_path: Path
                 proc.kill()
                 proc.wait(5)
             log.close()
+
+
+@pytest.mark.timeout(240)
+def test_make_install_carries_them_and_uninstall_removes_them(tmp_path: Path) -> None:
+    """install.sh (what `make install` and the .deb run) puts them under share/hroute."""
+    promtool = require_binary("promtool")
+    repo = MONITORING.parents[1]
+    env = {**os.environ, "DESTDIR": str(tmp_path / "stage"), "PREFIX": "/usr"}
+    script = str(repo / "packaging" / "install.sh")
+    done = subprocess.run([script, "install"], env=env, capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    installed = tmp_path / "stage" / "usr" / "share" / "hroute" / "monitoring"
+    assert sorted(p.name for p in installed.iterdir()) == [
+        "hroute-alerts.test.yml",
+        "hroute-alerts.yml",
+        "hroute-dashboard.json",
+    ]
+    out = subprocess.run(
+        [promtool, "test", "rules", "hroute-alerts.test.yml"],
+        cwd=installed,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    done = subprocess.run(
+        [script, "uninstall"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not installed.parent.exists()
