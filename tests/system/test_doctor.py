@@ -113,6 +113,7 @@ def test_a_good_setup_passes_and_says_which_guards_are_on(
         (modules / rel).write_text(text)
     env = fake_hermes(tmp_path / "bin", sys.executable)
     env["PYTHONPATH"] = str(modules)
+    env["HROUTE_SOCKET"] = str(daemon.socket)  # as Hermes' plugin would be told
     out = run(
         hroute("--socket", str(daemon.socket), "doctor", "--config", str(daemon.config_path))
         + ["--hermes-home", str(home)],
@@ -123,6 +124,7 @@ def test_a_good_setup_passes_and_says_which_guards_are_on(
     assert found["daemon"].startswith("ok"), out.stdout
     assert found["snapshot"].startswith("ok"), out.stdout
     assert found["hermes primary"].startswith("ok") and "backend local" in found["hermes primary"]
+    assert "hermes socket" not in found
     assert found["hermes plugin enabled"].startswith("ok")
     assert found["hermes plugin installed"].startswith("ok"), out.stdout
     assert found["hermes guard restore"].startswith("ok")
@@ -146,7 +148,8 @@ def test_a_near_miss_url_is_not_monitored_and_names_the_closest(
     )
     out = run(
         hroute("--socket", str(daemon.socket), "doctor", "--config", str(daemon.config_path))
-        + ["--hermes-home", str(home), "--hermes-python", sys.executable, "--json"]
+        + ["--hermes-home", str(home), "--hermes-python", sys.executable, "--json"],
+        {k: v for k, v in os.environ.items() if k != "HROUTE_SOCKET"},
     )
     assert out.returncode == 1, out.stdout
     doc = json.loads(out.stdout)
@@ -157,6 +160,9 @@ def test_a_near_miss_url_is_not_monitored_and_names_the_closest(
     assert f"{near} is not monitored" in miss["message"]
     assert f"closest configured URL: {backend.base_url}" in miss["message"]
     assert by_name["hermes primary"]["status"] == "ok"
+    # --socket names a socket the plugin, on the default path, would not ask.
+    assert by_name["hermes socket"]["status"] == "warn"
+    assert by_name["hermes socket"]["fix"] == f"run hermes with HROUTE_SOCKET={daemon.socket}"
 
 
 def test_plugin_not_enabled_and_not_installed_in_hermes_python(

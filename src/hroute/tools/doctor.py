@@ -97,6 +97,8 @@ def check_config(path: Path) -> tuple[Check, dict[str, str]]:
         text = str(exc)
         if isinstance(exc.__cause__, PermissionError) or "Permission denied" in text:
             return Check("config", FAIL, f"cannot read {path}", _access_fix(path)), {}
+        if "file not found" in text:
+            return Check("config", FAIL, text, "give --config FILE (or set HROUTE_CONFIG)"), {}
         return Check("config", FAIL, text, f"fix it, then: hroute check-config {path}"), {}
     urls = {name: b.base_url for name, b in config.backends.items()}
     return Check("config", OK, f"{path} is valid ({len(urls)} backends)"), urls
@@ -129,7 +131,11 @@ def check_daemon(client: Client) -> tuple[list[Check], list[dict[str, Any]] | No
     version = body.get("version") if isinstance(body, dict) else None
     checks.append(Check("daemon", OK, f"hroute {version} answers on {sock} (as {_user()})"))
     checks.append(_check_snapshot(sock))
-    status, body = client.request("GET", "/v1/backends")
+    try:
+        status, body = client.request("GET", "/v1/backends")
+    except (OSError, TimeoutError, ValueError) as exc:
+        checks.append(Check("backends", FAIL, f"the daemon did not list its backends: {exc}"))
+        return checks, None
     return checks, (body["backends"] if status == 200 else None)
 
 
@@ -185,7 +191,11 @@ def describe_backend(view: dict[str, Any]) -> Check:
 
 
 def check_hermes(
-    home: Path, explicit_home: bool, python: str | None, urls: dict[str, str]
+    home: Path,
+    explicit_home: bool,
+    python: str | None,
+    urls: dict[str, str],
+    socket_path: Path | None = None,
 ) -> list[Check]:
     """Hermes' providers against hroute's backends; the plugin in the Python that runs hermes."""
     config_file = home / "config.yaml"
@@ -197,6 +207,21 @@ def check_hermes(
     except (OSError, yaml.YAMLError) as exc:
         return [Check("hermes", FAIL, f"cannot read {config_file}: {exc}")]
     checks = [Check("hermes", OK, f"read {config_file}")]
+    if os.environ.get("HERMES_SAFE_MODE") == "1":
+        checks.append(
+            Check("hermes safe mode", WARN, "HERMES_SAFE_MODE=1: Hermes loads no plugin at all")
+        )
+    plugin_socket = default_socket_path()
+    if socket_path is not None and Path(socket_path) != plugin_socket:
+        checks.append(
+            Check(
+                "hermes socket",
+                WARN,
+                f"the plugin asks {plugin_socket} (HROUTE_SOCKET or the default), "
+                f"not {socket_path}",
+                f"run hermes with HROUTE_SOCKET={socket_path}",
+            )
+        )
     for p in hermes_setup.providers(config):
         checks.append(_check_provider(p, urls))
     checks += _check_plugin(config, python)
@@ -247,7 +272,7 @@ def _check_plugin(config: dict[str, Any], explicit_python: str | None) -> list[C
     if found is None:
         checks.append(Check("hermes plugin installed", FAIL, problem))
         return checks
-    version = found.get("hermes_version") or "no hermes-agent distribution"
+    version = found.get("hermes_version") or "this Hermes (version unknown)"
     if found.get("plugin") is None or found.get("entry_point") is None:
         why = found.get("plugin_error") or "no hermes_agent.plugins entry point named hroute"
         checks.append(
@@ -297,7 +322,7 @@ def run_checks(
     if backends is not None and not urls:
         urls = {b["name"]: b["base_url"] for b in backends}  # what the daemon really watches
     home = hermes_setup.hermes_home(hermes_home)
-    checks += check_hermes(home, hermes_home is not None, hermes_python, urls)
+    checks += check_hermes(home, hermes_home is not None, hermes_python, urls, socket_path)
     checks += [describe_backend(b) for b in backends or []]
     return checks
 
