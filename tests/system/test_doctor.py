@@ -268,3 +268,32 @@ def test_a_user_outside_the_sockets_group_is_told_to_join_it(
         found = lines(inside.stdout)
         assert found["daemon"].startswith("ok") and "(as nobody)" in found["daemon"], inside.stdout
         assert found["snapshot"].startswith("ok"), inside.stdout
+
+
+@pytest.mark.hermes
+def test_against_a_real_hermes_every_guard_is_active(
+    tmp_path: Path, daemon: Daemon, backend: FakeBackend
+) -> None:
+    """Hermes Agent 0.19.0 from PyPI (make hermes-venv): the plugin is there, all guards on.
+
+    Only read, never reinstalled: which checkout's plugin the cached venv holds does not
+    matter to what doctor checks (importable, registered, what it would wrap)."""
+    from tests.support.hermes import HERMES_VERSION, hermes_venv
+
+    python = hermes_venv() / "bin" / "python"
+    if not (hermes_venv() / ".hermes-installed").exists():
+        why = f"no Hermes Agent venv at {hermes_venv()}: run `make hermes-venv`"
+        if os.environ.get("HROUTE_REQUIRE_HERMES") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    env = fake_hermes(tmp_path / "bin", str(python))
+    env["HROUTE_SOCKET"] = str(daemon.socket)
+    home = hermes_home(tmp_path, backend.base_url)
+    out = run(
+        hroute("doctor", "--config", str(daemon.config_path), "--hermes-home", str(home)), env
+    )
+    found = lines(out.stdout)
+    assert out.returncode == 0, out.stdout
+    assert found["hermes plugin installed"].startswith(f"ok in {python} (hermes-agent ")
+    for guard in ("restore", "fallback", "auxiliary"):
+        assert found[f"hermes guard {guard}"] == f"ok active for hermes-agent {HERMES_VERSION}"
