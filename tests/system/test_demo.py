@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from tests.support.procs import dead
 from tests.support.terminal import run_in_pty
+from tests.support.users import as_nobody, installed_for_everyone, shared_tmpdir
 
 pytestmark = pytest.mark.system
 
@@ -60,3 +62,21 @@ def test_demo_tells_the_whole_story_and_leaves_nothing_behind(tmp_path: Path) ->
     pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
     assert len(pids) >= 5  # two servers at first, and their three restarts
     assert all(dead(pid) for pid in pids)
+
+
+@pytest.mark.timeout(240)
+def test_demo_needs_no_root() -> None:
+    """As user nobody, with hroute installed as `make install` does: it runs to the end."""
+    with shared_tmpdir() as shared:
+        hroute = str(installed_for_everyone(shared))
+        own = shared / "nobody"
+        own.mkdir()
+        nobody = pwd.getpwnam("nobody")
+        os.chown(own, nobody.pw_uid, nobody.pw_gid)
+        argv = as_nobody([hroute, "demo", "--duration", "15"], own, TMPDIR=str(own))
+        rc, raw = run_in_pty(argv, timeout_s=75)
+        out = ANSI.sub("", raw)
+        assert rc == 0, out
+        assert "CRASH" in out and "HANG" in out and "COOLDOWN" in out
+        assert re.search(r"^demo over after 1[56]s", out, re.M), out
+        assert list(own.iterdir()) == []

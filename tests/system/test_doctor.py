@@ -8,8 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import pytest
 from tests.support.daemon import Daemon
 from tests.support.fakebackend import FakeBackend
 from tests.support.procs import free_port
+from tests.support.users import as_nobody, installed_for_everyone, shared_tmpdir, throwaway_group
 
 pytestmark = pytest.mark.system
 
@@ -189,63 +188,16 @@ def test_plugin_not_enabled_and_not_installed_in_hermes_python(
     assert f"-> {venv / 'bin' / 'python'} -m pip install hroute" in out.stdout
 
 
-def skip_or_fail(why: str) -> None:
-    """Skip on a developer's machine; in CI (root, Debian) this test must run."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but: {why}", pytrace=False)
-    pytest.skip(why)
-
-
 @pytest.fixture
 def group() -> Iterator[str]:
-    """A throwaway group standing for `hroute` (removed afterwards)."""
-    if os.geteuid() != 0 or shutil.which("groupadd") is None:
-        skip_or_fail("needs root and groupadd to create a group and switch users")
-    name = f"hrt{uuid.uuid4().hex[:8]}"
-    subprocess.run(["groupadd", "--system", name], check=True, timeout=30)
-    try:
+    with throwaway_group() as name:
         yield name
-    finally:
-        subprocess.run(["groupdel", name], check=True, timeout=30)
 
 
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A directory other users may enter (pytest's tmp_path is root's alone)."""
-    path = Path(tempfile.mkdtemp(prefix="hroute-doctor-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
+    with shared_tmpdir() as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def installed_for_everyone(where: Path) -> Path:
-    """hroute installed from this checkout into a venv on the system Python, as `make install`
-    does: the test venv's interpreter lives under /root, which other users cannot enter."""
-    system_python = Path("/usr/bin/python3")
-    if not system_python.exists():
-        skip_or_fail("needs /usr/bin/python3 to install hroute for another user")
-    venv = where / "venv"
-    subprocess.run([str(system_python), "-m", "venv", str(venv)], check=True, timeout=60)
-    subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-        + ["--disable-pip-version-check", str(REPO)],
-        check=True,
-        timeout=180,
-        capture_output=True,
-    )
-    return venv / "bin" / "hroute"
-
-
-def as_nobody(argv: list[str], home: Path, groups: str | None = None) -> list[str]:
-    who = ["--reuid=nobody", "--regid=nogroup"]
-    who += [f"--groups={groups}"] if groups else ["--clear-groups"]
-    env = ["env", f"HOME={home}", f"PATH={os.environ['PATH']}"]
-    return ["setpriv", *who, "--", *env, *argv]
 
 
 @pytest.mark.timeout(240)

@@ -152,6 +152,8 @@ class Narrator:
             self.say("START", f"supervisor started {name}: {detail.split(':')[0]}")
         elif kind == "process_ready":
             self.say("RECOVERY" if name in self.down else "READY", f"{name}: {detail}")
+        elif kind == "backend_down" and e.get("old") == e.get("new"):
+            return  # a new reason for a backend already down: the HANG line tells it
         elif kind == "backend_down":
             self.down.add(name)
             self.say("DOWN", f"probe: {describe(e)}")
