@@ -28,12 +28,12 @@ lint: dev
 	$(VENV)/bin/ruff check src tests bench
 
 bench: dev ## the hot path and reload benchmarks; figures go to docs/benchmarks.md by hand
-	$(PY) bench/bench_usable.py
-	$(PY) bench/bench_reload.py
+	$(PY) -m bench.bench_usable
+	$(PY) -m bench.bench_reload
 
 bench-supervise: dev ## supervision with a real llama-server (builds it once: see llama-server)
 	HROUTE_LLAMA_SERVER="$$(HROUTE_CACHE=$(HROUTE_CACHE) scripts/build-llama-server.sh)" \
-		$(PY) bench/bench_supervise.py
+		$(PY) -m bench.bench_supervise
 
 llama-server: ## build llama-server once into $(HROUTE_CACHE) (about 10 minutes on 2 cores)
 	HROUTE_CACHE=$(HROUTE_CACHE) scripts/build-llama-server.sh

@@ -8,7 +8,7 @@ then:
   2. reload under load: client threads query /v1/route and /v1/usable at ~1k/s in total
      while the config flips N times; every failed or mixed answer is counted.
 
-Usage: .venv/bin/python bench/bench_reload.py [--saves 20] [--flips 20]
+Usage (from the repository root): .venv/bin/python -m bench.bench_reload [--saves 20] [--flips 20]
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.support.daemon import Daemon, wait_until  # noqa: E402
+from tests.support.daemon import Daemon, wait_until
 
 HEAD = "defaults:\n  probe: {interval_s: 30, jitter: 0}\nbackends:\n"
 

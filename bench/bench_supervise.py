@@ -13,7 +13,7 @@ local server (interval 2 s, timeout 1 s, hang_restart_after 3). Then, for each o
 
 Times come from hroute's event timestamps (wall clock, ms) against the wall time at which
 this script sent the signal. Medians, with min and max, of N runs (default 5).
-Usage: .venv/bin/python bench/bench_supervise.py [--runs N] [--llama-server PATH]
+Usage (from the repository root): .venv/bin/python -m bench.bench_supervise [--runs N] [--llama-server PATH]
        (PATH defaults to $HROUTE_LLAMA_SERVER; `make llama-server` builds one)
 """
 
@@ -35,14 +35,13 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from tests.support.daemon import wait_until
+from tests.support.llama import llama_command, tiny_model
+from tests.support.procs import free_port
+
+from hroute.client import Client
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.support.daemon import wait_until  # noqa: E402
-from tests.support.llama import llama_command, tiny_model  # noqa: E402
-from tests.support.procs import free_port  # noqa: E402
-
-from hroute.client import Client  # noqa: E402
 
 PROBE = {"interval_s": 2, "timeout_s": 1}  # README: llama-local; fall 3, jitter 0.1 by default
 HANG_AFTER = 3

@@ -10,7 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from hroute import __version__
+from hroute.core.escalation import TASK_REASONS
+from hroute.tools.commands import (
+    add_tool_commands,
+    add_watch_options,
+    cmd_demo,
+    cmd_doctor,
+    cmd_watch,
+    watching,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NONE_USABLE = 0, 1, 2, 3, 4
 DEFAULT_CONFIG = "/etc/hroute/hroute.yaml"
@@ -50,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="a table of every backend's health")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
-    _watch_options(p)
-    p = sub.add_parser("top", help="the status table refreshed in place (status --watch)")
-    _watch_options(p, implied=True)
+    add_watch_options(p)
 
     p = sub.add_parser("route", help="which backend a profile should use now")
     p.add_argument("profile")
@@ -72,13 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task")
     p.add_argument(
         "reason",
-        choices=[
-            "repeated_tool_failure",
-            "invalid_output",
-            "no_progress",
-            "task_timeout",
-            "user_request",
-        ],
+        choices=TASK_REASONS,
     )
 
     p = sub.add_parser("usable", help="may a backend be used (restored) now?")
@@ -101,19 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser(
-        "doctor", help="check the setup as this user: config, socket, Hermes, backends"
-    )
-    p.add_argument("--config", "-c", help="YAML configuration file")
-    p.add_argument("--hermes-home", help="Hermes' home (default: $HERMES_HOME or ~/.hermes)")
-    p.add_argument("--hermes-python", help="the Python that runs hermes (default: its #! line)")
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser(
-        "demo", help="a minute of crash, hang, fallback, cooldown and recovery (no root needed)"
-    )
-    p.add_argument("--duration", type=float, default=60.0, metavar="SECONDS")
-
+    add_tool_commands(sub)  # top, doctor, demo
     sub.add_parser("reload", help="reload the configuration (same as SIGHUP)")
     p = sub.add_parser(
         "restart",
@@ -123,15 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("backend", help="the backend's name in the configuration")
     return parser
-
-
-def _watch_options(p: argparse.ArgumentParser, implied: bool = False) -> None:
-    if not implied:
-        p.add_argument("--watch", "-w", action="store_true", help="refresh in place, events below")
-    else:
-        p.add_argument("--json", action="store_true", help="one JSON line per refresh")
-    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
-    p.add_argument("--count", type=int, metavar="N", help="stop after N refreshes")
 
 
 class _Commands:
@@ -162,9 +142,9 @@ def _config_path(value: str | None) -> Path:
 def _cmd_run(args: argparse.Namespace) -> int:
     import anyio
 
-    from .daemon import run_daemon
-    from .errors import HrouteError
-    from .logs import setup_logging
+    from hroute.daemon import run_daemon
+    from hroute.errors import HrouteError
+    from hroute.systemd.logs import setup_logging
 
     setup_logging(args.log_level or os.environ.get("HROUTE_LOG_LEVEL", "info"))
     if args.socket:
@@ -178,8 +158,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from .config import missing_keys, read_config
-    from .errors import ConfigError
+    from hroute.config.model import missing_keys, read_config
+    from hroute.errors import ConfigError
 
     path = _config_path(args.file)
     try:
@@ -197,7 +177,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
-    from .client import Client
+    from hroute.client import Client
 
     return Client(args.socket, budget_s=CLI_BUDGET_S)
 
@@ -218,10 +198,8 @@ def _fail(status: int, body: Any) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    if getattr(args, "watch", True):
-        from .tools.watch import watch
-
-        return watch(_client(args), interval_s=args.interval, count=args.count, as_json=args.json)
+    if watching(args):
+        return cmd_watch(args, _client(args))
     status, body = _call(args, "GET", "/v1/backends")
     if status != 200:
         return _fail(status, body)
@@ -321,7 +299,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
-    from .logs import describe
+    from hroute.systemd.logs import describe
 
     since = args.since
     while True:
@@ -358,24 +336,6 @@ def _cmd_task_failure(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_doctor(args: argparse.Namespace) -> int:
-    from .tools.doctor import doctor
-
-    return doctor(
-        _config_path(args.config),
-        Path(args.socket) if args.socket else None,
-        hermes_home=args.hermes_home,
-        hermes_python=args.hermes_python,
-        as_json=args.json,
-    )
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .tools.demo import run_demo
-
-    return run_demo(max(args.duration, 10.0))
-
-
 def _cmd_reload(args: argparse.Namespace) -> int:
     status, body = _call(args, "POST", "/v1/reload")
     if status != 200:
@@ -402,16 +362,16 @@ _COMMANDS = {
     "run": _cmd_run,
     "check-config": _cmd_check_config,
     "status": _cmd_status,
-    "top": _cmd_status,
     "route": _cmd_route,
     "usable": _cmd_usable,
     "task-failure": _cmd_task_failure,
     "report": _cmd_report,
     "events": _cmd_events,
     "reload": _cmd_reload,
-    "doctor": _cmd_doctor,
-    "demo": _cmd_demo,
     "restart": _cmd_restart,
+    "top": _cmd_status,
+    "doctor": lambda args: cmd_doctor(args, _config_path(args.config)),
+    "demo": cmd_demo,
 }
 
 if __name__ == "__main__":

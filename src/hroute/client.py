@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from .identity import normalize_base_url
-from .paths import default_socket_path, snapshot_path
+from hroute.core.identity import normalize_base_url
+from hroute.core.verdict import decide
+from hroute.paths import default_socket_path, snapshot_path
 
 DEFAULT_BUDGET_S = 0.1
 
@@ -184,18 +185,15 @@ def _from_snapshot(
     if name is None:
         return Usable(True, backend, "unknown", "not_monitored", None)
     entry = backends[name]
-    if entry["blocked"]:
-        return Usable(False, name, entry["state"], entry["blocked"], None)
-    now = time.monotonic()
-    until = entry["until"]
-    if until is not None and until > now:
-        return Usable(False, name, entry["state"], entry["until_reason"], round(until - now, 3))
-    if credential and credential in entry["creds"]:
-        cred_until, reason = entry["creds"][credential]
-        if cred_until is None or cred_until > now:
-            left = None if cred_until is None else round(cred_until - now, 3)
-            return Usable(False, name, entry["state"], reason, left)
-    return Usable(True, name, entry["state"], None, None)
+    verdict = decide(
+        time.monotonic(),
+        block=entry["blocked"],
+        until=entry["until"],
+        until_reason=entry["until_reason"],
+        credentials=entry["creds"],
+        credential=credential,
+    )
+    return Usable(verdict.usable, name, entry["state"], verdict.reason, verdict.retry_after_s)
 
 
 @functools.lru_cache(maxsize=256)

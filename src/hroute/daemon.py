@@ -13,22 +13,23 @@ import anyio
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from . import __version__
-from .api import Deps, make_app
-from .clock import RealClock
-from .config import Config, missing_keys, read_config
-from .logs import log_event
-from .metrics import Metrics
-from .notify import Notifier, keep_status, keep_watchdog
-from .paths import snapshot_path
-from .prober import Prober
-from .registry import Clock, Registry
-from .reload import Reloader, ReloadResult
-from .snapshot import SnapshotPublisher
-from .sockets import bind_unix_socket, inherited_socket
-from .state import StateSaver, load_state
-from .supervision import Supervision
-from .testhooks import serve_test_hooks
+from hroute import __version__
+from hroute.config.model import Config, missing_keys, read_config
+from hroute.core.clock import Clock
+from hroute.core.registry import Registry
+from hroute.edges.api import Deps, make_app
+from hroute.edges.clock import RealClock
+from hroute.edges.fault_injection import serve_test_hooks
+from hroute.edges.metrics import Metrics
+from hroute.edges.prober import Prober
+from hroute.edges.reloader import Reloader, ReloadResult
+from hroute.edges.snapshot import SnapshotPublisher
+from hroute.edges.sockets import bind_unix_socket, inherited_socket
+from hroute.edges.state_file import StateSaver, load_state
+from hroute.paths import snapshot_path
+from hroute.supervise.supervisors import Supervision
+from hroute.systemd.logs import log_event
+from hroute.systemd.notify import Notifier, keep_status, keep_watchdog
 
 log = logging.getLogger("hroute")
 
@@ -119,7 +120,7 @@ async def run_daemon(
                 await tg.start(supervision.run)
                 await tg.start(saver.run)
                 await tg.start(reloader.watch)
-                tg.start_soon(_expire_cooldowns, registry)
+                tg.start_soon(_expire_cooldowns, registry, clock)
                 tg.start_soon(keep_watchdog, notifier)
                 tg.start_soon(serve_test_hooks)
                 log.info(
@@ -154,10 +155,10 @@ def _note_missing_keys(registry: Registry, config: Config) -> None:
         registry.set_note(name, f"key_env {var} is not set; not probed")
 
 
-async def _expire_cooldowns(registry: Registry) -> None:
+async def _expire_cooldowns(registry: Registry, clock: Clock) -> None:
     while True:
         registry.expire()
-        await anyio.sleep(EXPIRY_TICK_S)
+        await clock.sleep(EXPIRY_TICK_S)
 
 
 async def _watch_signals(

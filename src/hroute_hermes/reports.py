@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hroute.identity import normalize_base_url
+from hroute.core.identity import normalize_base_url
 
 _DETAIL_CHARS = 300
 # Keys that providers echo back in error messages ("Incorrect API key provided: sk-...").

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from hroute.child import (
+from hroute.supervise.process import (
     MAX_LINE_BYTES,
     describe_exit,
     forward_lines,
@@ -132,7 +132,7 @@ def test_child_dies_when_its_parent_is_killed(tmp_path: Path) -> None:
     parent_code = textwrap.dedent(
         """
         import os, sys, time
-        from hroute.child import spawn_child
+        from hroute.supervise.process import spawn_child
         child = spawn_child(["sleep", "30"], dict(os.environ), None, time.monotonic())
         print(child.pid, flush=True)
         time.sleep(30)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hroute.journal import MESSAGE_IDS
+from hroute.systemd.journal import MESSAGE_IDS
 from tests.support.daemon import wait_until as _wait_until
 from tests.support.systemd_root import SystemdRoot, root_skip_reason
 

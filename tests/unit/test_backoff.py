@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hroute.backoff import RestartPolicy
-from hroute.supervise_config import RestartSettings, StartLimitSettings
+from hroute.config.supervise import RestartSettings, StartLimitSettings
+from hroute.core.restart_policy import RestartPolicy
 from tests.conftest import FakeClock
 
 

@@ -1,4 +1,4 @@
-"""Table-driven tests for hroute.classify: provider error bodies, retry hints, exceptions."""
+"""Table-driven tests for hroute.core.classify: provider error bodies, retry hints, exceptions."""
 
 from __future__ import annotations
 
@@ -11,17 +11,13 @@ import time
 
 import pytest
 
-from hroute.classify import (
-    CREDENTIAL_SCOPED,
-    HEALTH_NEUTRAL,
-    SEVERE,
+from hroute.core.classify import (
     Classification,
-    Reason,
     classify_exception,
     classify_response,
-    parse_reason,
     parse_retry_after,
 )
+from hroute.core.reasons import CREDENTIAL_SCOPED, HEALTH_NEUTRAL, SEVERE, Reason, parse_reason
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a Tuesday
 IN_30S_HTTP = "Tue, 14 Nov 2023 22:13:50 GMT"

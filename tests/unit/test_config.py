@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from hroute.config import load_config, missing_keys, read_config
+from hroute.config.model import load_config, missing_keys, read_config
 from hroute.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

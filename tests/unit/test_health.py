@@ -2,8 +2,8 @@
 
 import pytest
 
-from hroute.classify import Reason
-from hroute.health import Health, Policy, ProbeOutcome, Report, State
+from hroute.core.health import Health, Policy, ProbeOutcome, Report, State
+from hroute.core.reasons import Reason
 
 P = Policy(fall=3, rise=2, base_s=30.0, max_s=300.0)
 OK = ProbeOutcome()
@@ -170,8 +170,8 @@ def test_success_report_ends_the_failure_streak_and_clears_credential_cooldown()
     assert "fp" not in h.credentials
 
 
-def test_mark_down_is_immediate() -> None:
+def test_block_is_immediate() -> None:
     h = Health()
     h.on_probe(OK, 0, P)
-    [t] = h.mark_down("exited", "exit code 137")
+    [t] = h.block_for("exited", "exit code 137")
     assert t.new == "unhealthy" and h.verdict(0)[:2] == (False, "exited")

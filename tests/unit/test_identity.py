@@ -1,6 +1,6 @@
 import pytest
 
-from hroute.identity import backend_identity, is_loopback, normalize_base_url
+from hroute.core.identity import backend_identity, is_loopback, normalize_base_url
 
 
 @pytest.mark.parametrize(

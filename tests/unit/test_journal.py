@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from hroute.journal import (
+from hroute.systemd.journal import (
     MESSAGE_IDS,
     JournalHandler,
     JournalSender,

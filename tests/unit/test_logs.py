@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from hroute.logs import describe, log_event
+from hroute.systemd.logs import describe, log_event
 
 
 def test_a_transition_names_both_states_and_why() -> None:

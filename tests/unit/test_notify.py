@@ -9,7 +9,7 @@ import time
 import anyio
 import pytest
 
-from hroute.notify import Notifier, keep_watchdog, status_line
+from hroute.systemd.notify import Notifier, keep_watchdog, status_line
 
 
 @pytest.fixture

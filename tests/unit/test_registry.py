@@ -2,11 +2,11 @@
 
 import pytest
 
-from hroute.classify import Reason
-from hroute.config import load_config
+from hroute.config.model import load_config
+from hroute.core.health import ProbeOutcome, Report
+from hroute.core.reasons import Reason
+from hroute.core.registry import Registry
 from hroute.errors import UnknownProfileError
-from hroute.health import ProbeOutcome, Report
-from hroute.registry import Registry
 
 CONFIG = """
 defaults:
@@ -66,11 +66,11 @@ def test_route_unknown_profile(reg: Registry) -> None:
 def test_fallback_events_only_when_the_answer_changes(reg: Registry) -> None:
     reg.route("coding")
     reg.route("coding")
-    assert [e["event"] for e in reg.events()] == []
+    assert [e["event"] for e in reg.events_since()] == []
     reg.record_probe("local", ProbeOutcome(Reason.CONNECTION))
     reg.route("coding")
     reg.route("coding")
-    fallbacks = [e for e in reg.events() if e["event"] == "fallback"]
+    fallbacks = [e for e in reg.events_since() if e["event"] == "fallback"]
     assert len(fallbacks) == 1
     assert fallbacks[0]["old"] == "local" and fallbacks[0]["new"] == "ollama"
     assert "local: connection" in fallbacks[0]["reason"]
@@ -79,17 +79,18 @@ def test_fallback_events_only_when_the_answer_changes(reg: Registry) -> None:
 def test_events_have_increasing_ids_and_since_filters(reg: Registry) -> None:
     reg.record_probe("local", ProbeOutcome())
     reg.record_probe("ollama", ProbeOutcome())
-    events = reg.events()
+    events = reg.events_since()
     assert [e["id"] for e in events] == [1, 2]
-    assert reg.events(since=1) == events[1:]
+    assert reg.events_since(1) == events[1:]
 
 
 def test_event_ring_is_bounded(clock) -> None:
     reg = Registry(load_config(CONFIG), clock, events_kept=10)
     for i in range(30):
         reg.record_report("local", Report(False, Reason.RATE_LIMIT, retry_after_s=i + 1))
-    events = reg.events()
-    assert len(events) == 10 and events[-1]["id"] == 30
+    events = reg.events_since()
+    # 30 cooldowns and the one fallback of profile coding they caused; the ring keeps 10
+    assert len(events) == 10 and events[-1]["id"] == 31
 
 
 def test_snapshot_carries_what_a_reader_needs(reg: Registry, clock) -> None:
@@ -112,3 +113,23 @@ def test_version_moves_on_change_and_listeners_hear_it(reg: Registry) -> None:
     before = reg.version
     reg.record_report("local", Report(False, Reason.TIMEOUT))
     assert reg.version > before and heard == [reg.version]
+
+
+def test_route_is_a_query_that_changes_nothing(reg: Registry) -> None:
+    reg.record_probe("local", ProbeOutcome(Reason.CONNECTION))
+    before, version = reg.events_since(), reg.version
+    for _ in range(3):
+        reg.route("coding")
+        reg.route("coding", exclude=["ollama"])
+        reg.route("coding", task="t9")
+    assert reg.events_since() == before and reg.version == version
+
+
+def test_a_fallback_is_told_when_health_changes_not_when_asked(reg: Registry) -> None:
+    reg.record_probe("local", ProbeOutcome())
+    reg.record_probe("local", ProbeOutcome(Reason.CONNECTION))
+    [away] = [e for e in reg.events_since() if e["event"] == "fallback"]
+    assert (away["old"], away["new"]) == ("local", "ollama")
+    reg.record_probe("local", ProbeOutcome())
+    back = [e for e in reg.events_since(away["id"]) if e["event"] == "fallback"]
+    assert [(e["old"], e["new"]) for e in back] == [("ollama", "local")]

@@ -1,5 +1,5 @@
-from hroute.config import load_config
-from hroute.reload import diff_configs
+from hroute.config.model import load_config
+from hroute.edges.reloader import diff_configs
 
 BASE = """
 backends:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hroute.classify import Reason
-from hroute.health import Cooldown, Health, State
-from hroute.identity import BackendIdentity
-from hroute.state import decode_state, encode_state, load_state
+from hroute.core.health import Cooldown, Health, State
+from hroute.core.identity import BackendIdentity
+from hroute.core.reasons import Reason
+from hroute.edges.state_file import decode_state, encode_state, load_state
 
 LOCAL = BackendIdentity("chat_completions", "http://127.0.0.1:8080", None)
 CLOUD = BackendIdentity("anthropic_messages", "https://api.anthropic.com", None)
@@ -18,7 +18,7 @@ CLOUD = BackendIdentity("anthropic_messages", "https://api.anthropic.com", None)
 def sample(now: float) -> dict[BackendIdentity, Health]:
     local = Health(state=State.UNHEALTHY, reason="connection", ejections=3)
     local.cooldown = Cooldown(now + 50, Reason.SERVER_ERROR)
-    cloud = Health(state=State.HEALTHY, blocked="auth")
+    cloud = Health(state=State.HEALTHY, block="auth")
     cloud.cooldown = Cooldown(now + 600, Reason.RATE_LIMIT)
     cloud.credentials = {
         "fp1": Cooldown(now + 30, Reason.RATE_LIMIT),
@@ -39,7 +39,7 @@ def test_round_trip_across_a_restart_converts_deadlines() -> None:
         local.cooldown.until == pytest.approx(7 + 40)
         and local.cooldown.reason is Reason.SERVER_ERROR
     )
-    assert cloud.blocked == "auth"
+    assert cloud.block == "auth"
     assert cloud.cooldown.until == pytest.approx(7 + 590)
     assert cloud.credentials["fp1"].until == pytest.approx(7 + 20)
     assert cloud.credentials["fp2"].until is None  # until the key changes
@@ -116,8 +116,8 @@ def test_missing_file_is_a_fresh_start(tmp_path: Path) -> None:
 
 
 def test_tasks_and_spend_survive() -> None:
-    from hroute.policy import TaskState
-    from hroute.state import decode_saved
+    from hroute.core.escalation import TaskState
+    from hroute.edges.state_file import decode_saved
 
     tasks = {"t1": TaskState(["no_progress", "invalid_output"], last_at=990.0)}
     doc = json.loads(

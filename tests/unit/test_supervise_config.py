@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hroute.config import load_config
+from hroute.config.model import load_config
 from hroute.errors import ConfigError
-from hroute.unit import UnitState, parse_unit_state, process_state
+from hroute.supervise.systemd_unit import UnitState, parse_unit_state, process_state
 
 
 def backend(supervise: str, extra: str = "") -> str:

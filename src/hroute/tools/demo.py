@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..client import Client
-from ..logs import describe
-from .simulate import CloudServer
-from .watch import paint
+from hroute.client import Client
+from hroute.systemd.logs import describe
+from hroute.tools.simulate import CloudServer
+from hroute.tools.watch import paint
 
 PROFILE = "chat"
 CHAIN = ["local-a", "local-b", "cloud"]

@@ -19,9 +19,9 @@ from typing import Any, TextIO
 
 import yaml
 
-from ..client import Client
-from ..paths import default_socket_path, snapshot_path
-from . import hermes_setup
+from hroute.client import Client
+from hroute.paths import default_socket_path, snapshot_path
+from hroute.tools import hermes_setup
 
 OK, FAIL, WARN, INFO = "ok", "fail", "warn", "info"
 _MARK = {OK: "ok  ", FAIL: "FAIL", WARN: "warn", INFO: "info"}
@@ -88,8 +88,8 @@ def _access_fix(path: Path) -> str:
 
 def check_config(path: Path) -> tuple[Check, dict[str, str]]:
     """Is the configuration valid? Its backends' URLs, by name, when it is."""
-    from ..config import read_config
-    from ..errors import ConfigError
+    from hroute.config.model import read_config
+    from hroute.errors import ConfigError
 
     try:
         config = read_config(path)

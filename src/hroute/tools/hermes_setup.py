@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..identity import normalize_base_url
+from hroute.core.identity import normalize_base_url
 
 # Where Hermes sends a provider that names no base_url (Hermes' own defaults).
 PROVIDER_URLS = {

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ..client import Client
-from ..logs import describe
+from hroute.client import Client
+from hroute.systemd.logs import describe
 
 CLEAR = "\x1b[H\x1b[2J"
 EVENTS_SHOWN = 8

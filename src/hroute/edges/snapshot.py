@@ -16,32 +16,15 @@ from typing import Any
 
 import anyio
 
-from .registry import Clock, Registry
+from hroute.core.clock import Clock
+from hroute.core.registry import Registry
+from hroute.edges.files import write_atomically
 
 log = logging.getLogger("hroute")
 
 SNAPSHOT_VERSION = 1
 SNAPSHOT_TTL_S = 5.0
 REFRESH_S = 1.0
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o640, *, durable: bool = False) -> None:
-    """Write-then-rename, so a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if durable:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 class SnapshotPublisher:
@@ -85,7 +68,7 @@ class SnapshotPublisher:
             self.flush(force=True)
             task_status.started()
             while True:
-                await anyio.sleep(REFRESH_S / 2)
+                await self._clock.sleep(REFRESH_S / 2)
                 self.flush()  # keeps the expiry fresh while nothing changes
         finally:
             with contextlib.suppress(OSError):

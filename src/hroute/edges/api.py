@@ -12,11 +12,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import __version__
-from .errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
-from .metrics import Metrics
-from .policy import TASK_REASONS, parse_needs
-from .registry import Registry, parse_report
+from hroute import __version__
+from hroute.core.escalation import TASK_REASONS
+from hroute.core.needs import parse_needs
+from hroute.core.registry import Registry
+from hroute.core.reports import parse_report
+from hroute.edges.metrics import Metrics
+from hroute.errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -211,7 +213,7 @@ def make_app(deps: Deps) -> web.Application:
             since = int(request.rel_url.query.get("since", "0"))
         except ValueError:
             raise web.HTTPBadRequest(reason="since must be an integer event id") from None
-        return web.json_response({"events": reg.events(since)})
+        return web.json_response({"events": reg.events_since(since)})
 
     async def version(request: web.Request) -> web.Response:
         return web.json_response({"version": __version__})

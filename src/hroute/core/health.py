@@ -8,11 +8,14 @@ monotonic timestamp in seconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .classify import CREDENTIAL_SCOPED, HEALTH_NEUTRAL, SEVERE, Reason
+from hroute.core.reasons import CREDENTIAL_SCOPED, HEALTH_NEUTRAL, SEVERE, Reason
+from hroute.core.verdict import INF, Verdict, decide
+
+AUTH_REASONS = (Reason.AUTH, Reason.AUTH_PERMANENT)
 
 
 class State(StrEnum):
@@ -88,7 +91,9 @@ class Health:
     decay_anchor: float = 0.0
     cooldown: Cooldown | None = None
     credentials: dict[str, Cooldown] = field(default_factory=dict)
-    blocked: str | None = None  # a reason that holds until config/key change (auth) or a supervisor
+    # What holds the backend unusable whatever its probes say, until lifted: hroute's own
+    # auth verdict (until the key or config changes) or a supervisor's (exited, hang, fatal ...).
+    block: str | None = None
     last_probe_at: float | None = None
     latency_ms: float | None = None
     streak: tuple[str, int] = ("", 0)  # the reason reported last and how often in a row
@@ -102,32 +107,29 @@ class Health:
             return float("inf")
         return max(0.0, self.cooldown.until - now)
 
-    def standing(self) -> str | None:
+    def blocker(self) -> str | None:
         """What makes the backend unusable whatever the time, or None."""
-        if self.blocked:
-            return self.blocked
+        if self.block:
+            return self.block
         if self.state is State.UNHEALTHY:
             return self.reason or "unhealthy"
         if self.state is State.STARTING:
             return "starting"
         return None
 
-    def verdict(
-        self, now: float, credential: str | None = None
-    ) -> tuple[bool, str | None, float | None]:
-        """(usable, reason, retry_after_s). Unknown counts as usable: hroute fails open."""
-        standing = self.standing()
-        if standing is not None:
-            return False, standing, None
-        remaining = self.cooldown_remaining(now)
-        if remaining > 0:
-            return False, str(self.cooldown.reason), _finite(remaining)  # type: ignore[union-attr]
-        if credential is not None:
-            cred = self.credentials.get(credential)
-            if cred is not None and (cred.until is None or cred.until > now):
-                left = None if cred.until is None else cred.until - now
-                return False, str(cred.reason), left
-        return True, None, None
+    def verdict(self, now: float, credential: str | None = None) -> Verdict:
+        """(usable, reason, retry_after_s): `verdict.decide`, the one definition."""
+        cooldown = self.cooldown
+        return decide(
+            now,
+            block=self.blocker(),
+            until=None if cooldown is None else (INF if cooldown.until is None else cooldown.until),
+            until_reason=None if cooldown is None else str(cooldown.reason),
+            credentials={fp: (c.until, str(c.reason)) for fp, c in self.credentials.items()}
+            if credential is not None and credential in self.credentials
+            else {},
+            credential=credential,
+        )
 
     # --- updates ------------------------------------------------------------------
 
@@ -144,9 +146,9 @@ class Health:
         if outcome.reason is None:
             self.consecutive_failures = 0
             self.consecutive_successes += 1
-            if self.blocked and self.blocked in (Reason.AUTH, Reason.AUTH_PERMANENT):
+            if self.block in AUTH_REASONS:
                 # Only our own probe, made with the configured key, can clear an auth block.
-                self.blocked = None
+                self.block = None
             if self.state is not State.HEALTHY and (
                 self.consecutive_successes >= policy.rise
                 or self.state in (State.UNKNOWN, State.STARTING)
@@ -157,9 +159,9 @@ class Health:
         if reason in HEALTH_NEUTRAL:
             return out
         self.consecutive_successes = 0
-        if reason in (Reason.AUTH, Reason.AUTH_PERMANENT):
-            if self.blocked != reason:
-                self.blocked = reason
+        if reason in AUTH_REASONS:
+            if self.block != reason:
+                self.block = reason
                 out.append(
                     Transition(
                         "auth_blocked",
@@ -202,7 +204,7 @@ class Health:
             return []  # counted; the fallback rule says not yet
         if reason in CREDENTIAL_SCOPED and report.credential:
             return self._arm_credential(report, now, policy)
-        if reason in (Reason.AUTH, Reason.AUTH_PERMANENT):
+        if reason in AUTH_REASONS:
             # Without a fingerprint we cannot tell whose key is bad: one client's bad key
             # must never take the backend away from everyone. Our own probe decides.
             return []
@@ -210,12 +212,25 @@ class Health:
             self.consecutive_failures += 1
         return self._arm(reason, report.retry_after_s, now, policy, report.detail)
 
-    def mark_down(self, reason: str, detail: str = "") -> list[Transition]:
-        """Force the state to unhealthy at once (e.g. the supervised process exited)."""
+    def block_for(self, reason: str, detail: str = "") -> list[Transition]:
+        """Unhealthy at once and held so until `unblock` (a supervisor's verdict: its process
+        exited, hangs, is fatal ...). hroute's own auth block is kept: only a probe lifts it."""
         self.consecutive_successes = 0
-        if self.state is State.UNHEALTHY and self.reason == reason:
-            return []
-        return [self._move(State.UNHEALTHY, "backend_down", reason, detail)]
+        out = []
+        if not (self.state is State.UNHEALTHY and self.reason == reason):
+            out.append(self._move(State.UNHEALTHY, "backend_down", reason, detail))
+        if self.block not in AUTH_REASONS:
+            self.block = reason
+        return out
+
+    def unblock(self, reasons: Collection[str] | None = None) -> bool:
+        """Lift a supervisor's block (only one of `reasons`, when given); True if it changed."""
+        if self.block is None or self.block in AUTH_REASONS:
+            return False
+        if reasons is not None and self.block not in reasons:
+            return False
+        self.block = None
+        return True
 
     def expire(self, now: float) -> list[Transition]:
         """Drop cooldowns that have run out; say so when the backend's own one ends."""
@@ -313,7 +328,3 @@ class Health:
                 detail=report.detail,
             )
         ]
-
-
-def _finite(value: float) -> float | None:
-    return None if value == float("inf") else round(value, 3)

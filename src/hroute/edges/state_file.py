@@ -18,12 +18,13 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .classify import Reason
-from .health import Cooldown, Health, State
-from .identity import BackendIdentity
-from .policy import TaskState
-from .registry import Clock, Registry
-from .snapshot import write_atomically
+from hroute.core.clock import Clock
+from hroute.core.escalation import TaskState
+from hroute.core.health import Cooldown, Health, State
+from hroute.core.identity import BackendIdentity
+from hroute.core.reasons import Reason
+from hroute.core.registry import Registry
+from hroute.edges.files import write_atomically
 
 log = logging.getLogger("hroute")
 
@@ -46,7 +47,7 @@ class _Record(_Strict):
     reason: str | None = None
     detail: str = ""
     ejections: int = Field(0, ge=0, le=10_000)
-    blocked: str | None = None
+    blocked: str | None = None  # the file keeps its name for Health.block
     cooldown: _Deadline | None = None
     credentials: dict[str, _Deadline] = Field(default_factory=dict)
 
@@ -100,7 +101,7 @@ def encode_state(
                 "reason": h.reason,
                 "detail": h.detail,
                 "ejections": h.ejections,
-                "blocked": h.blocked,
+                "blocked": h.block,
                 "cooldown": deadline(h.cooldown) if h.cooldown else None,
                 "credentials": {fp: deadline(c) for fp, c in h.credentials.items()},
             }
@@ -141,7 +142,7 @@ def decode_saved(data: Any, now: float, wall: float) -> Saved:
     records = {}
     for r in doc.backends:
         h = Health(state=r.state, reason=r.reason, detail=r.detail, ejections=r.ejections)
-        h.blocked, h.cooldown, h.decay_anchor = r.blocked, live(r.cooldown), now
+        h.block, h.cooldown, h.decay_anchor = r.blocked, live(r.cooldown), now
         h.credentials = {fp: c for fp, d in r.credentials.items() if (c := live(d)) is not None}
         records[BackendIdentity(*r.identity)] = h
     tasks = {
@@ -191,7 +192,7 @@ class StateSaver:
                 h.state,
                 h.reason,
                 h.ejections,
-                h.blocked,
+                h.block,
                 None if h.cooldown is None else (h.cooldown.until, h.cooldown.reason),
                 sorted((fp, c.until, c.reason) for fp, c in h.credentials.items()),
             )
@@ -231,7 +232,7 @@ class StateSaver:
             while True:
                 await self._dirty.wait()
                 self._dirty = anyio.Event()
-                await anyio.sleep(SAVE_DELAY_S)
+                await self._clock.sleep(SAVE_DELAY_S)
                 await self.save_if_changed()
         finally:
             with anyio.CancelScope(shield=True):

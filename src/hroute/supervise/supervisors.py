@@ -13,13 +13,15 @@ from typing import Any
 
 import anyio
 
-from .child import spawn_child
-from .config import BackendConfig, Config
-from .errors import NotSupervisedError
-from .health import ProbeOutcome
-from .registry import Clock, Registry
-from .supervisor import HOLD_REASONS, ChildSupervisor
-from .unit import UnitSupervisor
+from hroute.config.model import BackendConfig, Config
+from hroute.core.clock import Clock
+from hroute.core.health import ProbeOutcome
+from hroute.core.registry import Registry
+from hroute.core.supervisor import BLOCK_REASONS
+from hroute.errors import NotSupervisedError
+from hroute.supervise.child import ChildSupervisor
+from hroute.supervise.process import spawn_child
+from hroute.supervise.systemd_unit import UnitSupervisor
 
 Supervisor = ChildSupervisor | UnitSupervisor
 
@@ -39,13 +41,13 @@ class Supervision:
         self._registry, self._clock, self._poke = registry, clock, poke
         self._spawn, self._systemctl = spawn, systemctl
         self._supervisors: dict[str, Supervisor] = {}
+        self._backends: dict[str, BackendConfig] = {}  # what each supervisor was last given
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._done: dict[str, anyio.Event] = {}
         self._tg: anyio.abc.TaskGroup | None = None
-        # A hold saved by a previous run (state.json) belongs to a process that is gone.
+        # A block saved by a previous run (state.json) belongs to a process that is gone.
         for name in registry.names:
-            if registry.health(name).blocked in HOLD_REASONS:
-                registry.hold(name, None)
+            registry.unblock(name, BLOCK_REASONS)
 
     @property
     def names(self) -> list[str]:
@@ -64,14 +66,14 @@ class Supervision:
         wanted = {name: b for name, b in config.backends.items() if b.supervise is not None}
         for name, sup in list(self._supervisors.items()):
             backend = wanted.get(name)
-            if backend is None or backend.process_spec != sup.backend.process_spec:
+            current = self._backends[name]
+            if backend is None or backend.process_spec != current.process_spec:
                 self._retire(name)
-            elif backend != sup.backend:
-                # Only the policy changed (timeouts, backoff, limits): keep the process.
-                sup.backend, sup.settings = backend, backend.supervise  # type: ignore[assignment]
-                if isinstance(sup, ChildSupervisor):
-                    sup.policy.restart = backend.supervise.restart  # type: ignore[union-attr]
-                    sup.policy.start_limit = backend.supervise.start_limit  # type: ignore[union-attr]
+            elif backend != current:
+                # Only the policy changed (timeouts, backoff, limits): keep the process. The
+                # supervisor's own task applies it; nothing here reaches into its state.
+                sup.reconfigure(backend)
+                self._backends[name] = backend
         for name, backend in wanted.items():
             if name not in self._supervisors:
                 self._launch(name, backend)
@@ -108,16 +110,17 @@ class Supervision:
         previous = self._done.get(name)
         scope, done = anyio.CancelScope(), anyio.Event()
         self._supervisors[name], self._scopes[name], self._done[name] = sup, scope, done
+        self._backends[name] = backend
         self._registry.set_process_view(name, sup.view)
         self._tg.start_soon(self._run_one, sup, scope, done, previous)
 
     def _retire(self, name: str) -> None:
         del self._supervisors[name]
+        del self._backends[name]
         self._scopes.pop(name).cancel()  # its task stops the server, then sets done
         if name in self._registry.names:
             self._registry.set_process_view(name, None)
-            if self._registry.health(name).blocked in HOLD_REASONS:
-                self._registry.hold(name, None)
+            self._registry.unblock(name, BLOCK_REASONS)
 
     async def _run_one(
         self,

@@ -9,12 +9,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .health import ProbeOutcome, State
+from hroute.core.health import ProbeOutcome, State
 
 PROCESS_STATES = ("stopped", "starting", "running", "backoff", "stopping", "fatal")
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from hroute.core.registry import Registry
 
 
 class Metrics:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -10,10 +11,13 @@ from collections.abc import Callable
 import aiohttp
 import anyio
 
-from .config import Config
-from .health import ProbeOutcome
-from .probes import probe_backend
-from .registry import Clock, Registry
+from hroute.config.model import Config
+from hroute.core.clock import Clock
+from hroute.core.health import ProbeOutcome
+from hroute.core.redact import redact
+from hroute.core.registry import Registry
+from hroute.edges.clock import wait_until
+from hroute.edges.probe_requests import probe_backend
 
 log = logging.getLogger("hroute.probe")
 
@@ -82,14 +86,14 @@ class Prober:
     async def _loop(self, name: str, scope: anyio.CancelScope) -> None:
         with scope:
             # Spread the first round so forty backends do not all fire in the same millisecond.
-            await anyio.sleep(self._rng.uniform(0, 0.05))
+            await self._clock.sleep(self._rng.uniform(0, 0.05))
             while True:
                 settings = self._registry.config.probe_for(name)
                 await self.probe_once(name)
                 jitter = settings.interval_s * settings.jitter
                 delay = settings.interval_s + self._rng.uniform(-jitter, jitter)
-                with anyio.move_on_after(max(0.05, delay)):
-                    await self._pokes[name].wait()
+                deadline = self._clock.now() + max(0.05, delay)
+                await wait_until(self._clock, self._pokes[name], deadline)
                 self._pokes[name] = anyio.Event()
 
     async def probe_once(self, name: str) -> None:
@@ -102,13 +106,7 @@ class Prober:
             self._session, backend, api_key=key, timeout_s=settings.timeout_s, wall=self._clock.wall
         )
         if key and key in outcome.detail:
-            outcome = type(outcome)(
-                outcome.reason,
-                outcome.starting,
-                outcome.retry_after_s,
-                outcome.detail.replace(key, "[key]"),
-                outcome.latency_ms,
-            )
+            outcome = dataclasses.replace(outcome, detail=redact(outcome.detail, [key]))
         log.debug("probe %s: %s %s", name, outcome.reason or "ok", outcome.detail)
         self._registry.record_probe(name, outcome)
         self._on_outcome(name, outcome)

@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Any
 
-from .journal import JournalHandler, stderr_is_journal
+from hroute.systemd.journal import JournalHandler, stderr_is_journal
 
 log = logging.getLogger("hroute")
 

@@ -21,10 +21,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .errors import ConfigError
-from .identity import BackendIdentity, backend_identity, is_loopback
-from .paths import default_socket_path, default_state_dir
-from .supervise_config import SuperviseSettings
+from hroute.config.supervise import SuperviseSettings
+from hroute.core.escalation import TASK_REASONS
+from hroute.core.identity import BackendIdentity, backend_identity, is_loopback
+from hroute.errors import ConfigError
+from hroute.paths import default_socket_path, default_state_dir
 
 FallbackReason = Literal[
     "rate_limit",
@@ -152,24 +153,14 @@ class BackendConfig(_Frozen):
         return None if s is None else (s.mode, s.command, s.env, s.cwd, s.unit, self.base_url)
 
 
-TaskReason = Literal[
-    "repeated_tool_failure", "invalid_output", "no_progress", "task_timeout", "user_request"
-]
+TaskReason = Literal[TASK_REASONS]  # type: ignore[valid-type]
 
 
 class Escalation(_Frozen):
     """Seed 001: after max_local_attempts task failures, skip the local tier for that task."""
 
     max_local_attempts: int = Field(3, ge=1)
-    trigger_on: list[TaskReason] = Field(
-        default_factory=lambda: [
-            "repeated_tool_failure",
-            "invalid_output",
-            "no_progress",
-            "task_timeout",
-            "user_request",
-        ]
-    )
+    trigger_on: list[TaskReason] = Field(default_factory=lambda: list(TASK_REASONS))
     task_ttl_s: PositiveS = 3600.0
 
 

@@ -8,7 +8,7 @@ import socket
 import stat
 from pathlib import Path
 
-from .errors import HrouteError, SocketInUseError
+from hroute.errors import HrouteError, SocketInUseError
 
 SD_LISTEN_FDS_START = 3
 

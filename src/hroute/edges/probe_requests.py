@@ -14,10 +14,11 @@ from typing import Any
 
 import aiohttp
 
-from .classify import Reason, classify_exception, classify_response
-from .config import BackendConfig
-from .health import ProbeOutcome
-from .identity import normalize_base_url
+from hroute.config.model import BackendConfig
+from hroute.core.classify import classify_exception, classify_response
+from hroute.core.health import ProbeOutcome
+from hroute.core.identity import normalize_base_url
+from hroute.core.reasons import Reason
 
 HANG_CHECK_MAX_S = 1.0  # llama.cpp #27388: /health stays 200 while inference hangs; /slots does not
 

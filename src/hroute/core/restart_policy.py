@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .supervise_config import RestartSettings, StartLimitSettings
+from hroute.config.supervise import RestartSettings, StartLimitSettings
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from typing import Any
 import anyio
 from watchfiles import Change, awatch
 
-from .config import Config, read_config
-from .errors import ConfigError
+from hroute.config.model import Config, read_config
+from hroute.errors import ConfigError
 
 log = logging.getLogger("hroute")
 

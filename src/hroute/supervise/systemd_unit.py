@@ -17,11 +17,12 @@ from typing import Any
 
 import anyio
 
-from .classify import Reason
-from .config import BackendConfig
-from .health import ProbeOutcome
-from .registry import Clock, Registry
-from .supervisor import ProcState
+from hroute.config.model import BackendConfig
+from hroute.core.clock import Clock
+from hroute.core.health import ProbeOutcome
+from hroute.core.registry import Registry
+from hroute.core.supervisor import HangCount, ProcState
+from hroute.edges.clock import call_within
 
 log = logging.getLogger("hroute.supervise")
 
@@ -65,6 +66,17 @@ class _PidExited:
     pid: int
 
 
+MAILBOX_SIZE = 64  # probe results and exit notices; a restart request never waits in it
+
+
+@dataclass(frozen=True)
+class _Wake:
+    pass  # look at the restart flag
+
+
+_Message = ProbeOutcome | _PidExited | _Wake
+
+
 class UnitSupervisor:
     """Watches `backend.supervise.unit`; restarts it through systemctl on a hang or on request."""
 
@@ -79,7 +91,7 @@ class UnitSupervisor:
     ) -> None:
         assert backend.supervise is not None and backend.supervise.unit is not None
         self.name, self.backend, self.settings = name, backend, backend.supervise
-        self.unit = backend.supervise.unit
+        self.unit: str = backend.supervise.unit
         self._registry, self._clock, self._systemctl = registry, clock, list(systemctl)
         self.state = ProcState.STOPPED
         self.pid: int | None = None
@@ -87,21 +99,33 @@ class UnitSupervisor:
         self.last_exit: dict[str, Any] | None = None
         self.last_restart_reason: str | None = None
         self.detail = ""
-        self._hangs = 0
+        self._hangs = HangCount()
         self._restarting_from: int | None = None  # the hung pid, until a new one runs
         self._watched: int | None = None
-        self._send, self._mailbox = anyio.create_memory_object_stream[Any](64)
+        self._send, self._mailbox = anyio.create_memory_object_stream[_Message](MAILBOX_SIZE)
+        self._restart_wanted = False
+        self._new_backend: BackendConfig | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
     def observe(self, outcome: ProbeOutcome) -> None:
         self._post(outcome)
 
     def request_restart(self) -> dict[str, Any]:
-        self._post("restart")
+        """Restart now (an operator's request): a flag, so a full mailbox never drops it."""
+        self._restart_wanted = True
+        self._post(_Wake())
         return self.view()
 
-    def _post(self, message: Any) -> None:
-        with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
+    def reconfigure(self, backend: BackendConfig) -> None:
+        """New policy settings for the same unit; the owner takes them at its next turn."""
+        self._new_backend = backend
+        self._post(_Wake())
+
+    def _post(self, message: _Message) -> None:
+        # A dropped probe result: the next one comes. A dropped wake: the flag is already set.
+        with contextlib.suppress(
+            anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError
+        ):
             self._send.send_nowait(message)
 
     def view(self) -> dict[str, Any]:
@@ -123,16 +147,20 @@ class UnitSupervisor:
             try:
                 while True:
                     await self._refresh()
-                    message = None
-                    with anyio.move_on_after(UNIT_POLL_S):
-                        message = await self._mailbox.receive()
-                    if message is not None:
+                    message = await call_within(self._clock, UNIT_POLL_S, self._mailbox.receive)
+                    if self._new_backend is not None:
+                        self.backend, self._new_backend = self._new_backend, None
+                        self.settings = self.backend.supervise  # type: ignore[assignment]
+                    if self._restart_wanted:
+                        self._restart_wanted = False
+                        await self._handle("restart")
+                    if message is not None and not isinstance(message, _Wake):
                         await self._handle(message)
             finally:
                 self._send.close()
                 tg.cancel_scope.cancel()
 
-    async def _handle(self, message: Any) -> None:
+    async def _handle(self, message: _Message | str) -> None:
         if message == "restart":
             self._registry.emit(
                 "restart", backend=self.name, reason="manual", detail=f"restarting {self.unit}"
@@ -144,20 +172,19 @@ class UnitSupervisor:
                 detail = f"{self.unit}: main pid {message.pid} exited; the unit's Restart= decides"
                 self._down("exited", detail, "unit_exited")
         elif isinstance(message, ProbeOutcome) and self.state is ProcState.RUNNING:
-            if message.reason is not Reason.TIMEOUT or self._restarting_from is not None:
-                self._hangs = 0
+            if self._restarting_from is not None:
+                self._hangs = HangCount()
                 return
-            self._hangs += 1
-            if self._hangs >= self.settings.hang_restart_after:
+            if self._hangs.observe(message.reason, self.settings.hang_restart_after):
                 detail = (
-                    f"{self.unit}: pid {self.pid} is alive but {self._hangs} probes in a row "
+                    f"{self.unit}: pid {self.pid} is alive but {self._hangs.count} probes in a row "
                     f"got no answer ({message.detail}); systemctl restart {self.unit}"
                 )
                 self._down("hang", detail, "restart")
                 await self._restart("hang")
 
     async def _restart(self, reason: str, *, reset_failed: bool = False) -> None:
-        self._hangs = 0
+        self._hangs = HangCount()
         self.restarts += 1
         self.last_restart_reason = reason
         self._restarting_from = self.pid or 0
@@ -186,7 +213,7 @@ class UnitSupervisor:
         old, old_pid = self.state, self.pid
         self._set(state, unit.main_pid, f"{self.unit}: {unit.active} ({unit.sub})")
         if state is ProcState.RUNNING and (old is not ProcState.RUNNING or old_pid != self.pid):
-            self._registry.hold(self.name, None)  # the probes decide from here
+            self._registry.unblock(self.name)  # the probes decide from here
         elif state is ProcState.FATAL and old is not ProcState.FATAL:
             detail = (
                 f"{self.unit} failed and systemd gave up on it (see: systemctl status {self.unit}; "
@@ -198,11 +225,10 @@ class UnitSupervisor:
             assert self._tg is not None
             self._tg.start_soon(self._watch_pid, unit.main_pid)
 
-    def _down(self, hold: str, detail: str, event: str, reason: str | None = None) -> None:
-        """Unusable from now on, whatever probes say, for `hold`; told as `event`."""
-        self._registry.mark_down(self.name, hold, detail)
-        self._registry.hold(self.name, hold)
-        self._registry.emit(event, backend=self.name, reason=reason or hold, detail=detail)
+    def _down(self, block: str, detail: str, event: str, reason: str | None = None) -> None:
+        """Unusable from now on, whatever probes say, for `block`; told as `event`."""
+        self._registry.block(self.name, block, detail)
+        self._registry.emit(event, backend=self.name, reason=reason or block, detail=detail)
 
     def _set(self, state: ProcState, pid: int | None, detail: str) -> None:
         self.state, self.pid, self.detail = state, pid, detail

@@ -1,0 +1,74 @@
+"""Escalation (seed 001): tasks that failed locally often enough skip the local tier.
+
+Pure: times are passed in. The router owns one `Tasks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The one list of task-level failure reasons (config, API, CLI and client use it).
+TASK_REASONS = (
+    "repeated_tool_failure",
+    "invalid_output",
+    "no_progress",
+    "task_timeout",
+    "user_request",
+)
+
+
+@dataclass
+class TaskState:
+    reasons: list[str] = field(default_factory=list)
+    last_at: float = 0.0
+    announced: set[str] = field(default_factory=set)  # profiles whose escalation was logged
+
+    def escalated(self, escalation: Any) -> tuple[bool, str]:
+        """Whether the task has failed locally often enough to skip the local tier, and why."""
+        counted = [r for r in self.reasons if r in escalation.trigger_on]
+        if "user_request" in counted:
+            return True, "escalated: user_request"
+        if len(counted) >= escalation.max_local_attempts:
+            return True, f"escalated: {len(counted)} local failures ({', '.join(counted[-3:])})"
+        return False, ""
+
+
+class Tasks:
+    """Task-level failures reported by agents, forgotten `ttl_s` after the last one."""
+
+    MAX_TASKS = 10_000  # a misbehaving client cannot grow this without bound
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskState] = {}
+
+    def record(self, task: str, reason: str, now: float, ttl_s: float) -> TaskState:
+        """Count one failure of `task`."""
+        self.expire(now, ttl_s)
+        state = self._tasks.pop(task, None) or TaskState()
+        if len(self._tasks) >= self.MAX_TASKS:
+            del self._tasks[next(iter(self._tasks))]  # the least recently failed
+        state.reasons = (state.reasons + [reason])[-50:]
+        state.last_at = now
+        self._tasks[task] = state
+        return state
+
+    def get(self, task: str, now: float, ttl_s: float) -> TaskState | None:
+        state = self._tasks.get(task)
+        if state is not None and now - state.last_at > ttl_s:
+            del self._tasks[task]
+            return None
+        return state
+
+    def expire(self, now: float, ttl_s: float) -> None:
+        for task in [t for t, s in self._tasks.items() if now - s.last_at > ttl_s]:
+            del self._tasks[task]
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def dump(self) -> dict[str, TaskState]:
+        return dict(self._tasks)
+
+    def load(self, tasks: dict[str, TaskState]) -> None:
+        self._tasks.update(tasks)

@@ -1,0 +1,25 @@
+"""The one place secrets are taken out of text that is shown, logged or stored. Pure.
+
+Two kinds of secret: any token shaped like a key (`sk-…`, `Bearer …`, `api_key=…`), and
+the exact keys hroute holds (from `key_env`), which a backend may echo in any shape.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+KEY_SHAPED = re.compile(
+    r"\b(?:sk|rk|pk)-[\w*.-]{4,}|\bbearer\s+\S+"
+    r"|\b(?:api[_-]?)?(?:key|token)=[^&\s]+",
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` with every known secret and every key-shaped token replaced by [redacted]."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return KEY_SHAPED.sub(REDACTED, text)

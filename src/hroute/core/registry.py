@@ -1,0 +1,277 @@
+"""The shared health registry: the one owner of every backend's health record.
+
+Everything runs on the daemon's event loop; handlers, probe tasks and supervisors call these
+methods, which never await, so each call sees and leaves one consistent state. Time comes
+from the injected clock. Routing (`routing.py`), the event log (`events.py`) and what is
+shown (`views.py`) are parts of this one owner, each in its own module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from hroute.config.model import Config
+from hroute.core.clock import Clock
+from hroute.core.events import EventLog, EventSink
+from hroute.core.health import AUTH_REASONS, Health, Policy, ProbeOutcome, Report, Transition
+from hroute.core.identity import BackendIdentity, normalize_base_url
+from hroute.core.routing import Router
+from hroute.core.verdict import Verdict
+from hroute.core.views import backend_view, snapshot
+from hroute.errors import UnknownBackendError
+
+
+@dataclass
+class Entry:
+    """A configured backend name and the identity whose health it shares."""
+
+    name: str
+    identity: BackendIdentity
+    health: Health
+
+
+class Registry:
+    """Health of every configured backend; the router and the event log hang off it."""
+
+    def __init__(self, config: Config, clock: Clock, *, events_kept: int = 1000) -> None:
+        self.clock = clock
+        self.events = EventLog(clock, events_kept)
+        self._listeners: list[Callable[[], None]] = []
+        self._notes: dict[str, str] = {}
+        self._process_views: dict[str, Callable[[], dict[str, Any]]] = {}
+        self.version = 0  # bumped on every change; the snapshot publisher watches it
+        self.config = config
+        self._by_identity: dict[BackendIdentity, Health] = {}
+        self._entries: dict[str, Entry] = {}
+        self._by_url: dict[str, str] = {}
+        self.router = Router(self)
+        self._index(config)
+
+    # --- configuration --------------------------------------------------------------
+
+    def _index(self, config: Config) -> None:
+        health = {}
+        entries = {}
+        for name, backend in config.backends.items():
+            ident = backend.identity
+            record = health.get(ident) or self._by_identity.get(ident) or Health()
+            health[ident] = record
+            entries[name] = Entry(name, ident, record)
+        self._by_identity, self._entries = health, entries
+        self._by_url = {}
+        for name, entry in entries.items():
+            self._by_url.setdefault(entry.identity.base_url, name)
+        self.config = config
+        self.changed()
+
+    def apply_config(self, config: Config) -> None:
+        """Switch to a new configuration in one step; a query sees the old one or the new one.
+
+        A backend whose identity is unchanged keeps its health record (state, cooldowns,
+        schedule); a new identity starts fresh; a new key lifts hroute's own auth block.
+        """
+        old = self.config.backends
+        for name, backend in config.backends.items():
+            before = old.get(name)
+            if before is not None and before.key_env != backend.key_env:
+                record = self._by_identity.get(backend.identity)
+                if record is not None and record.block in AUTH_REASONS:
+                    record.block = None
+        self._notes = {n: v for n, v in self._notes.items() if n in config.backends}
+        self._index(config)
+
+    def records(self) -> dict[BackendIdentity, Health]:
+        """Every health record by identity (for saving)."""
+        return dict(self._by_identity)
+
+    def restore(self, records: dict[BackendIdentity, Health]) -> int:
+        """Adopt saved records for the identities configured now; return how many."""
+        restored = 0
+        for ident, record in records.items():
+            if ident in self._by_identity:
+                self._by_identity[ident] = record
+                restored += 1
+        for entry in self._entries.values():
+            entry.health = self._by_identity[entry.identity]
+        self.changed()
+        return restored
+
+    def set_note(self, name: str, note: str | None) -> None:
+        """A plain-words remark shown with the backend (e.g. its key is not set)."""
+        if note:
+            self._notes[name] = note
+        else:
+            self._notes.pop(name, None)
+
+    def note(self, name: str) -> str | None:
+        return self._notes.get(name)
+
+    def add_sink(self, sink: EventSink) -> None:
+        """Call `sink(event)` for every event (log, journal, metrics)."""
+        self.events.add_sink(sink)
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after every change (the snapshot publisher wakes on it)."""
+        self._listeners.append(listener)
+
+    def changed(self) -> None:
+        """Something the answers depend on changed: tell of fallbacks, wake the listeners."""
+        self.version += 1
+        self.router.note_changes()
+        for listener in self._listeners:
+            listener()
+
+    def policy(self, name: str) -> Policy:
+        probe, cooldown = self.config.probe_for(name), self.config.cooldown_for(name)
+        rules = {reason: rule.threshold for reason, rule in self.config.fallback_rules.items()}
+        return Policy(
+            fall=probe.fall,
+            rise=probe.rise,
+            base_s=cooldown.base_s,
+            max_s=cooldown.max_s,
+            switch_after=rules,
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def identity(self, name: str) -> BackendIdentity:
+        return self._entry(name).identity
+
+    def health(self, name: str) -> Health:
+        return self._entry(name).health
+
+    def urls(self) -> dict[str, str]:
+        """Normalised base URL → the first backend configured with it."""
+        return dict(self._by_url)
+
+    def resolve(self, *, backend: str | None = None, base_url: str | None = None) -> str | None:
+        """The configured name for a backend name or any spelling of its URL; None if unknown."""
+        if backend is not None:
+            return backend if backend in self._entries else None
+        if base_url is not None:
+            return self._by_url.get(normalize_base_url(base_url))
+        return None
+
+    # --- updates ----------------------------------------------------------------------
+
+    def record_probe(self, name: str, outcome: ProbeOutcome) -> None:
+        entry = self._entry(name)
+        self._publish(name, entry.health.on_probe(outcome, self.clock.now(), self.policy(name)))
+
+    def record_report(self, name: str, report: Report) -> list[Transition]:
+        entry = self._entry(name)
+        now = self.clock.now()
+        entry.health.expire(now)
+        changes = entry.health.on_report(report, now, self.policy(name))
+        self._publish(name, changes)
+        return changes
+
+    def block(self, name: str, reason: str, detail: str = "") -> None:
+        """Unusable at once, whatever its probes say, until `unblock` (a supervisor's verdict:
+        its process exited, hangs, is fatal ...). Routes fall through in the same step."""
+        self._publish(name, self._entry(name).health.block_for(reason, detail))
+
+    def unblock(self, name: str, reasons: Collection[str] | None = None) -> None:
+        """Lift a supervisor's block (only one of `reasons`, when given); the probes decide
+        from here. hroute's own auth block stays."""
+        if self._entry(name).health.unblock(reasons):
+            self.changed()
+
+    def set_process_view(self, name: str, view: Callable[[], dict[str, Any]] | None) -> None:
+        """Show `view()` as the backend's `process` (its supervisor's state); None removes it."""
+        if view is None:
+            self._process_views.pop(name, None)
+        else:
+            self._process_views[name] = view
+
+    def process_view(self, name: str) -> dict[str, Any] | None:
+        view = self._process_views.get(name)
+        return None if view is None else view()
+
+    def expire(self) -> float | None:
+        """Drop run-out cooldowns; return the next deadline to call again at."""
+        now = self.clock.now()
+        deadlines = []
+        for name, entry in self._entries.items():
+            changes = entry.health.expire(now)
+            if changes:
+                self._publish(name, changes)
+            deadline = entry.health.next_deadline()
+            if deadline is not None:
+                deadlines.append(deadline)
+        return min(deadlines, default=None)
+
+    def _publish(self, name: str, changes: Iterable[Transition]) -> None:
+        for change in changes:
+            self.emit(
+                change.event,
+                backend=name,
+                old=change.old,
+                new=change.new,
+                reason=change.reason,
+                cooldown_s=None if change.cooldown_s is None else round(change.cooldown_s, 3),
+                credential=change.credential,
+                detail=change.detail,
+            )
+        self.changed()  # after the cause is told: a fallback it brings follows it
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Record an event in the ring buffer and hand it to every sink (log, journal, metrics)."""
+        return self.events.emit(event, **fields)
+
+    # --- queries ----------------------------------------------------------------------
+
+    def verdict(self, name: str, credential: str | None = None) -> Verdict:
+        return self._entry(name).health.verdict(self.clock.now(), credential)
+
+    def usable(self, name: str, credential: str | None = None) -> dict[str, Any]:
+        entry = self._entry(name)
+        ok, reason, retry_after = entry.health.verdict(self.clock.now(), credential)
+        return {
+            "backend": name,
+            "usable": ok,
+            "state": str(entry.health.state),
+            "reason": reason,
+            "retry_after_s": retry_after,
+        }
+
+    def route(self, profile: str, exclude: Iterable[str] = (), **kw: Any) -> dict[str, Any]:
+        """`Router.route`: the first usable backend of a profile's chain."""
+        return self.router.route(profile, exclude, **kw)
+
+    def record_task_failure(self, task: str, reason: str) -> dict[str, Any]:
+        return self.router.record_task_failure(task, reason)
+
+    def record_usage(self, name: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
+        return self.router.record_usage(name, input_tokens, output_tokens)
+
+    @property
+    def tasks(self):  # noqa: ANN201 - the router's, kept here for the state file
+        return self.router.tasks
+
+    @property
+    def spend(self):  # noqa: ANN201
+        return self.router.spend
+
+    def view(self, name: str) -> dict[str, Any]:
+        self._entry(name)
+        return backend_view(self, name)
+
+    def views(self) -> list[dict[str, Any]]:
+        return [backend_view(self, name) for name in self._entries]
+
+    def events_since(self, since: int = 0) -> list[dict[str, Any]]:
+        return self.events.since(since)
+
+    def snapshot(self) -> dict[str, Any]:
+        return snapshot(self)
+
+    def _entry(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownBackendError(name, list(self._entries)) from None

@@ -1,0 +1,75 @@
+"""The tree is the architecture: the core decides and touches nothing; this keeps it so."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import hroute
+
+SRC = Path(hroute.__file__).parent
+# What deciding code may use: pure standard library, and the core itself.
+FORBIDDEN = {
+    "anyio", "aiohttp", "asyncio", "socket", "subprocess", "os", "time", "signal", "select",
+    "threading", "shutil", "pathlib", "prometheus_client", "sdnotify", "watchfiles", "random",
+}  # fmt: skip
+ALLOWED_HROUTE = ("hroute.core", "hroute.errors", "hroute.config")
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_the_core_does_no_io_and_imports_only_downward() -> None:
+    problems = []
+    core = sorted((SRC / "core").glob("*.py"))
+    assert len(core) >= 10, "the core moved: update this test"
+    for path in core:
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if top in FORBIDDEN:
+                problems.append(f"{path.name} imports {name}")
+            if top == "hroute" and not name.startswith(ALLOWED_HROUTE):
+                problems.append(f"{path.name} imports {name} (outside the core)")
+    assert problems == []
+
+
+def test_nothing_imports_the_composition_root_or_the_cli() -> None:
+    problems = []
+    for path in SRC.rglob("*.py"):
+        if path.name in ("cli.py", "daemon.py") and path.parent == SRC:
+            continue
+        for name in _imports(path):
+            if name in ("hroute.daemon", "hroute.cli"):
+                problems.append(f"{path.relative_to(SRC)} imports {name}")
+    assert problems == []
+
+
+def test_the_client_needs_only_the_standard_library() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import hroute.client; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('pydantic', 'aiohttp', 'anyio', 'yaml', 'prometheus_client')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_no_module_over_400_lines() -> None:
+    long = [
+        f"{p.relative_to(SRC)}: {n}"
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    ]
+    assert long == []
