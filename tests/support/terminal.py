@@ -54,3 +54,52 @@ def run_in_pty(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+class PtyProcess:
+    """A command on a pseudo-terminal that a test reads from as it runs, and can signal."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self._leader, follower = pty.openpty()
+        self.proc = subprocess.Popen(
+            argv, stdin=follower, stdout=follower, stderr=follower, env=env,
+            start_new_session=True, close_fds=True,
+        )  # fmt: skip
+        os.close(follower)
+        self.output = ""
+
+    def _read(self, timeout_s: float) -> bool:
+        ready, _, _ = select.select([self._leader], [], [], timeout_s)
+        if not ready:
+            return True
+        try:
+            data = os.read(self._leader, 65536)
+        except OSError:
+            data = b""
+        self.output += data.decode(errors="replace")
+        return bool(data)
+
+    def expect(self, text: str, timeout_s: float = 30.0) -> None:
+        """Read until `text` has been written; fail after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.output:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read(min(left, 0.5)):
+                raise AssertionError(f"no {text!r} within {timeout_s}s; output:\n{self.output}")
+
+    def interrupt(self) -> None:
+        """Ctrl-C, as the terminal sends it: SIGINT to the foreground process group."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+
+    def wait(self, timeout_s: float = 30.0) -> int:
+        """Read to the end; the exit status."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._read(0.5):
+            pass
+        return self.proc.wait(max(deadline - time.monotonic(), 0.1))
+
+    def close(self) -> None:
+        os.close(self._leader)
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.procs import dead
-from tests.support.terminal import run_in_pty
+from tests.support.terminal import PtyProcess, run_in_pty
 from tests.support.users import as_nobody, installed_for_everyone, shared_tmpdir
 
 pytestmark = pytest.mark.system
@@ -81,3 +81,20 @@ def test_demo_needs_no_root() -> None:
         assert "CRASH" in out and "HANG" in out and "COOLDOWN" in out
         assert re.search(r"^demo over after 1[56]s", out, re.M), out
         assert list(own.iterdir()) == []
+
+
+def test_ctrl_c_ends_the_demo_and_still_cleans_up(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    demo = PtyProcess([sys.executable, "-m", "hroute.cli", "demo"], env=env)
+    try:
+        demo.expect("probes say all three backends are up", 30)
+        demo.interrupt()
+        rc = demo.wait(30)
+    finally:
+        demo.close()
+    out = demo.output
+    assert rc == 130, out
+    assert "interrupted; cleaning up" in out
+    assert list(tmp_path.iterdir()) == []
+    pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
+    assert len(pids) == 2 and all(dead(pid) for pid in pids)
