@@ -73,14 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-paid", action="store_true", help="route to paid backends past their budget"
     )
+    p.add_argument("--credential", help="fingerprint of the caller's key (its own cooldowns)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("task-failure", help="report a task-level failure (escalation)")
     p.add_argument("task")
-    p.add_argument(
-        "reason",
-        choices=TASK_REASONS,
-    )
+    p.add_argument("reason", choices=TASK_REASONS)
+    p.add_argument("--detail", help="what went wrong, in a few words (kept in the journal)")
 
     p = sub.add_parser("usable", help="may a backend be used (restored) now?")
     p.add_argument("backend", nargs="?", help="backend name (or use --base-url)")
@@ -231,7 +230,17 @@ def _cmd_route(args: argparse.Namespace) -> int:
     from urllib.parse import urlencode
 
     query = {"profile": args.profile, **({"exclude": args.exclude} if args.exclude else {})}
-    query.update({k: v for k, v in (("task", args.task), ("needs", args.needs)) if v})
+    query.update(
+        {
+            k: v
+            for k, v in (
+                ("task", args.task),
+                ("needs", args.needs),
+                ("credential", args.credential),
+            )
+            if v
+        }
+    )
     if args.allow_paid:
         query["allow_paid"] = "1"
     status, body = _call(args, "GET", "/v1/route?" + urlencode(query))
@@ -250,6 +259,11 @@ def _cmd_route(args: argparse.Namespace) -> int:
         print(
             f"hroute: no backend of profile {args.profile!r} is usable now{hint}", file=sys.stderr
         )
+        if not args.json:
+            if "retry_after_unknown" in body:
+                print(f"  when: unknown ({body['retry_after_unknown']})", file=sys.stderr)
+            for tip in body.get("help", []):
+                print(f"  help: {tip}", file=sys.stderr)
         return EXIT_NONE_USABLE
     return EXIT_OK
 
@@ -323,9 +337,8 @@ def _cmd_events(args: argparse.Namespace) -> int:
 def _cmd_task_failure(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
-    status, body = _call(
-        args, "POST", f"/v1/tasks/{quote(args.task, safe='')}/failures", {"reason": args.reason}
-    )
+    payload = {"reason": args.reason, **({"detail": args.detail} if args.detail else {})}
+    status, body = _call(args, "POST", f"/v1/tasks/{quote(args.task, safe='')}/failures", payload)
     if status != 202:
         return _fail(status, body)
     escalated = [p for p, yes in body["escalated"].items() if yes]

@@ -108,21 +108,77 @@ class Client:
     # --- the rest of the API ---------------------------------------------------------
 
     def route(
-        self, profile: str, exclude: list[str] | tuple[str, ...] = ()
+        self,
+        profile: str,
+        exclude: list[str] | tuple[str, ...] = (),
+        *,
+        task: str | None = None,
+        needs: str | None = None,
+        allow_paid: bool = False,
+        credential: str | None = None,
     ) -> dict[str, Any] | None:
         """The backend to use for `profile`, or None when hroute cannot say (fail open).
 
-        When no backend of the profile is usable the answer has `backend: None` and
-        `retry_after_s`.
+        `task` routes a task that failed locally often enough past the local tier;
+        `needs` is e.g. "vision,tools,context:20000"; `allow_paid` uses paid backends past
+        their budget (the user confirmed); `credential` is the caller's key fingerprint.
+        When no backend is usable the answer has `backend: None`, each backend's reason,
+        `help`, and `retry_after_s` (or `retry_after_unknown`).
         """
         query = {"profile": profile}
         if exclude:
             query["exclude"] = ",".join(exclude)
+        for key, value in (("task", task), ("needs", needs), ("credential", credential)):
+            if value:
+                query[key] = value
+        if allow_paid:
+            query["allow_paid"] = "1"
         try:
             status, body = self.request("GET", "/v1/route?" + urlencode(query))
         except Exception:  # noqa: BLE001
             return None
         return body if status in (200, 503) else None
+
+    def task_failure(
+        self, task: str, reason: str, *, detail: str | None = None
+    ) -> dict[str, Any] | None:
+        """Report that `task` failed on its backend (`reason`: repeated_tool_failure,
+        invalid_output, no_progress, task_timeout, user_request); the answer says, per
+        profile, whether the task now escalates. None when hroute cannot say. Never raises."""
+        body = {"reason": reason, **({"detail": detail[:2000]} if detail else {})}
+        try:
+            status, answer = self.request(
+                "POST", f"/v1/tasks/{quote(task, safe='')}/failures", body
+            )
+        except Exception:  # noqa: BLE001
+            return None
+        return answer if status == 202 else None
+
+    def usage(
+        self,
+        backend: str | None = None,
+        *,
+        base_url: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> dict[str, Any] | None:
+        """Add a call's tokens to today's spend of a paid backend; the answer carries the
+        spend and whether a budget now blocks it. None when hroute cannot say. Never raises."""
+        body = {
+            k: v
+            for k, v in (
+                ("backend", backend),
+                ("base_url", base_url),
+                ("input_tokens", input_tokens),
+                ("output_tokens", output_tokens),
+            )
+            if v is not None
+        }
+        try:
+            status, answer = self.request("POST", "/v1/usage", body)
+        except Exception:  # noqa: BLE001
+            return None
+        return answer if status == 202 else None
 
     def report(
         self,

@@ -75,3 +75,38 @@ def test_tasks_usage_needs_over_the_socket(tmp_path: Path) -> None:
             assert status == 400 and body["error"]["code"] == "bad_request"
         status, body = c.request("POST", "/v1/usage", {"backend": "router", "input_tokens": -1})
         assert status == 400
+
+
+def test_the_client_speaks_the_whole_routing_api(tmp_path: Path) -> None:
+    with Daemon(tmp_path, CONFIG) as d:
+        c = d.client()
+        assert (
+            c.task_failure("t-7", "no_progress", detail="same tool call 5 times")["failures"] == 1
+        )
+        answer = c.task_failure("t-7", "invalid_output")
+        assert answer["escalated"] == {"coding": True}
+        assert c.route("coding", task="t-7")["backend"] == "router"
+        assert c.route("coding", task="t-8")["backend"] == "llama"  # only that task
+        assert c.route("coding", task="t-7", needs="vision")["backend"] == "router"
+        spent = c.usage("router", input_tokens=400_000)
+        assert spent["spent_today_usd"] == pytest.approx(1.2) and spent["budget"]
+        blocked = c.route("coding", task="t-7")
+        assert blocked["backend"] is None and blocked["retry_after_s"] > 0
+        assert any("confirm=1" in h for h in blocked["help"])
+        assert c.route("coding", task="t-7", allow_paid=True)["backend"] == "router"
+        for _ in range(2):
+            c.report("llama", reason="rate_limit", credential="fp-aaaa", retry_after_s=30)
+        assert c.route("coding", credential="fp-aaaa")["chain"][0]["reason"] == "rate_limit"
+        assert c.route("coding", credential="fp-bbbb")["backend"] == "llama"
+        events = c.request("GET", "/v1/events")[1]["events"]
+        [failure] = [e for e in events if e["event"] == "task_failure" and e.get("detail")]
+        assert failure["detail"] == "same tool call 5 times" and failure["task"] == "t-7"
+
+
+def test_the_client_fails_open_with_no_daemon(tmp_path: Path) -> None:
+    from hroute.client import Client
+
+    c = Client(socket_path=tmp_path / "nobody.sock", budget_s=0.2)
+    assert c.route("coding", task="t") is None
+    assert c.task_failure("t", "no_progress") is None
+    assert c.usage("router", input_tokens=1) is None

@@ -121,9 +121,25 @@ def test_tasks_and_spend_survive() -> None:
 
     tasks = {"t1": TaskState(["no_progress", "invalid_output"], last_at=990.0)}
     doc = json.loads(
-        json.dumps(encode_state({}, 1000.0, 5000.0, tasks, ("2026-11-23", {"r": 1.5})))
+        json.dumps(encode_state({}, 1000.0, 5000.0, tasks, ("2026-11-23", {"r": 1.5}, 86400.0)))
     )
     saved = decode_saved(doc, now=7.0, wall=5010.0)
     assert saved.tasks["t1"].reasons == ["no_progress", "invalid_output"]
     assert saved.tasks["t1"].last_at == pytest.approx(7.0 - 20.0)  # failed 20 s before "now"
-    assert saved.spend == ("2026-11-23", {"r": 1.5})
+    assert saved.spend == ("2026-11-23", {"r": 1.5}, 86400.0)  # the day saved with its end
+
+
+def test_spend_from_a_file_without_the_days_end_is_kept_for_that_day() -> None:
+    from hroute.core.budgets import Spend, budget_day
+    from hroute.edges.state_file import decode_saved
+
+    doc = {"format": "hroute-state/1", "saved_at": 5000.0, "backends": [],
+           "spend": {"day": "1970-01-01", "by_backend": {"r": 1.5}}}  # fmt: skip
+    saved = decode_saved(doc, now=7.0, wall=5010.0)
+    assert saved.spend == ("1970-01-01", {"r": 1.5}, None)
+    spend = Spend()
+    spend.load(*saved.spend)
+    from datetime import UTC
+
+    assert spend.spent("r", budget_day(5010.0, UTC)) == 1.5
+    assert spend.spent("r", budget_day(86400.0 + 5.0, UTC)) == 0.0

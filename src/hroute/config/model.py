@@ -7,8 +7,10 @@ starts a process or exits.
 from __future__ import annotations
 
 import os
+from datetime import tzinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -181,10 +183,28 @@ class FallbackRule(_Frozen):
 
 
 class Budgets(_Frozen):
-    """Daily spend limits (local time); past them, paid backends are not routed to."""
+    """Daily spend limits; past them, paid backends are not routed to without allow_paid."""
 
     daily_usd: float | None = Field(None, ge=0)
     per_backend_daily_usd: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    # The zone whose midnight starts a budget day: an IANA name; None is the system's.
+    timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"unknown time zone {value!r} (an IANA name such as UTC or Europe/Berlin)"
+                ) from None
+        return value
+
+    @property
+    def zone(self) -> tzinfo | None:
+        return None if self.timezone is None else ZoneInfo(self.timezone)
 
 
 class DaemonSettings(BaseSettings):

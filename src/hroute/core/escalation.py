@@ -22,10 +22,15 @@ TASK_REASONS = (
 class TaskState:
     reasons: list[str] = field(default_factory=list)
     last_at: float = 0.0
+    detail: str = ""  # what the agent said of the last failure
     announced: set[str] = field(default_factory=set)  # profiles whose escalation was logged
 
-    def escalated(self, escalation: Any) -> tuple[bool, str]:
-        """Whether the task has failed locally often enough to skip the local tier, and why."""
+    def escalated(self, escalation: Any, now: float) -> tuple[bool, str]:
+        """Whether the task has failed locally often enough to skip the local tier, and why.
+
+        A profile forgets a task `escalation.task_ttl_s` after its last failure."""
+        if now - self.last_at > escalation.task_ttl_s:
+            return False, ""
         counted = [r for r in self.reasons if r in escalation.trigger_on]
         if "user_request" in counted:
             return True, "escalated: user_request"

@@ -16,6 +16,7 @@ from hroute.core.reasons import CREDENTIAL_SCOPED, HEALTH_NEUTRAL, SEVERE, Reaso
 from hroute.core.verdict import INF, Verdict, decide
 
 AUTH_REASONS = (Reason.AUTH, Reason.AUTH_PERMANENT)
+STREAKS_KEPT = 256  # keys whose failure streak one backend remembers
 
 
 class State(StrEnum):
@@ -96,7 +97,9 @@ class Health:
     block: str | None = None
     last_probe_at: float | None = None
     latency_ms: float | None = None
-    streak: tuple[str, int] = ("", 0)  # the reason reported last and how often in a row
+    # Per key fingerprint ("" without one): the reason reported last and how often in a row,
+    # for the fallback rules (switch_after). One key's 429s never count toward another's.
+    streaks: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     # --- queries ------------------------------------------------------------------
 
@@ -189,7 +192,11 @@ class Health:
         """Apply a client's report of a request it made; return what changed."""
         if report.success:
             self.consecutive_failures = 0
-            self.streak = ("", 0)
+            if report.credential:
+                self.streaks.pop(report.credential, None)
+                self.streaks.pop("", None)
+            else:
+                self.streaks.clear()
             if report.credential:
                 cred = self.credentials.get(report.credential)
                 if cred is not None and cred.reason is not Reason.AUTH_PERMANENT:
@@ -198,9 +205,12 @@ class Health:
         reason = report.reason or Reason.UNKNOWN
         if reason in HEALTH_NEUTRAL or reason is Reason.UNKNOWN:
             return []
-        last, count = self.streak
-        self.streak = (str(reason), count + 1 if last == reason else 1)
-        if self.streak[1] < policy.switch_after.get(str(reason), 1):
+        key = report.credential or ""
+        last, count = self.streaks.pop(key, ("", 0))
+        if len(self.streaks) >= STREAKS_KEPT:
+            del self.streaks[next(iter(self.streaks))]  # the key reported least recently
+        self.streaks[key] = (str(reason), count + 1 if last == reason else 1)
+        if self.streaks[key][1] < policy.switch_after.get(str(reason), 1):
             return []  # counted; the fallback rule says not yet
         if reason in CREDENTIAL_SCOPED and report.credential:
             return self._arm_credential(report, now, policy)

@@ -8,10 +8,9 @@ of fallbacks. It is part of the registry's single owner; nothing here awaits.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from hroute.core.budgets import Spend, budget_block, cost_usd
+from hroute.core.budgets import Day, Spend, budget_block, budget_day, cost_usd
 from hroute.core.escalation import Tasks
 from hroute.core.needs import NO_NEEDS, Needs, capability_gap
 from hroute.errors import UnknownProfileError
@@ -37,11 +36,15 @@ class Router:
         task: str | None = None,
         needs: Needs = NO_NEEDS,
         allow_paid: bool = False,
+        credential: str | None = None,
     ) -> dict[str, Any]:
         """The first usable backend of a profile's chain, and why each other one was passed over.
 
         A query: asking changes nothing (fallbacks are told when health changes, not when
-        somebody asks).
+        somebody asks). `credential` is the caller's key fingerprint: its own cooldowns and
+        fallback-rule counts apply. Without a usable backend the answer says, per backend,
+        why, what would help (`help`), and when something becomes usable (`retry_after_s`),
+        or why that is unknown (`retry_after_unknown`).
         """
         config = self._registry.config
         if profile not in config.profiles:
@@ -49,15 +52,15 @@ class Router:
         prof = config.profiles[profile]
         excluded = set(exclude)
         now = self._registry.clock.now()
-        escalated, why_escalated = False, ""
-        state = None if task is None else self.tasks.get(task, now, self._task_ttl_s())
-        if state is not None:
-            escalated, why_escalated = state.escalated(prof.escalation)
-        day = self.day()
-        chain, chosen, waits = [], None, []
+        escalated, why_escalated, note = self._escalation(profile, task, now)
+        day = self.day_window()
+        chain, chosen = [], None
+        waits: list[float] = []
+        unknown: list[str] = []
+        help_: list[str] = []
         for member in prof.chain:
             backend = config.backends[member]
-            skip = None
+            skip, wait = None, None
             if member in excluded:
                 skip = "excluded"
             elif escalated and backend.tier_name == "local":
@@ -66,38 +69,79 @@ class Router:
                 skip = gap
             elif backend.paid and not allow_paid:
                 skip = budget_block(member, config.budgets, self.spend, day)
-            if skip is not None:
-                chain.append({"backend": member, "usable": False, "reason": skip})
-                continue
-            ok, reason, retry_after = self._registry.health(member).verdict(now)
-            chain.append({"backend": member, "usable": ok, "reason": reason})
-            if ok and chosen is None:
-                chosen = member
-            elif retry_after is not None:
-                waits.append(retry_after)
+                if skip is not None:
+                    wait = self.spend.resets_in(day)
+                    help_.append(f"confirm=1 (or allow_paid=1) routes to {member} past its budget")
+            if skip is None:
+                ok, skip, wait = self._registry.health(member).verdict(now, credential)
+                if ok:
+                    chain.append({"backend": member, "usable": True, "reason": None})
+                    chosen = chosen or member
+                    continue
+                if wait is None:
+                    unknown.append(
+                        f"{member}: {skip} (usable again when a probe or its supervisor says so)"
+                    )
+            chain.append({"backend": member, "usable": False, "reason": skip})
+            if wait is not None:
+                waits.append(wait)
         answer: dict[str, Any] = {"profile": profile, "backend": chosen, "chain": chain}
         if escalated:
             answer["escalated"] = why_escalated
+            help_.append(f"a new task (or none) starts on the local tier again; {why_escalated}")
+        if note:
+            answer["note"] = note
         if chosen is None:
-            answer["retry_after_s"] = round(min(waits), 3) if waits else None
+            if waits:
+                answer["retry_after_s"] = round(min(waits), 3)
+            else:
+                answer["retry_after_unknown"] = "; ".join(unknown) or "every backend is skipped"
+            if help_:
+                answer["help"] = help_
             return answer
         backend = config.backends[chosen]
         answer.update(base_url=backend.base_url, model=backend.model, kind=backend.kind)
         return answer
 
-    def record_task_failure(self, task: str, reason: str) -> dict[str, Any]:
+    def _escalation(self, profile: str, task: str | None, now: float) -> tuple[bool, str, str]:
+        """(escalated, why, note) for `task` in `profile`: a profile with no cloud tier stays
+        local whatever the task's failures (escalating would only leave nothing to use)."""
+        if task is None:
+            return False, "", ""
+        prof = self._registry.config.profiles[profile]
+        state = self.tasks.get(task, now, self._task_ttl_s())
+        if state is None:
+            return False, "", ""
+        on, why = state.escalated(prof.escalation, now)
+        if on and not self.has_cloud_tier(profile):
+            return False, "", f"{why}, but profile {profile} has no cloud tier: staying local"
+        return on, why, ""
+
+    def has_cloud_tier(self, profile: str) -> bool:
+        config = self._registry.config
+        return any(config.backends[m].tier_name != "local" for m in config.profiles[profile].chain)
+
+    def record_task_failure(self, task: str, reason: str, detail: str = "") -> dict[str, Any]:
         """Count a task-level failure (seed 001); say whether each profile now escalates it."""
         registry = self._registry
-        state = self.tasks.record(task, reason, registry.clock.now(), self._task_ttl_s())
+        now = registry.clock.now()
+        state = self.tasks.record(task, reason, now, self._task_ttl_s())
+        state.detail = detail
+        registry.emit("task_failure", task=task, reason=reason, detail=detail)
         escalated = {}
-        for profile, cfg in registry.config.profiles.items():
-            on, why = state.escalated(cfg.escalation)
+        for profile in registry.config.profiles:
+            on, why, _ = self._escalation(profile, task, now)
             escalated[profile] = on
             if on and profile not in state.announced:
                 state.announced.add(profile)
                 chosen = self.route(profile, task=task)["backend"]
                 registry.emit(
-                    "escalation", profile=profile, task=task, backend=chosen or "none", reason=why
+                    "escalation",
+                    profile=profile,
+                    task=task,
+                    backend=chosen or "none",
+                    reason=why,
+                    detail=detail,
                 )
         registry.changed()
         return {
@@ -113,7 +157,7 @@ class Router:
         registry.health(name)  # unknown names are an error
         backend = registry.config.backends[name]
         usd = cost_usd(backend.price, input_tokens, output_tokens)
-        day = self.day()
+        day = self.day_window()
         spent = self.spend.add(name, usd, day) if usd else self.spend.spent(name, day)
         budgets = registry.config.budgets
         block = budget_block(name, budgets, self.spend, day) if backend.paid else None
@@ -128,7 +172,7 @@ class Router:
         }
 
     def spent_today(self, name: str) -> float:
-        return self.spend.spent(name, self.day())
+        return self.spend.spent(name, self.day_window())
 
     def note_changes(self) -> None:
         """Tell of every profile whose plain route moved since the last change (a fallback)."""
@@ -156,8 +200,12 @@ class Router:
                 reason=why,
             )
 
+    def day_window(self) -> Day:
+        """The budget day now, in the configured zone."""
+        return budget_day(self._registry.clock.wall(), self._registry.config.budgets.zone)
+
     def day(self) -> str:
-        return datetime.fromtimestamp(self._registry.clock.wall()).strftime("%Y-%m-%d")
+        return self.day_window().label
 
     def _task_ttl_s(self) -> float:
         profiles = self._registry.config.profiles.values()

@@ -16,7 +16,7 @@ from hroute import __version__
 from hroute.core.escalation import TASK_REASONS
 from hroute.core.needs import parse_needs
 from hroute.core.registry import Registry
-from hroute.core.reports import parse_report
+from hroute.core.reports import DETAIL_CHARS, parse_report
 from hroute.edges.metrics import Metrics
 from hroute.errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
 
@@ -160,7 +160,12 @@ def make_app(deps: Deps) -> web.Application:
             query.get(k, "").lower() in ("1", "true", "yes") for k in ("allow_paid", "confirm")
         )
         answer = reg.route(
-            profile, exclude, task=query.get("task") or None, needs=needs, allow_paid=allow_paid
+            profile,
+            exclude,
+            task=query.get("task") or None,
+            needs=needs,
+            allow_paid=allow_paid,
+            credential=query.get("credential") or None,
         )
         if answer["backend"] is None:
             headers = {}
@@ -195,7 +200,9 @@ def make_app(deps: Deps) -> web.Application:
             data = TaskFailureBody.model_validate_json(await request.read() or b"{}")
         except ValidationError as exc:
             return _error(400, "bad_request", _problems(exc))
-        answer = reg.record_task_failure(request.match_info["task"], data.reason)
+        answer = reg.record_task_failure(
+            request.match_info["task"], data.reason, (data.detail or "")[:DETAIL_CHARS]
+        )
         return web.json_response(answer, status=202)
 
     async def usage(request: web.Request) -> web.Response:

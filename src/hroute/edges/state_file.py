@@ -60,6 +60,7 @@ class _Task(_Strict):
 class _Spend(_Strict):
     day: str = Field(max_length=10)
     by_backend: dict[str, float]
+    ends_wall: float | None = None  # when that budget day ends (absent in older files)
 
 
 class _File(_Strict):
@@ -76,7 +77,7 @@ class Saved:
 
     records: dict[BackendIdentity, Health] = field(default_factory=dict)
     tasks: dict[str, TaskState] = field(default_factory=dict)
-    spend: tuple[str, dict[str, float]] | None = None
+    spend: tuple[str, dict[str, float], float | None] | None = None
 
 
 def encode_state(
@@ -84,7 +85,7 @@ def encode_state(
     now: float,
     wall: float,
     tasks: dict[str, TaskState] | None = None,
-    spend: tuple[str, dict[str, float]] | None = None,
+    spend: tuple[str, dict[str, float], float | None] | None = None,
 ) -> dict[str, Any]:
     """The durable part of every health record, deadlines turned into wall-clock time."""
 
@@ -112,7 +113,7 @@ def encode_state(
         for t, st in (tasks or {}).items()
     }
     if spend is not None:
-        doc["spend"] = {"day": spend[0], "by_backend": spend[1]}
+        doc["spend"] = {"day": spend[0], "by_backend": spend[1], "ends_wall": spend[2]}
     return doc
 
 
@@ -148,7 +149,7 @@ def decode_saved(data: Any, now: float, wall: float) -> Saved:
     tasks = {
         t: TaskState(list(v.reasons), now - (wall - v.last_wall)) for t, v in doc.tasks.items()
     }
-    spend = (doc.spend.day, dict(doc.spend.by_backend)) if doc.spend else None
+    spend = (doc.spend.day, dict(doc.spend.by_backend), doc.spend.ends_wall) if doc.spend else None
     return Saved(records, tasks, spend)
 
 

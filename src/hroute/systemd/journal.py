@@ -38,6 +38,8 @@ MESSAGE_IDS = {
     "fatal": "c30ac2b53b3945de93056d4884f1862b",
     "config_reloaded": "461ee5aa45d84258a0a86a4401a126dc",
     "config_rejected": "86dfb72e7d484329b1478e7ad630ee0c",
+    "escalation": "2f94d7c0ef9646b8b04f19d2ec51cc13",
+    "task_failure": "809f0e92a4734baa8bfe8ccaf669ba52",
 }
 
 # Event keys → journal fields (HROUTE_EVENT, MESSAGE_ID and the message come separately).
@@ -50,6 +52,7 @@ _EVENT_FIELDS = {
     "new": "HROUTE_TO",
     "detail": "HROUTE_DETAIL",
     "credential": "HROUTE_CREDENTIAL",
+    "task": "HROUTE_TASK",
     "id": "HROUTE_EVENT_ID",
 }
 

@@ -62,8 +62,10 @@ def describe(event: dict[str, Any]) -> str:
     if kind == "escalation":
         return (
             f"task {event.get('task')} (profile {event.get('profile')}): skipping the local "
-            f"tier, routed to {name} ({reason})"
+            f"tier, routed to {name} ({reason}{detail})"
         )
+    if kind == "task_failure":
+        return f"task {event.get('task')}: failed ({reason}{detail})"
     if kind == "fallback":
         return (
             f"profile {event.get('profile')}: {event.get('old')} -> {event.get('new')} ({reason})"
