@@ -4,7 +4,7 @@
 #   packaging/install.sh install|uninstall
 #
 # Honours DESTDIR (staging root, e.g. for a package) and PREFIX (default /usr/local), and
-# SYSCONFDIR, BINDIR, LIBDIR, SYSTEMDDIR, SYSUSERSDIR, DOCDIR, SYSTEM_PYTHON, PIP_ARGS.
+# SYSCONFDIR, BINDIR, LIBDIR, SYSTEMDDIR, SYSUSERSDIR, DOCDIR, DATADIR, SYSTEM_PYTHON, PIP_ARGS.
 #
 # hroute runs from its own virtualenv in $LIBDIR/hroute on the system's Python 3.11, built
 # from wheels at install time: Debian 12's python3-* packages are too old for it (pydantic 1,
@@ -22,12 +22,15 @@ LIBDIR=${LIBDIR:-$PREFIX/lib}
 SYSTEMDDIR=${SYSTEMDDIR:-$PREFIX/lib/systemd}
 SYSUSERSDIR=${SYSUSERSDIR:-$PREFIX/lib/sysusers.d}
 DOCDIR=${DOCDIR:-$PREFIX/share/doc/hroute}
+# Prometheus alerting rules and the Grafana dashboard (point rule_files / an import at them).
+DATADIR=${DATADIR:-$PREFIX/share/hroute}
 SYSTEM_PYTHON=${SYSTEM_PYTHON:-/usr/bin/python3}
 PIP_ARGS=${PIP_ARGS:-}
 VENV=$LIBDIR/hroute
 
 UNITS=(hroute.service hroute.socket)
 CONFIG=$SYSCONFDIR/hroute/hroute.yaml
+MONITORING=(hroute-alerts.yml hroute-alerts.test.yml hroute-dashboard.json)
 
 say() { echo "hroute $action: $*"; }
 
@@ -40,6 +43,7 @@ installed_files() {
     echo "$DOCDIR/README.md"
     echo "$DOCDIR/examples/gpu.conf.example"
     echo "$DOCDIR/examples/hroute.yaml"
+    for f in "${MONITORING[@]}"; do echo "$DATADIR/monitoring/$f"; done
 }
 
 live_systemd() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; }
@@ -100,6 +104,8 @@ EOF
     install -m 0644 README.md "$d$DOCDIR/README.md"
     install -m 0644 systemd/hroute.service.d/gpu.conf.example "$d$DOCDIR/examples/"
     install -m 0644 etc/hroute/hroute.yaml "$d$DOCDIR/examples/hroute.yaml"
+    install -d "$d$DATADIR/monitoring"
+    for f in "${MONITORING[@]}"; do install -m 0644 "packaging/monitoring/$f" "$d$DATADIR/monitoring/$f"; done
     install -d "$d$SYSCONFDIR/hroute"
     if [ -e "$d$CONFIG" ]; then
         say "kept the existing $d$CONFIG"
@@ -124,6 +130,7 @@ do_uninstall() {
     rm -rf "$d$VENV"
     while read -r f; do rm -f "$d$f"; done < <(installed_files)
     rmdir "$d$DOCDIR/examples" "$d$DOCDIR" 2>/dev/null || true
+    rmdir "$d$DATADIR/monitoring" "$d$DATADIR" 2>/dev/null || true
     if [ -e "$d$CONFIG" ] && cmp -s etc/hroute/hroute.yaml "$d$CONFIG"; then
         rm -f "$d$CONFIG"
         rmdir "$d$SYSCONFDIR/hroute" 2>/dev/null || true

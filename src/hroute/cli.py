@@ -12,6 +12,14 @@ from typing import Any
 
 from hroute import __version__
 from hroute.core.escalation import TASK_REASONS
+from hroute.tools.commands import (
+    add_tool_commands,
+    add_watch_options,
+    cmd_demo,
+    cmd_doctor,
+    cmd_watch,
+    watching,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NONE_USABLE = 0, 1, 2, 3, 4
 DEFAULT_CONFIG = "/etc/hroute/hroute.yaml"
@@ -51,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="a table of every backend's health")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
+    add_watch_options(p)
 
     p = sub.add_parser("route", help="which backend a profile should use now")
     p.add_argument("profile")
@@ -92,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--json", action="store_true")
 
+    add_tool_commands(sub)  # top, doctor, demo
     sub.add_parser("reload", help="reload the configuration (same as SIGHUP)")
     p = sub.add_parser(
         "restart",
@@ -187,6 +197,8 @@ def _fail(status: int, body: Any) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if watching(args):
+        return cmd_watch(args, _client(args))
     status, body = _call(args, "GET", "/v1/backends")
     if status != 200:
         return _fail(status, body)
@@ -370,6 +382,9 @@ _COMMANDS = {
     "events": _cmd_events,
     "reload": _cmd_reload,
     "restart": _cmd_restart,
+    "top": _cmd_status,
+    "doctor": lambda args: cmd_doctor(args, _config_path(args.config)),
+    "demo": cmd_demo,
 }
 
 if __name__ == "__main__":

@@ -101,6 +101,16 @@ class _HealthCollector(Collector):
             "What a paid backend cost today (local time), from reported usage",
             labels=["backend"],
         )
+        limit = GaugeMetricFamily(
+            "hroute_budget_daily_limit_usd",
+            'Configured daily spend limit: per backend, or backend="*" for the total',
+            labels=["backend"],
+        )
+        budgets = reg.config.budgets
+        if budgets.daily_usd is not None:
+            limit.add_metric(["*"], budgets.daily_usd)
+        for name, usd in budgets.per_backend_daily_usd.items():
+            limit.add_metric([name], usd)
         for view in reg.views():
             name = view["name"]
             if "spent_today_usd" in view:
@@ -117,4 +127,4 @@ class _HealthCollector(Collector):
             failures.add_metric([name], view["consecutive_failures"])
             if view["latency_ms"] is not None:
                 latency.add_metric([name], view["latency_ms"] / 1000)
-        yield from (state, usable, cooldown, failures, latency, process, restarts, spent)
+        yield from (state, usable, cooldown, failures, latency, process, restarts, spent, limit)

@@ -1,0 +1,82 @@
+"""The pure parts of doctor and the live view: Hermes' providers, URL matching, one frame."""
+
+from __future__ import annotations
+
+from hroute.tools.doctor import describe_backend
+from hroute.tools.hermes_setup import Provider, match_url, providers
+from hroute.tools.watch import render
+
+BACKENDS = {
+    "llama": "http://127.0.0.1:8080",
+    "ollama": "http://127.0.0.1:11434",
+    "openrouter": "https://openrouter.ai/api/v1",
+}
+
+
+def test_providers_reads_primary_fallbacks_and_named_auxiliary_tasks() -> None:
+    config = {
+        "model": {"provider": "custom", "base_url": "http://localhost:8080/v1"},
+        "fallback_providers": [{"provider": "openrouter", "model": "q"}],
+        "fallback_model": {"provider": "custom", "base_url": "http://127.0.0.1:11434"},
+        "auxiliary": {
+            "vision": {"provider": "auto", "base_url": ""},
+            "compression": {"provider": "anthropic"},
+            "transient_retries": 2,
+        },
+    }
+    assert providers(config) == [
+        Provider("primary", "custom", "http://localhost:8080/v1"),
+        Provider("fallback 1", "openrouter", "https://openrouter.ai/api/v1"),
+        Provider("fallback 2", "custom", "http://127.0.0.1:11434"),
+        Provider("auxiliary compression", "anthropic", "https://api.anthropic.com"),
+    ]
+
+
+def test_a_url_spelt_differently_is_the_same_backend() -> None:
+    assert match_url("http://localhost:8080/v1/", BACKENDS).backend == "llama"
+    assert match_url("https://openrouter.ai/api/v1/", BACKENDS).backend == "openrouter"
+
+
+def test_a_near_miss_names_the_closest_configured_url() -> None:
+    assert match_url("http://localhost:11435/v1", BACKENDS).closest == "http://127.0.0.1:11434"
+    assert match_url("http://127.0.0.1:8080/api", BACKENDS).closest == "http://127.0.0.1:8080"
+    far = match_url("https://api.deepseek.com/v1", BACKENDS)
+    assert far.backend is None and far.closest is None
+
+
+def view(**kw: object) -> dict:
+    base = {
+        "name": "llama",
+        "kind": "llama-server",
+        "base_url": "http://127.0.0.1:8080",
+        "model": "m",
+        "state": "unhealthy",
+        "usable": False,
+        "reason": "connection",
+        "cooldown_remaining_s": None,
+        "latency_ms": None,
+    }
+    return {**base, **kw}
+
+
+def test_backend_reasons_are_put_in_words() -> None:
+    down = describe_backend(view())
+    assert down.status == "warn"
+    assert "nothing answers at http://127.0.0.1:8080" in down.message
+    fatal = describe_backend(view(process={"state": "fatal"}))
+    assert (
+        fatal.status == "fail"
+        and fatal.fix == "see hroute events; when fixed: hroute restart llama"
+    )
+    ok = describe_backend(view(state="healthy", usable=True, reason=None, latency_ms=2.5))
+    assert (ok.status, ok.message) == ("ok", "healthy (probe 2.5 ms)")
+
+
+def test_a_frame_is_plain_when_not_on_a_terminal() -> None:
+    event = {"id": 1, "ts": 0, "event": "cooldown", "backend": "llama", "reason": "rate_limit"}
+    frame = render([view(cooldown_remaining_s=12.4)], [event], colour=False, now=0.0, problem=None)
+    assert "\x1b" not in frame
+    assert "llama    llama-server  unhealthy  no      connection  12s" in frame
+    assert "cooldown       llama: cooling down" in frame
+    coloured = render([view()], [], colour=True, now=0.0)
+    assert "\x1b[31mno" in coloured and "(none yet)" in coloured
