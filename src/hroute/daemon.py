@@ -9,7 +9,6 @@ import signal
 from pathlib import Path
 
 import anyio
-from prometheus_client import CollectorRegistry
 
 from hroute import __version__
 from hroute.config.model import Config, missing_keys, read_config
@@ -43,8 +42,7 @@ async def run_daemon(
     notifier = notifier or Notifier()
     registry = Registry(config, clock, events_kept=config.daemon.events_kept)
     registry.add_sink(log_event)
-    prometheus = CollectorRegistry()
-    metrics = Metrics(prometheus, lambda: registry)
+    metrics = Metrics(lambda: registry)
     registry.add_sink(metrics.on_event)
     _note_missing_keys(registry, config)
     state_path = config.daemon.state_path
@@ -94,7 +92,6 @@ async def run_daemon(
     deps = Deps(
         registry=registry,
         metrics=metrics,
-        prometheus=prometheus,
         on_report=after_report,
         reload=reload_from_api,
         restart=supervision.restart,
@@ -191,11 +188,11 @@ def _tell_reload(
 ) -> None:
     """Say what a reload did: an event (which is the log line), a metric, systemd's STATUS=."""
     if result.ok:
-        metrics.config_reloads.labels("applied").inc()
+        metrics.config_reloads.inc("applied")
         registry.emit("config_reloaded", reason=trigger, detail=result.summary)
         notifier.ready(f"{len(registry.names)} backends; {result.summary}")
         return
-    metrics.config_reloads.labels("rejected").inc()
+    metrics.config_reloads.inc("rejected")
     first = result.error.splitlines()[1].strip() if "\n" in result.error else result.error
     registry.emit("config_rejected", reason=trigger, detail=result.error)
     notifier.ready(f"config rejected: {first}")

@@ -11,7 +11,6 @@ import aiohttp
 import anyio
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from hroute.client import Client
 from hroute.config.model import load_config
@@ -46,8 +45,7 @@ class Api:
     """The socket API served in this process on a real Unix socket; asked with the client."""
 
     def __init__(self, reg: Registry, path: Path) -> None:
-        prometheus = CollectorRegistry()
-        deps = Deps(registry=reg, metrics=Metrics(prometheus, lambda: reg), prometheus=prometheus)
+        deps = Deps(registry=reg, metrics=Metrics(lambda: reg))
         self.server, self.path = make_api(deps), path
 
     async def __aenter__(self) -> Api:
@@ -216,3 +214,29 @@ async def test_reload_applies_a_good_file_and_keeps_the_old_one_on_a_bad_one(tmp
 def test_real_clock_is_monotonic() -> None:
     clock = RealClock()
     assert abs(clock.now() - time.monotonic()) < 1.0
+
+
+def test_metrics_render_counts_and_histograms_in_the_exposition_format() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reg = registry()
+    metrics = Metrics(lambda: reg)
+    metrics.reports.inc("local", "failure", "server_error")
+    metrics.reports.inc("local", "failure", "server_error")
+    metrics.on_probe("local", ProbeOutcome(latency_ms=3.0))
+    metrics.on_probe("local", ProbeOutcome(Reason.TIMEOUT, latency_ms=2000.0))
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    key = (("backend", "local"), ("outcome", "failure"), ("reason", "server_error"))
+    assert samples[("hroute_reports_total", key)] == 2
+    assert samples[("hroute_probes_total", (("backend", "local"), ("result", "fail")))] == 1
+    le = "hroute_probe_duration_seconds_bucket"
+    assert samples[(le, (("backend", "local"), ("le", "0.005")))] == 1
+    assert samples[(le, (("backend", "local"), ("le", "2.5")))] == 2
+    assert samples[("hroute_probe_duration_seconds_count", (("backend", "local"),))] == 2
+    assert samples[("hroute_backend_usable", (("backend", "local"),))] == 1

@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hroute import __version__
@@ -37,7 +36,6 @@ class Deps:
 
     registry: Registry
     metrics: Metrics
-    prometheus: CollectorRegistry
     on_report: Callable[[str, dict[str, Any]], None] = lambda name, data: None
     reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
     restart: Callable[[str], Awaitable[dict[str, Any]]] | None = None
@@ -171,7 +169,7 @@ def make_api(deps: Deps) -> HttpServer:
             return error_response(400, "bad_request", _problems(exc))
         body = data.model_dump(exclude_none=True)
         name = name_from(body)
-        deps.metrics.reports.labels(name, data.outcome, data.reason or "").inc()
+        deps.metrics.reports.inc(name, data.outcome, data.reason or "")
         reg.record_report(name, parse_report(body))
         deps.on_report(name, body)
         return json_response(reg.view(name), 202)
@@ -203,9 +201,8 @@ def make_api(deps: Deps) -> HttpServer:
         return json_response({"version": __version__})
 
     def metrics(request: Request) -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(200, generate_latest(deps.prometheus), CONTENT_TYPE_LATEST)
+        body, content_type = deps.metrics.render()
+        return Response(200, body, content_type)
 
     async def reload(request: Request) -> Response:
         if deps.reload is None:

@@ -1,69 +1,138 @@
-"""Prometheus metrics: counters fed by events, gauges read from the registry at scrape time."""
+"""Prometheus metrics: counters fed by events, gauges read from the registry at scrape time.
+
+Counting is a dict increment on the hot path (a report, a probe); prometheus_client is
+imported and asked to render only when somebody scrapes, so a daemon nobody scrapes never
+loads it, and one that is scraped pays for it off the request path of agents.
+"""
 
 from __future__ import annotations
 
+import bisect
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from hroute.core.health import ProbeOutcome, State
 
 PROCESS_STATES = ("stopped", "starting", "running", "backoff", "stopping", "fatal")
+PROBE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 if TYPE_CHECKING:
     from hroute.core.registry import Registry
 
 
-class Metrics:
-    """Every hroute metric, registered in the CollectorRegistry it is handed."""
+class Counts:
+    """A counter family: label values -> count."""
 
-    def __init__(self, registry: CollectorRegistry, health: Callable[[], Registry]) -> None:
-        self.probes = Counter(
-            "hroute_probes_total",
-            "Active probes by result",
-            ["backend", "result"],
-            registry=registry,
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.values: dict[tuple[str, ...], float] = defaultdict(float)
+
+    def inc(self, *labels: str, by: float = 1.0) -> None:
+        self.values[labels] += by
+
+    def family(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        fam = CounterMetricFamily(self.name.removesuffix("_total"), self.doc, labels=self.labels)
+        for labels, value in self.values.items():
+            fam.add_metric(list(labels), value)
+        return fam
+
+
+class Durations:
+    """A histogram family of one label: counts per bucket, sum."""
+
+    def __init__(self, name: str, doc: str, label: str) -> None:
+        self.name, self.doc, self.label = name, doc, label
+        self.buckets: dict[str, list[float]] = {}  # label -> counts per bucket (+Inf last), sum
+
+    def observe(self, label: str, seconds: float) -> None:
+        row = self.buckets.get(label)
+        if row is None:
+            row = self.buckets[label] = [0.0] * (len(PROBE_BUCKETS) + 2)
+        row[bisect.bisect_left(PROBE_BUCKETS, seconds)] += 1
+        row[-1] += seconds
+
+    def family(self) -> Any:
+        from prometheus_client.core import HistogramMetricFamily
+
+        fam = HistogramMetricFamily(self.name, self.doc, labels=[self.label])
+        for label, row in self.buckets.items():
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*PROBE_BUCKETS, float("inf")), row[:-1], strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            fam.add_metric([label], buckets, sum_value=row[-1])
+        return fam
+
+
+class Metrics:
+    """Every hroute metric; `render()` is the /metrics answer."""
+
+    def __init__(self, health: Callable[[], Registry]) -> None:
+        self.probes = Counts(
+            "hroute_probes_total", "Active probes by result", ("backend", "result")
         )
-        self.probe_duration = Histogram(
-            "hroute_probe_duration_seconds",
-            "Time one active probe took",
-            ["backend"],
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=registry,
+        self.probe_duration = Durations(
+            "hroute_probe_duration_seconds", "Time one active probe took", "backend"
         )
-        self.reports = Counter(
+        self.reports = Counts(
             "hroute_reports_total",
             "Client reports by outcome and reason",
-            ["backend", "outcome", "reason"],
-            registry=registry,
+            ("backend", "outcome", "reason"),
         )
-        self.events = Counter(
-            "hroute_events_total",
-            "Events by type (backend_down, cooldown, ...)",
-            ["event"],
-            registry=registry,
+        self.events = Counts(
+            "hroute_events_total", "Events by type (backend_down, cooldown, ...)", ("event",)
         )
-        self.config_reloads = Counter(
-            "hroute_config_reloads_total", "Configuration reloads", ["result"], registry=registry
+        self.config_reloads = Counts(
+            "hroute_config_reloads_total", "Configuration reloads", ("result",)
         )
-        registry.register(_HealthCollector(health))
+        self._health = health
 
     def on_event(self, event: dict[str, Any]) -> None:
-        self.events.labels(event["event"]).inc()
+        self.events.inc(event["event"])
 
     def on_probe(self, name: str, outcome: ProbeOutcome) -> None:
-        self.probes.labels(name, "ok" if outcome.reason is None else "fail").inc()
-        self.probe_duration.labels(name).observe((outcome.latency_ms or 0) / 1000)
+        self.probes.inc(name, "ok" if outcome.reason is None else "fail")
+        self.probe_duration.observe(name, (outcome.latency_ms or 0) / 1000)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(_registry_for(self)), CONTENT_TYPE_LATEST
 
 
-class _HealthCollector(Collector):
+def _registry_for(metrics: Metrics) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(metrics))  # type: ignore[arg-type]
+    registry.register(_HealthCollector(metrics._health))  # type: ignore[arg-type]
+    return registry
+
+
+class _Families:
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Any]:
+        m = self._m
+        for counts in (m.probes, m.reports, m.events, m.config_reloads):
+            yield counts.family()
+        yield m.probe_duration.family()
+
+
+class _HealthCollector:
+    """Gauges read from the registry at scrape time."""
+
     def __init__(self, health: Callable[[], Registry]) -> None:
         self._health = health
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         reg = self._health()
         state = GaugeMetricFamily(
             "hroute_backend_state", "1 for the backend's current state", labels=["backend", "state"]

@@ -14,7 +14,7 @@ import os
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import aiohttp
 
 log = logging.getLogger("hroute.probe")
+
+FIRST_ROUND_RATE = 200.0  # probes a second while a large fleet is probed the first time
 
 
 class Prober:
@@ -55,6 +57,7 @@ class Prober:
         self._rng = rng or random.Random()
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._pokes: dict[str, anyio.Event] = {}
+        self._owners: dict[Any, str] = {}  # identity -> the name it is probed under
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
@@ -72,7 +75,9 @@ class Prober:
         await anyio.to_thread.run_sync(_load_http_client)
         import aiohttp
 
-        kept = aiohttp.TCPConnector(limit=0, limit_per_host=4, keepalive_timeout=30)
+        # Bounded: a fleet of a thousand models at one provider must not open a thousand
+        # sockets (the fds are the daemon's budget), nor queue probes into timeouts.
+        kept = aiohttp.TCPConnector(limit=256, limit_per_host=32, keepalive_timeout=30)
         fresh = aiohttp.TCPConnector(limit=0, force_close=True)
         async with (
             aiohttp.ClientSession(connector=kept, trust_env=False) as keep,
@@ -86,11 +91,13 @@ class Prober:
         wanted = {name for name, b in config.backends.items() if b.probe.enabled}
         # Two names for one server share a record: probe it once, under the first name.
         seen, owners = set(), set()
+        self._owners = {}
         for name in config.backends:
             ident = self._registry.identity(name)
             if name in wanted and ident not in seen:
                 seen.add(ident)
                 owners.add(name)
+                self._owners[ident] = name
         for name in list(self._scopes):
             if name not in owners:
                 self._scopes.pop(name).cancel()
@@ -111,13 +118,16 @@ class Prober:
     def _owner_of(self, name: str) -> str | None:
         if name in self._pokes:
             return name
-        ident = self._registry.identity(name)
-        return next((n for n in self._pokes if self._registry.identity(n) == ident), None)
+        owner = self._owners.get(self._registry.identity(name))
+        return owner if owner in self._pokes else None
 
     async def _loop(self, name: str, scope: anyio.CancelScope) -> None:
         with scope:
-            # Spread the first round so forty backends do not all fire in the same millisecond.
-            await self._clock.sleep(self._rng.uniform(0, 0.05))
+            # Spread the first round: forty backends must not fire in the same millisecond,
+            # nor ten thousand in the same second (at most FIRST_ROUND_RATE probes a second).
+            settings = self._registry.config.probe_for(name)
+            spread = min(settings.interval_s, len(self._scopes) / FIRST_ROUND_RATE)
+            await self._clock.sleep(self._rng.uniform(0, max(0.05, spread)))
             while True:
                 settings = self._registry.config.probe_for(name)
                 await self.probe_once(name)
