@@ -8,6 +8,7 @@ shown (`views.py`) are parts of this one owner, each in its own module.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,13 +31,22 @@ class Entry:
     name: str
     identity: BackendIdentity
     health: Health
+    model: str | None = None
 
 
 class Registry:
     """Health of every configured backend; the router and the event log hang off it."""
 
-    def __init__(self, config: Config, clock: Clock, *, events_kept: int = 1000) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        *,
+        events_kept: int = 1000,
+        jitter: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self.clock = clock
+        self._jitter = jitter  # a value in [-1, 1] per new cooldown (the daemon's RNG)
         self.events = EventLog(clock, events_kept)
         self._listeners: list[Callable[[], None]] = []
         self._notes: dict[str, str] = {}
@@ -58,7 +68,7 @@ class Registry:
             ident = backend.identity
             record = health.get(ident) or self._by_identity.get(ident) or Health()
             health[ident] = record
-            entries[name] = Entry(name, ident, record)
+            entries[name] = Entry(name, ident, record, backend.model)
         self._by_identity, self._entries = health, entries
         self._by_url = {}
         for name, entry in entries.items():
@@ -131,6 +141,8 @@ class Registry:
             rise=probe.rise,
             base_s=cooldown.base_s,
             max_s=cooldown.max_s,
+            jitter=cooldown.jitter,
+            local=self.config.backends[name].tier_name == "local",
             switch_after=rules,
         )
 
@@ -144,16 +156,51 @@ class Registry:
     def health(self, name: str) -> Health:
         return self._entry(name).health
 
+    def model(self, name: str) -> str | None:
+        return self._entry(name).model
+
     def urls(self) -> dict[str, str]:
         """Normalised base URL → the first backend configured with it."""
         return dict(self._by_url)
 
-    def resolve(self, *, backend: str | None = None, base_url: str | None = None) -> str | None:
-        """The configured name for a backend name or any spelling of its URL; None if unknown."""
+    def url_models(self) -> dict[str, dict[str, str]]:
+        """Normalised base URL → {model → the first backend configured with both}."""
+        out: dict[str, dict[str, str]] = {}
+        for name, entry in self._entries.items():
+            if entry.model:
+                out.setdefault(entry.identity.base_url, {}).setdefault(entry.model, name)
+        return out
+
+    def models_at(self, name: str) -> tuple[str, ...]:
+        """Every model configured on `name`'s server (what its probe checks)."""
+        ident = self.identity(name)
+        return tuple(
+            sorted({e.model for e in self._entries.values() if e.identity == ident and e.model})
+        )
+
+    def held_by(self, name: str, scope: str, model: str | None = None) -> list[str]:
+        """The configured backends a cooldown of `scope` on `name`'s server holds."""
+        ident = self.identity(name)
+        return [
+            n
+            for n, e in self._entries.items()
+            if e.identity == ident and (scope == "server" or not model or e.model == model)
+        ]
+
+    def resolve(
+        self, *, backend: str | None = None, base_url: str | None = None, model: str | None = None
+    ) -> str | None:
+        """The configured name for a backend name or any spelling of its URL (the one with
+        `model` there, when given and configured); None if unknown."""
         if backend is not None:
             return backend if backend in self._entries else None
         if base_url is not None:
-            return self._by_url.get(normalize_base_url(base_url))
+            url = normalize_base_url(base_url)
+            if model is not None:
+                for name, entry in self._entries.items():
+                    if entry.identity.base_url == url and entry.model == model:
+                        return name
+            return self._by_url.get(url)
         return None
 
     # --- updates ----------------------------------------------------------------------
@@ -163,10 +210,16 @@ class Registry:
         self._publish(name, entry.health.on_probe(outcome, self.clock.now(), self.policy(name)))
 
     def record_report(self, name: str, report: Report) -> list[Transition]:
+        """Apply a client's report. Without a model it counts for the model of `name`."""
         entry = self._entry(name)
         now = self.clock.now()
-        entry.health.expire(now)
-        changes = entry.health.on_report(report, now, self.policy(name))
+        policy = self.policy(name)
+        ended = entry.health.expire(now, policy)
+        if ended:
+            self._publish(name, ended)
+        if report.model is None and entry.model:
+            report = dataclasses.replace(report, model=entry.model)
+        changes = entry.health.on_report(report, now, policy, self._jitter())
         self._publish(name, changes)
         return changes
 
@@ -196,8 +249,12 @@ class Registry:
         """Drop run-out cooldowns; return the next deadline to call again at."""
         now = self.clock.now()
         deadlines = []
+        seen = set()
         for name, entry in self._entries.items():
-            changes = entry.health.expire(now)
+            if entry.identity in seen:
+                continue  # one record per server: tell its changes once
+            seen.add(entry.identity)
+            changes = entry.health.expire(now, self.policy(name))
             if changes:
                 self._publish(name, changes)
             deadline = entry.health.next_deadline()
@@ -206,10 +263,16 @@ class Registry:
         return min(deadlines, default=None)
 
     def _publish(self, name: str, changes: Iterable[Transition]) -> None:
+        changes = list(changes)
         for change in changes:
+            held = self.held_by(name, change.scope, change.model)
             self.emit(
                 change.event,
-                backend=name,
+                backend=held[0] if held else name,
+                server=self.config.backends[self._first_at(name)].kind,
+                held=held,
+                scope=change.scope,
+                model=change.model,
                 old=change.old,
                 new=change.new,
                 reason=change.reason,
@@ -225,18 +288,27 @@ class Registry:
 
     # --- queries ----------------------------------------------------------------------
 
-    def verdict(self, name: str, credential: str | None = None) -> Verdict:
-        return self._entry(name).health.verdict(self.clock.now(), credential)
-
-    def usable(self, name: str, credential: str | None = None) -> dict[str, Any]:
+    def verdict(
+        self, name: str, credential: str | None = None, model: str | None = None
+    ) -> Verdict:
+        """Usable now? Server, model (`name`'s, unless given) and key (when given) decide."""
         entry = self._entry(name)
-        ok, reason, retry_after = entry.health.verdict(self.clock.now(), credential)
+        return entry.health.verdict(self.clock.now(), credential, model or entry.model)
+
+    def usable(
+        self, name: str, credential: str | None = None, model: str | None = None
+    ) -> dict[str, Any]:
+        entry = self._entry(name)
+        verdict, scope = entry.health.scoped_verdict(
+            self.clock.now(), credential, model or entry.model
+        )
         return {
             "backend": name,
-            "usable": ok,
+            "usable": verdict.usable,
             "state": str(entry.health.state),
-            "reason": reason,
-            "retry_after_s": retry_after,
+            "reason": verdict.reason,
+            "retry_after_s": verdict.retry_after_s,
+            "scope": scope,
         }
 
     def route(self, profile: str, exclude: Iterable[str] = (), **kw: Any) -> dict[str, Any]:
@@ -269,6 +341,10 @@ class Registry:
 
     def snapshot(self) -> dict[str, Any]:
         return snapshot(self)
+
+    def _first_at(self, name: str) -> str:
+        ident = self.identity(name)
+        return next(n for n, e in self._entries.items() if e.identity == ident)
 
     def _entry(self, name: str) -> Entry:
         try:

@@ -37,8 +37,11 @@ class Router:
         task: str | None = None,
         needs: Needs = NO_NEEDS,
         allow_paid: bool = False,
+        credential: str | None = None,
     ) -> dict[str, Any]:
         """The first usable backend of a profile's chain, and why each other one was passed over.
+
+        Each member is judged for its server, its model there and, when given, the key.
 
         A query: asking changes nothing (fallbacks are told when health changes, not when
         somebody asks).
@@ -69,7 +72,7 @@ class Router:
             if skip is not None:
                 chain.append({"backend": member, "usable": False, "reason": skip})
                 continue
-            ok, reason, retry_after = self._registry.health(member).verdict(now)
+            ok, reason, retry_after = self._registry.verdict(member, credential)
             chain.append({"backend": member, "usable": ok, "reason": reason})
             if ok and chosen is None:
                 chosen = member

@@ -111,7 +111,7 @@ def make_app(deps: Deps) -> web.Application:
         backend, base_url = query.get("backend"), query.get("base_url")
         if not backend and not base_url:
             raise web.HTTPBadRequest(reason="give backend=NAME or base_url=URL")
-        name = reg.resolve(backend=backend, base_url=base_url)
+        name = reg.resolve(backend=backend, base_url=base_url, model=query.get("model"))
         if name is None:
             raise UnknownBackendError(backend or base_url, reg.names)
         return name
@@ -121,7 +121,8 @@ def make_app(deps: Deps) -> web.Application:
         backend, base_url = query.get("backend"), query.get("base_url")
         if not backend and not base_url:
             raise web.HTTPBadRequest(reason="give backend=NAME or base_url=URL")
-        name = reg.resolve(backend=backend, base_url=base_url)
+        model = query.get("model") or None
+        name = reg.resolve(backend=backend, base_url=base_url, model=model)
         if name is None and base_url:
             # A URL hroute does not watch: let the agent go ahead, as if hroute were absent.
             return web.json_response(
@@ -135,7 +136,7 @@ def make_app(deps: Deps) -> web.Application:
             )
         if name is None:
             raise UnknownBackendError(backend, reg.names)
-        return web.json_response(reg.usable(name, query.get("credential")))
+        return web.json_response(reg.usable(name, query.get("credential"), model))
 
     async def backends(request: web.Request) -> web.Response:
         return web.json_response({"backends": reg.views()})
@@ -160,7 +161,12 @@ def make_app(deps: Deps) -> web.Application:
             query.get(k, "").lower() in ("1", "true", "yes") for k in ("allow_paid", "confirm")
         )
         answer = reg.route(
-            profile, exclude, task=query.get("task") or None, needs=needs, allow_paid=allow_paid
+            profile,
+            exclude,
+            task=query.get("task") or None,
+            needs=needs,
+            allow_paid=allow_paid,
+            credential=query.get("credential") or None,
         )
         if answer["backend"] is None:
             headers = {}
