@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from hroute.config.model import load_config
-from hroute.core.health import ProbeOutcome, Report
+from hroute.core.health import Health, Policy, ProbeOutcome, Report
 from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
 
@@ -139,3 +139,137 @@ def test_the_nth_cooldown_is_the_nth_incident(reg: Registry, clock) -> None:
         clock.advance(durations[-1] + 0.5)  # the next failure comes just after it ran out
         reg.expire()
     assert durations == [30, 60, 90, 120]
+
+
+# --- the table, row by row -----------------------------------------------------------------
+
+CLOUD = Policy(base_s=30, max_s=900)
+LOCAL = Policy(base_s=30, max_s=900, local=True)
+
+
+@pytest.mark.parametrize(
+    ("reason", "credential", "model", "policy", "held"),
+    [
+        (Reason.CONNECTION, None, "m", CLOUD, ("server", None)),
+        (Reason.TIMEOUT, "k", "m", CLOUD, ("server", None)),
+        (Reason.SERVER_ERROR, "k", "m", CLOUD, ("server", None)),
+        (Reason.INVALID_RESPONSE, None, "m", LOCAL, ("server", None)),
+        (Reason.OVERLOADED, None, "m", LOCAL, ("server", None)),
+        (Reason.OVERLOADED, "k", "m", CLOUD, ("model", "m")),  # Anthropic's 529: that model
+        (Reason.OVERLOADED, None, None, CLOUD, ("server", None)),  # no model: cannot tell
+        (Reason.MODEL_NOT_FOUND, None, "m", LOCAL, ("model", "m")),
+        (Reason.MODEL_NOT_FOUND, None, None, LOCAL, None),
+        (Reason.UPSTREAM_RATE_LIMIT, "k", "m", CLOUD, ("model", "m")),
+        (Reason.RATE_LIMIT, None, "m", CLOUD, ("model", "m")),
+        (Reason.RATE_LIMIT, None, None, CLOUD, ("server", None)),
+        (Reason.RATE_LIMIT, "k", "m", CLOUD, ("key", ("k", "m"))),
+        (Reason.RATE_LIMIT, "k", None, CLOUD, ("key", ("k", ""))),
+        (Reason.BILLING, "k", "m", CLOUD, ("key", ("k", ""))),  # the account, every model
+        (Reason.BILLING, None, "m", CLOUD, ("server", None)),
+        (Reason.AUTH, "k", "m", CLOUD, ("key", ("k", ""))),
+        (Reason.AUTH_PERMANENT, "k", "m", CLOUD, ("key", ("k", ""))),
+        (Reason.AUTH, None, "m", CLOUD, None),  # whose key? nobody's: our probe decides
+    ],
+)
+def test_each_reason_holds_its_scope(reason, credential, model, policy, held) -> None:
+    h = Health()
+    h.on_probe(ProbeOutcome(), 0, policy)
+    changes = h.on_report(Report(False, reason, credential=credential, model=model), 0, policy)
+    if held is None:
+        assert changes == [] and h.verdict(1, credential, model).usable
+        return
+    scope, where = held
+    [change] = changes
+    assert change.scope == scope
+    verdict, by = h.scoped_verdict(1, credential, model)
+    assert (verdict.usable, verdict.reason, by) == (False, reason, scope)
+    if scope == "server":
+        assert h.cooldown is not None and not h.models and not h.keys
+    elif scope == "model":
+        assert list(h.models) == [where] and h.cooldown is None
+        assert h.verdict(1, credential, "other").usable  # another model on that server
+    else:
+        assert list(h.keys) == [where] and h.cooldown is None and not h.models
+        assert h.verdict(1, "other-key", model).usable  # another key
+        assert h.verdict(1, None, model).usable  # callers without a key
+
+
+def test_anthropic_529_for_one_model_leaves_the_other(reg: Registry) -> None:
+    reg.record_report("claude", fail(Reason.OVERLOADED, credential="fp", model="opus"))
+    assert usable(reg, "claude", "haiku", credential="fp") == {"claude": False, "haiku": True}
+
+
+def test_overloaded_local_server_holds_every_model_on_it(reg: Registry) -> None:
+    [change] = reg.record_report("qwen", fail(Reason.OVERLOADED, model="qwen3.6:9b"))
+    assert change.scope == "server"
+    assert not any(usable(reg, "qwen", "llama3", "or-a", "or-b").values())
+    [event] = [e for e in reg.events_since(0) if e["event"] == "cooldown"]
+    assert event["held"] == ["qwen", "llama3", "or-a", "or-b"] and event["server"] == "ollama"
+
+
+# --- incidents -------------------------------------------------------------------------------
+
+
+def test_a_later_provider_reset_extends_a_running_cooldown_a_shorter_one_does_not() -> None:
+    h = Health()
+    [first] = h.on_report(fail(Reason.SERVER_ERROR), 0, CLOUD)
+    assert first.cooldown_s == 30
+    assert h.on_report(fail(Reason.SERVER_ERROR, retry_after_s=10), 1, CLOUD) == []
+    [longer] = h.on_report(fail(Reason.SERVER_ERROR, retry_after_s=100), 2, CLOUD)
+    assert longer.cooldown_s == 100 and h.cooldown.until == 102
+    assert h.ejections == 1  # still the first incident
+
+
+def test_jitter_spreads_the_end_and_never_comes_back_before_a_provider_reset() -> None:
+    policy = Policy(base_s=30, max_s=900, jitter=0.1)
+    ends = []
+    for u in (-1.0, 0.0, 1.0):
+        h = Health()
+        [c] = h.on_report(fail(Reason.SERVER_ERROR), 0, policy, jitter=u)
+        ends.append(c.cooldown_s)
+    assert ends == pytest.approx([27, 30, 33])
+    h = Health()
+    [c] = h.on_report(fail(Reason.SERVER_ERROR, retry_after_s=60), 0, policy, jitter=-1.0)
+    assert c.cooldown_s == pytest.approx(66)
+
+
+def test_the_registry_draws_jitter_from_what_it_is_handed(clock) -> None:
+    text = CONFIG.replace("jitter: 0", "jitter: 0.1")
+    reg = Registry(load_config(text), clock, jitter=lambda: 0.5)
+    [c] = reg.record_report("gpt-a", fail(Reason.SERVER_ERROR))
+    assert c.cooldown_s == pytest.approx(31.5)
+
+
+def test_scopes_escalate_apart(reg: Registry, clock) -> None:
+    [m1] = reg.record_report("llama3", fail(Reason.MODEL_NOT_FOUND))
+    clock.advance(31)
+    reg.expire()
+    [m2] = reg.record_report("llama3", fail(Reason.MODEL_NOT_FOUND))
+    [s1] = reg.record_report("qwen", fail(Reason.SERVER_ERROR))
+    assert (m1.cooldown_s, m2.cooldown_s, s1.cooldown_s) == (30, 60, 30)
+
+
+def test_n_decays_by_one_per_base_after_a_cooldown(reg: Registry, clock) -> None:
+    for _ in range(3):
+        [c] = reg.record_report("gpt-a", fail(Reason.UPSTREAM_RATE_LIMIT))
+        clock.advance(c.cooldown_s)
+        reg.expire()
+    clock.advance(2 * 30 + 1)  # two base periods without a failure: n 3 -> 1
+    [c] = reg.record_report("gpt-a", fail(Reason.UPSTREAM_RATE_LIMIT))
+    assert c.cooldown_s == 60
+
+
+def test_the_end_of_a_server_cooldown_is_told_with_its_scope(reg: Registry, clock) -> None:
+    reg.record_report("qwen", fail(Reason.SERVER_ERROR))
+    clock.advance(30)
+    reg.expire()
+    [end] = [e for e in reg.events_since(0) if e["event"] == "cooldown_end"]
+    assert end["scope"] == "server" and end["held"] == ["qwen", "llama3", "or-a", "or-b"]
+
+
+def test_usable_by_url_and_model_finds_the_backend_configured_with_both(reg: Registry) -> None:
+    assert reg.resolve(base_url="http://localhost:11434/v1", model="llama3:8b") == "llama3"
+    assert reg.resolve(base_url="http://localhost:11434/v1", model="nope") == "qwen"
+    reg.record_report("gpt-a", fail(Reason.UPSTREAM_RATE_LIMIT, model="gpt-x"))
+    assert reg.verdict("gpt-a", model="gpt-x").usable is False
+    assert reg.verdict("gpt-a").usable is True

@@ -50,6 +50,9 @@ _EVENT_FIELDS = {
     "new": "HROUTE_TO",
     "detail": "HROUTE_DETAIL",
     "credential": "HROUTE_CREDENTIAL",
+    "scope": "HROUTE_SCOPE",
+    "model": "HROUTE_MODEL",
+    "held": "HROUTE_HELD",
     "id": "HROUTE_EVENT_ID",
 }
 
@@ -78,6 +81,8 @@ def event_fields(event: Mapping[str, Any]) -> dict[str, str]:
     for key, name in _EVENT_FIELDS.items():
         value = event.get(key)
         if value is not None and value != "":
+            if isinstance(value, list):
+                value = ",".join(map(str, value))  # the backends a change holds
             fields[name] = f"{value:g}" if isinstance(value, float) else str(value)
     return fields
 
