@@ -220,7 +220,7 @@ def test_a_later_provider_reset_extends_a_running_cooldown_a_shorter_one_does_no
     assert h.ejections == 1  # still the first incident
 
 
-def test_jitter_spreads_the_end_and_never_comes_back_before_a_provider_reset() -> None:
+def test_jitter_spreads_our_own_cooldowns_and_keeps_a_provider_reset_exact() -> None:
     policy = Policy(base_s=30, max_s=900, jitter=0.1)
     ends = []
     for u in (-1.0, 0.0, 1.0):
@@ -230,7 +230,7 @@ def test_jitter_spreads_the_end_and_never_comes_back_before_a_provider_reset() -
     assert ends == pytest.approx([27, 30, 33])
     h = Health()
     [c] = h.on_report(fail(Reason.SERVER_ERROR, retry_after_s=60), 0, policy, jitter=-1.0)
-    assert c.cooldown_s == pytest.approx(66)
+    assert c.cooldown_s == 60
 
 
 def test_the_registry_draws_jitter_from_what_it_is_handed(clock) -> None:
@@ -273,3 +273,19 @@ def test_usable_by_url_and_model_finds_the_backend_configured_with_both(reg: Reg
     reg.record_report("gpt-a", fail(Reason.UPSTREAM_RATE_LIMIT, model="gpt-x"))
     assert reg.verdict("gpt-a", model="gpt-x").usable is False
     assert reg.verdict("gpt-a").usable is True
+
+
+def test_while_probes_hold_the_server_down_the_outage_is_one_incident(reg: Registry, clock) -> None:
+    # Hermes retries 503s seconds apart: the second attempt may come after the first cooldown
+    # ran out, while the probes still see the server down. That is the same outage.
+    reg.record_probe("qwen", ProbeOutcome(Reason.OVERLOADED, detail="GET /api/version: 503"))
+    [first] = reg.record_report("qwen", fail(Reason.OVERLOADED))
+    clock.advance(31)
+    reg.expire()
+    [again] = reg.record_report("qwen", fail(Reason.OVERLOADED))
+    assert (first.cooldown_s, again.cooldown_s) == (30, 30)
+    reg.record_probe("qwen", ProbeOutcome(detail="ok"))  # recovered
+    clock.advance(31)
+    reg.expire()
+    [next_incident] = reg.record_report("qwen", fail(Reason.OVERLOADED))
+    assert next_incident.cooldown_s == 60

@@ -66,17 +66,21 @@ class Held:
         retry_after_s: float | None = None,
         fixed_s: float | None = None,
         jitter: float = 0.0,
-        healthy: bool = True,
+        down: bool = False,
         detail: str = "",
     ) -> float | None:
         """Start this scope's cooldown for a new incident; return its length, or None when a
         running one is kept as it is (same incident) or extended by a later provider reset
-        (then the new length)."""
+        (then the new length).
+
+        `down`: the probes hold the server unhealthy, so the outage has not ended; a failure
+        told now re-arms the current step rather than a higher one.
+        """
         current = self.cooldown
         running = self.running(now)
         if retry_after_s is not None:
-            # The provider said when: never come back before it, spread a little after it.
-            until = now + retry_after_s * (1 + policy.jitter * abs(jitter))
+            # The provider said when, and Retry-After passes it on: kept exactly.
+            until = now + retry_after_s
             if running and (current is None or current.until is None or current.until >= until):
                 return None
             self.cooldown = Cooldown(until, reason, detail)
@@ -87,7 +91,7 @@ class Held:
         if fixed_s is not None:
             duration = fixed_s
         else:
-            duration = self._escalated(now, policy, healthy) * (1 + policy.jitter * jitter)
+            duration = self._escalated(now, policy, down) * (1 + policy.jitter * jitter)
         self.cooldown = Cooldown(now + duration, reason, detail)
         self.decay_anchor = now + duration
         return duration
@@ -121,14 +125,15 @@ class Held:
         """No cooldown, and long enough since the last one that n has decayed to zero."""
         return self.cooldown is None and now - self.decay_anchor >= base_s * max(1, self.ejections)
 
-    def _escalated(self, now: float, policy: Policy, healthy: bool) -> float:
+    def _escalated(self, now: float, policy: Policy, down: bool) -> float:
         """Envoy: base x n for the n-th incident; n drops by one per base_s after a cooldown."""
-        if self.ejections and healthy:
+        if self.ejections and not down:
             decay = int(max(0.0, now - self.decay_anchor) // policy.base_s)
             if decay:
                 self.ejections = max(0, self.ejections - decay)
                 self.decay_anchor += decay * policy.base_s
-        self.ejections += 1
+        if not (down and self.ejections):
+            self.ejections += 1
         return min(policy.base_s * self.ejections, policy.max_s)
 
 

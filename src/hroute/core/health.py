@@ -269,7 +269,7 @@ class Health:
             duration = self.server.arm(
                 reason, now, policy, retry_after_s=retry, jitter=jitter, detail=detail,
                 fixed_s=policy.max_s if reason is Reason.BILLING else None,
-                healthy=self.state is not State.UNHEALTHY,
+                down=self.state is State.UNHEALTHY,
             )  # fmt: skip
             return self._cooled(duration, reason, detail, scope)
         if scope is Scope.MODEL:
