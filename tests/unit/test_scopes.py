@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from hroute.config.model import load_config
+from hroute.core.cooldowns import MAX_SCOPES
 from hroute.core.health import Health, Policy, ProbeOutcome, Report
 from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
@@ -289,3 +290,12 @@ def test_while_probes_hold_the_server_down_the_outage_is_one_incident(reg: Regis
     reg.expire()
     [next_incident] = reg.record_report("qwen", fail(Reason.OVERLOADED))
     assert next_incident.cooldown_s == 60
+
+
+def test_invented_models_and_keys_cannot_grow_a_record_without_bound(reg: Registry) -> None:
+    for i in range(MAX_SCOPES + 50):
+        reg.record_report("gpt-a", fail(Reason.UPSTREAM_RATE_LIMIT, model=f"m{i}"))
+        reg.record_report("gpt-a", fail(Reason.AUTH, credential=f"k{i}"))
+    health = reg.health("gpt-a")
+    assert len(health.models) == MAX_SCOPES and len(health.keys) == MAX_SCOPES
+    assert reg.verdict("gpt-a", model="m0").usable is False  # the first ones still count

@@ -30,6 +30,9 @@ class Scope(StrEnum):
 
 
 ANY_MODEL = ""  # the model part of a key scope that holds the key for every model
+# Models and keys come from reports: a server remembers at most this many of each, so a
+# client that invents names cannot grow the registry without bound.
+MAX_SCOPES = 256
 
 
 @dataclass
@@ -172,3 +175,9 @@ def report_scope(
             return Scope.MODEL
         return None if reason is Reason.MODEL_NOT_FOUND else Scope.SERVER
     return None
+
+
+def key_model(reason: Reason, model: str | None) -> str:
+    """The model part of a key scope: a rate limit that names a model is that model's (OpenAI
+    and Anthropic limit per model); billing and auth are the key's, for every model."""
+    return model if reason is Reason.RATE_LIMIT and model else ANY_MODEL

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from hroute.core.cooldowns import ANY_MODEL, Cooldown, Held, Scope, report_scope
+from hroute.core.cooldowns import ANY_MODEL, Cooldown, Held, Scope, key_model, report_scope
 from hroute.core.reasons import HEALTH_NEUTRAL, SEVERE, Reason
 from hroute.core.verdict import INF, Verdict, decide_scoped
 
@@ -281,7 +281,7 @@ class Health:
             return self._cooled(duration, reason, detail, scope, model=report.model)
         if scope is Scope.KEY:
             assert report.credential
-            model = report.model if reason is Reason.RATE_LIMIT and report.model else ANY_MODEL
+            model = key_model(reason, report.model)
             held = self.keys.setdefault((report.credential, model), Held())
             if reason is Reason.AUTH_PERMANENT:
                 new = held.hold(reason, detail)

@@ -15,6 +15,7 @@ from typing import Any
 
 from hroute.config.model import Config
 from hroute.core.clock import Clock
+from hroute.core.cooldowns import MAX_SCOPES, Scope, key_model, report_scope
 from hroute.core.events import EventLog, EventSink
 from hroute.core.health import AUTH_REASONS, Health, Policy, ProbeOutcome, Report, Transition
 from hroute.core.identity import BackendIdentity, normalize_base_url
@@ -219,6 +220,8 @@ class Registry:
             self._publish(name, ended)
         if report.model is None and entry.model:
             report = dataclasses.replace(report, model=entry.model)
+        if _beyond_bounds(entry.health, report, policy):
+            return []
         changes = entry.health.on_report(report, now, policy, self._jitter())
         self._publish(name, changes)
         return changes
@@ -351,3 +354,18 @@ class Registry:
             return self._entries[name]
         except KeyError:
             raise UnknownBackendError(name, list(self._entries)) from None
+
+
+def _beyond_bounds(health: Health, report: Report, policy: Policy) -> bool:
+    """A failure for a new model or key when the server already remembers MAX_SCOPES."""
+    if report.success or report.reason is None:
+        return False
+    scope = report_scope(
+        report.reason, credential=report.credential, model=report.model, local=policy.local
+    )
+    if scope is Scope.MODEL:
+        return report.model not in health.models and len(health.models) >= MAX_SCOPES
+    if scope is Scope.KEY:
+        key = (report.credential or "", key_model(report.reason, report.model))
+        return key not in health.keys and len(health.keys) >= MAX_SCOPES
+    return False
