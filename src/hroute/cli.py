@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("backend", nargs="?", help="backend name (or use --base-url)")
     p.add_argument("--base-url")
     p.add_argument("--credential", help="fingerprint of the key in use")
+    p.add_argument("--model", help="the model asked for (default: the backend's)")
 
     p = sub.add_parser("report", help="report a failure or success seen by a client")
     p.add_argument("backend")
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-after", type=float, metavar="SECONDS")
     p.add_argument("--status-code", type=int)
     p.add_argument("--credential")
+    p.add_argument("--model", help="the model the failed request asked for")
     p.add_argument("--detail")
 
     p = sub.add_parser("events", help="recent state transitions")
@@ -205,16 +207,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
         return EXIT_OK
-    rows = [("BACKEND", "KIND", "STATE", "USABLE", "REASON", "COOLDOWN", "LATENCY")]
+    rows = [("BACKEND", "KIND", "STATE", "USABLE", "HELD BY", "COOLDOWN", "LATENCY")]
     for b in body["backends"]:
         cooldown = b["cooldown_remaining_s"]
+        held = b.get("blocked_by")  # which scope holds it: its server, its model, a key
         rows.append(
             (
                 b["name"],
                 b["kind"],
                 b["state"] + (f" ({b['process']['state']})" if b.get("process") else ""),
                 "yes" if b["usable"] else "no",
-                b["reason"] or b.get("note") or "-",
+                f"{held['scope']}: {b['reason']}" if held else b.get("note") or "-",
                 f"{cooldown:.0f}s" if cooldown else "-",
                 f"{b['latency_ms']:.1f}ms" if b["latency_ms"] is not None else "-",
             )
@@ -280,6 +283,7 @@ def _cmd_usable(args: argparse.Namespace) -> int:
             ("backend", args.backend),
             ("base_url", args.base_url),
             ("credential", args.credential),
+            ("model", args.model),
         )
         if v
     }
@@ -298,6 +302,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         "retry_after_s": args.retry_after,
         "status_code": args.status_code,
         "credential": args.credential,
+        "model": args.model,
         "detail": args.detail,
     }
     status, answer = _call(

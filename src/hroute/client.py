@@ -25,6 +25,7 @@ from hroute.core.verdict import decide
 from hroute.paths import default_socket_path, snapshot_path
 
 DEFAULT_BUDGET_S = 0.1
+SNAPSHOT_V = 2  # the snapshot's shape this client reads (edges/snapshot.py writes it)
 
 
 @dataclass(slots=True)
@@ -65,18 +66,24 @@ class Client:
         *,
         base_url: str | None = None,
         credential: str | None = None,
+        model: str | None = None,
     ) -> Usable:
-        """May the caller use (or restore) this backend now? Never raises."""
+        """May the caller use (or restore) this backend now? Never raises.
+
+        Its server, `model` on it (by default the model of the backend configured there) and,
+        with `credential`, that key all decide.
+        """
         try:
             snap = self._read_snapshot()
             if snap is not None:
-                return _from_snapshot(snap, backend, base_url, credential)
+                return _from_snapshot(snap, backend, base_url, credential, model)
             query = {
                 k: v
                 for k, v in (
                     ("backend", backend),
                     ("base_url", base_url),
                     ("credential", credential),
+                    ("model", model),
                 )
                 if v
             }
@@ -103,7 +110,7 @@ class Client:
         if key != self._snap_key:
             with open(self._snapshot_path, "rb") as f:
                 snap = json.loads(f.read())
-            self._snap, self._snap_key = (snap if snap.get("v") == 1 else None), key
+            self._snap, self._snap_key = (snap if snap.get("v") == SNAPSHOT_V else None), key
         snap = self._snap
         if snap is None or snap["expires"] < time.monotonic():
             return None  # left behind by a daemon that is gone
@@ -330,12 +337,17 @@ def _exchange(
 
 
 def _from_snapshot(
-    snap: dict[str, Any], backend: str | None, base_url: str | None, credential: str | None
+    snap: dict[str, Any],
+    backend: str | None,
+    base_url: str | None,
+    credential: str | None,
+    model: str | None = None,
 ) -> Usable:
     backends = snap["backends"]
     name = backend if backend in backends else None
     if name is None and base_url:
-        name = snap["urls"].get(_normalized(base_url))
+        url = _normalized(base_url)
+        name = (snap["url_models"].get(url) or {}).get(model) or snap["urls"].get(url)
     if name is None:
         return Usable(True, backend, "unknown", "not_monitored", None)
     entry = backends[name]
@@ -346,6 +358,8 @@ def _from_snapshot(
         until_reason=entry["until_reason"],
         credentials=entry["creds"],
         credential=credential,
+        models=entry["models"],
+        model=model or entry["model"],
     )
     return Usable(verdict.usable, name, entry["state"], verdict.reason, verdict.retry_after_s)
 

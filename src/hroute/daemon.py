@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 from pathlib import Path
 
@@ -40,7 +41,13 @@ async def run_daemon(
     config = read_config(config_path)
     clock = clock or RealClock()
     notifier = notifier or Notifier()
-    registry = Registry(config, clock, events_kept=config.daemon.events_kept)
+    rng = random.Random()
+    registry = Registry(
+        config,
+        clock,
+        events_kept=config.daemon.events_kept,
+        jitter=lambda: rng.uniform(-1.0, 1.0),  # spreads cooldown ends (Envoy's jitter)
+    )
     registry.add_sink(log_event)
     metrics = Metrics(lambda: registry)
     registry.add_sink(metrics.on_event)
@@ -81,6 +88,13 @@ async def run_daemon(
     reloader.on_result = lambda result, trigger: _tell_reload(
         result, trigger, registry, metrics, notifier
     )
+
+    def probe_when_cooldown_ends(event: dict) -> None:
+        # A server that waited out its cooldown is worth a look now, not at the next turn.
+        if event["event"] == "cooldown_end" and event.get("scope") == "server":
+            prober.poke(event["backend"])
+
+    registry.add_sink(probe_when_cooldown_ends)
 
     def after_report(name: str, body: dict) -> None:
         if body.get("outcome") == "failure":

@@ -200,11 +200,13 @@ async def test_reload_applies_a_good_file_and_keeps_the_old_one_on_a_bad_one(tmp
     reg = registry()
     reloader = Reloader(path, reg.config)
     reloader.apply.append(lambda old, new, diff: reg.apply_config(new))
-    reg.record_report("local", Report(False, Reason.RATE_LIMIT, retry_after_s=600))
+    reg.record_report("local", Report(False, Reason.SERVER_ERROR, retry_after_s=600))
+    reg.record_report("local", Report(False, Reason.UPSTREAM_RATE_LIMIT, retry_after_s=900))
     path.write_text(CONFIG.replace("PORT", "9").replace("model: m, tier", "model: m2, tier"))
     result = await reloader.reload("test")
     assert result.ok and reg.config.backends["local"].model == "m2"
     assert reg.verdict("local").usable is False  # same identity: the cooldown is kept
+    assert reg.health("local").cooldown_remaining(reg.clock.now(), "m") == pytest.approx(900, abs=1)
     path.write_text("backends: [this is not a mapping")
     result = await reloader.reload("test")
     assert not result.ok and "line" in result.error

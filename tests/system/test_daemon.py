@@ -26,7 +26,7 @@ def config(backends: dict[str, str], profiles: str = "", interval: float = 0.1) 
     lines = [
         "defaults:",
         f"  probe: {{interval_s: {interval}, timeout_s: 0.5, fall: 2, rise: 1, jitter: 0}}",
-        "  cooldown: {base_s: 30, max_s: 300}",
+        "  cooldown: {base_s: 30, max_s: 300, jitter: 0}",
         "backends:",
     ]
     lines += [f"  {name}: {spec}" for name, spec in backends.items()]

@@ -165,9 +165,10 @@ def test_success_report_ends_the_failure_streak_and_clears_credential_cooldown()
     h.on_report(fail(Reason.SERVER_ERROR), 0, P)
     h.on_report(fail(Reason.RATE_LIMIT, credential="fp"), 0, P)
     assert h.consecutive_failures == 1
+    assert ("fp", "") in h.keys and h.verdict(1, credential="fp").usable is False
     h.on_report(Report(True, credential="fp"), 1, P)
     assert h.consecutive_failures == 0
-    assert "fp" not in h.credentials
+    assert ("fp", "") not in h.keys
 
 
 def test_block_is_immediate() -> None:

@@ -44,3 +44,26 @@ def test_levels(event: dict, level: int, caplog: pytest.LogCaptureFixture) -> No
     with caplog.at_level(logging.DEBUG, logger="hroute"):
         log_event({"backend": "b", **event})
     assert [r.levelno for r in caplog.records] == [level]
+
+
+def test_a_change_names_every_backend_it_holds() -> None:
+    event = {"event": "cooldown", "backend": "qwen", "server": "ollama", "scope": "server",
+             "held": ["qwen", "llama3", "or-a"], "reason": "server_error", "cooldown_s": 30.0}  # fmt: skip
+    assert describe(event) == "ollama (qwen, llama3, or-a): cooling down for 30s (server_error)"
+    event = {"event": "cooldown", "backend": "llama3", "server": "ollama", "scope": "model",
+             "model": "llama3:8b", "held": ["llama3"], "reason": "model_not_found",
+             "detail": "model 'llama3:8b' is not installed (installed: qwen3.6:9b)"}  # fmt: skip
+    assert describe(event) == (
+        "ollama model llama3:8b (llama3): cooling down until a probe finds it "
+        "(model_not_found: model 'llama3:8b' is not installed (installed: qwen3.6:9b))"
+    )
+
+
+def test_up_reads_like_the_other_transitions() -> None:
+    event = {"event": "backend_up", "backend": "qwen", "old": "unknown", "new": "healthy",
+             "reason": None, "detail": "ok"}  # fmt: skip
+    assert describe(event) == "qwen: unknown -> healthy"
+    event["detail"] = "ok (slots endpoint disabled: no hang check)"
+    assert (
+        describe(event) == "qwen: unknown -> healthy (ok (slots endpoint disabled: no hang check))"
+    )

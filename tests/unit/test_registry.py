@@ -100,10 +100,10 @@ def test_snapshot_carries_what_a_reader_needs(reg: Registry, clock) -> None:
     snap = reg.snapshot()
     assert snap["backends"]["local"]["blocked"] == "connection"
     assert snap["backends"]["ollama"]["until"] == pytest.approx(clock.now() + 5)
-    assert snap["backends"]["cloud"]["creds"]["fp"] == [
-        pytest.approx(clock.now() + 9),
-        "rate_limit",
-    ]
+    # A 429 for one key is that key's for the backend's model (the report named no other).
+    assert snap["backends"]["cloud"]["creds"]["fp"] == {
+        "m": [pytest.approx(clock.now() + 9), "rate_limit"]
+    }
     assert snap["urls"]["http://127.0.0.1:8080"] == "local"
 
 

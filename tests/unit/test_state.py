@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from hroute.core.cooldowns import Held
 from hroute.core.health import Cooldown, Health, State
 from hroute.core.identity import BackendIdentity
 from hroute.core.reasons import Reason
@@ -16,14 +17,17 @@ CLOUD = BackendIdentity("anthropic_messages", "https://api.anthropic.com", None)
 
 
 def sample(now: float) -> dict[BackendIdentity, Health]:
-    local = Health(state=State.UNHEALTHY, reason="connection", ejections=3)
-    local.cooldown = Cooldown(now + 50, Reason.SERVER_ERROR)
+    local = Health(state=State.UNHEALTHY, reason="connection")
+    local.server = Held(Cooldown(now + 50, Reason.SERVER_ERROR), ejections=3)
+    local.models = {"llama3": Held(Cooldown(None, Reason.MODEL_NOT_FOUND, "not installed"))}
     cloud = Health(state=State.HEALTHY, block="auth")
-    cloud.cooldown = Cooldown(now + 600, Reason.RATE_LIMIT)
-    cloud.credentials = {
-        "fp1": Cooldown(now + 30, Reason.RATE_LIMIT),
-        "fp2": Cooldown(None, Reason.AUTH_PERMANENT),
-        "fp3": Cooldown(now + 1, Reason.BILLING),
+    cloud.server = Held(Cooldown(now + 600, Reason.RATE_LIMIT))
+    cloud.models = {"opus": Held(Cooldown(now + 40, Reason.OVERLOADED), ejections=2)}
+    cloud.keys = {
+        ("fp1", ""): Held(Cooldown(now + 30, Reason.RATE_LIMIT)),
+        ("fp2", ""): Held(Cooldown(None, Reason.AUTH_PERMANENT)),
+        ("fp3", ""): Held(Cooldown(now + 1, Reason.BILLING)),
+        ("fp1", "gpt-a"): Held(Cooldown(now + 60, Reason.RATE_LIMIT), ejections=1),
     }
     return {LOCAL: local, CLOUD: cloud}
 
@@ -41,9 +45,34 @@ def test_round_trip_across_a_restart_converts_deadlines() -> None:
     )
     assert cloud.block == "auth"
     assert cloud.cooldown.until == pytest.approx(7 + 590)
-    assert cloud.credentials["fp1"].until == pytest.approx(7 + 20)
-    assert cloud.credentials["fp2"].until is None  # until the key changes
-    assert "fp3" not in cloud.credentials  # ran out while the daemon was down
+    assert cloud.keys[("fp1", "")].cooldown.until == pytest.approx(7 + 20)
+    assert cloud.keys[("fp2", "")].cooldown.until is None  # until the key changes
+    assert ("fp3", "") not in cloud.keys  # ran out while the daemon was down
+    per_model = cloud.keys[("fp1", "gpt-a")]
+    assert per_model.cooldown.until == pytest.approx(7 + 50) and per_model.ejections == 1
+    opus = cloud.models["opus"]
+    assert opus.cooldown.until == pytest.approx(7 + 30) and opus.ejections == 2
+    missing = local.models["llama3"].cooldown
+    assert missing.until is None and missing.detail == "not installed"
+
+
+def test_a_file_written_before_scopes_still_reads() -> None:
+    old = {
+        "format": "hroute-state/1",
+        "saved_at": 5000.0,
+        "backends": [
+            {
+                "identity": ["chat_completions", "http://127.0.0.1:8080", None],
+                "state": "healthy",
+                "ejections": 2,
+                "cooldown": {"until_wall": 5030.0, "reason": "server_error"},
+                "credentials": {"fp1": {"until_wall": None, "reason": "auth_permanent"}},
+            }
+        ],
+    }
+    [h] = decode_state(old, now=10.0, wall=5010.0).values()
+    assert h.ejections == 2 and h.cooldown.until == pytest.approx(30.0)
+    assert h.keys[("fp1", "")].cooldown.reason is Reason.AUTH_PERMANENT and h.models == {}
 
 
 def test_expired_cooldown_is_dropped() -> None:

@@ -68,3 +68,47 @@ def test_client_and_daemon_agree(probe, report, block) -> None:
             assert client.retry_after_s is None
         else:
             assert client.retry_after_s == pytest.approx(daemon.retry_after_s, abs=0.5)
+
+
+SCOPED = """
+backends:
+  a: {kind: openai, base_url: "https://api.example.com/v1", model: gpt-a}
+  b: {kind: openai, base_url: "https://api.example.com/v1", model: gpt-b}
+profiles:
+  p: {chain: [a, b]}
+"""
+SCOPED_REPORTS = [
+    None,
+    Report(False, Reason.UPSTREAM_RATE_LIMIT, retry_after_s=40, model="gpt-a"),
+    Report(False, Reason.RATE_LIMIT, retry_after_s=60, credential="k1", model="gpt-a"),
+    Report(False, Reason.RATE_LIMIT, credential="k1"),
+    Report(False, Reason.BILLING, credential="k2", model="gpt-b"),
+    Report(False, Reason.MODEL_NOT_FOUND, model="gpt-b"),
+    Report(False, Reason.OVERLOADED, model="gpt-a"),
+]
+MISSING = [None, ProbeOutcome(checked=("gpt-a", "gpt-b"), missing={"gpt-b": "not served"})]
+
+
+@pytest.mark.parametrize(("probe", "report"), list(itertools.product(MISSING, SCOPED_REPORTS)))
+def test_client_and_daemon_agree_on_models_and_keys(probe, report) -> None:
+    reg = Registry(load_config(SCOPED), MonotonicClock())
+    if probe is not None:
+        reg.record_probe("a", probe)
+    if report is not None:
+        reg.record_report("a", report)
+    snap = reg.snapshot()
+    url = "https://api.example.com/v1"
+    for name, credential, model in itertools.product(
+        ("a", "b"), (None, "k1", "k2"), (None, "gpt-a", "gpt-b", "gpt-c")
+    ):
+        daemon = reg.verdict(name, credential, model)
+        client = _from_snapshot(snap, name, None, credential, model)
+        assert (client.usable, client.reason) == (daemon.usable, daemon.reason), (
+            name,
+            credential,
+            model,
+        )
+        by_url = _from_snapshot(snap, None, url, credential, model)
+        resolved = reg.resolve(base_url=url, model=model)
+        assert by_url.backend == resolved
+        assert by_url.usable == reg.verdict(resolved, credential, model).usable

@@ -73,10 +73,12 @@ class ProbeOverride(_Frozen):
 
 
 class CooldownSettings(_Frozen):
-    """Escalating cooldown: base_s x n for the n-th consecutive cooldown, capped at max_s."""
+    """Escalating cooldown: base_s x n for the n-th incident, capped at max_s; each end
+    spread by +/- jitter (a fraction) so that many agents do not return in the same second."""
 
     base_s: PositiveS = 30.0
     max_s: PositiveS = 900.0
+    jitter: float = Field(0.1, ge=0, le=0.5, description="fraction of the cooldown, +/-")
 
     @model_validator(mode="after")
     def _max_not_below_base(self) -> CooldownSettings:

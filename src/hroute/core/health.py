@@ -1,101 +1,53 @@
-"""Health and cooldown of one backend: a pure state machine over an injected time.
+"""Health of one server and the cooldowns of its three scopes: a pure state machine.
 
-Active probes move the state (rise/fall). Passive reports and rate-limit answers arm
-cooldowns that escalate like Envoy's outlier ejection (base x n, capped, decaying while
-healthy). Nothing here reads a clock, sleeps or does I/O; every call takes `now`, a
-monotonic timestamp in seconds.
+Active probes move the server's state (rise/fall) and say which configured models it lacks.
+Passive reports and rate-limit answers arm cooldowns of the scope they concern — the server,
+one model on it, or one key (`cooldowns.py`) — once per incident, escalating like Envoy's
+outlier ejection (base x n, capped, decaying). Nothing here reads a clock, sleeps or does
+I/O; every call takes `now`, a monotonic timestamp in seconds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
+from typing import Any
 
-from hroute.core.reasons import CREDENTIAL_SCOPED, HEALTH_NEUTRAL, SEVERE, Reason
-from hroute.core.verdict import INF, USABLE, Verdict, decide
+from hroute.core.cooldowns import ANY_MODEL, Cooldown, Held, Scope, key_model, report_scope
+from hroute.core.health_values import Policy, ProbeOutcome, Report, State, Transition
+from hroute.core.reasons import HEALTH_NEUTRAL, SEVERE, Reason
+from hroute.core.verdict import INF, USABLE, Verdict, decide_scoped
+
+__all__ = [
+    "AUTH_REASONS",
+    "Health",
+    "Policy",
+    "ProbeOutcome",
+    "Report",
+    "State",
+    "Transition",
+]
 
 AUTH_REASONS = (Reason.AUTH, Reason.AUTH_PERMANENT)
 STREAKS_KEPT = 256  # keys whose failure streak one backend remembers
 
 
-class State(StrEnum):
-    UNKNOWN = "unknown"
-    STARTING = "starting"
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"
-
-
 _OPEN_STATES = (State.UNKNOWN, State.HEALTHY)  # blocker() is None in these, unless blocked
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Thresholds of one backend (from its probe and cooldown settings)."""
-
-    fall: int = 3
-    rise: int = 1
-    base_s: float = 30.0
-    max_s: float = 900.0
-    # Seed 000's fallback rules: reports of a reason in a row before the backend is left.
-    switch_after: Mapping[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ProbeOutcome:
-    """What one active probe saw. `reason` is None on success."""
-
-    reason: Reason | None = None
-    starting: bool = False
-    retry_after_s: float | None = None
-    detail: str = ""
-    latency_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class Report:
-    """A failure or success a client saw while using the backend."""
-
-    success: bool
-    reason: Reason | None = None
-    retry_after_s: float | None = None
-    credential: str | None = None
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Transition:
-    """Something an operator should hear about: a state change or a cooldown."""
-
-    event: str  # backend_up | backend_down | starting | cooldown | cooldown_end | auth_blocked
-    old: str
-    new: str
-    reason: str | None
-    cooldown_s: float | None = None
-    credential: str | None = None
-    detail: str = ""
-
-
-@dataclass
-class Cooldown:
-    until: float | None  # None: until the key or the config changes
-    reason: Reason
 
 
 @dataclass
 class Health:
-    """The mutable health record of one backend identity; owned by the registry."""
+    """The mutable health record of one server identity; owned by the registry."""
 
     state: State = State.UNKNOWN
     reason: str | None = None
     detail: str = ""
     consecutive_failures: int = 0
     consecutive_successes: int = 0
-    ejections: int = 0  # n of the n-th consecutive cooldown (Envoy's multiplier)
-    decay_anchor: float = 0.0
-    cooldown: Cooldown | None = None
-    credentials: dict[str, Cooldown] = field(default_factory=dict)
-    # What holds the backend unusable whatever its probes say, until lifted: hroute's own
+    server: Held = field(default_factory=Held)
+    models: dict[str, Held] = field(default_factory=dict)
+    keys: dict[tuple[str, str], Held] = field(default_factory=dict)  # (credential, model or "")
+    # What holds the server unusable whatever its probes say, until lifted: hroute's own
     # auth verdict (until the key or config changes) or a supervisor's (exited, hang, fatal ...).
     block: str | None = None
     last_probe_at: float | None = None
@@ -104,27 +56,38 @@ class Health:
     # for the fallback rules (switch_after). One key's 429s never count toward another's.
     streaks: dict[str, tuple[str, int]] = field(default_factory=dict)
 
+    @property
+    def cooldown(self) -> Cooldown | None:
+        """The server's cooldown."""
+        return self.server.cooldown
+
+    @property
+    def ejections(self) -> int:
+        """The server's incident count."""
+        return self.server.ejections
+
     # --- queries ------------------------------------------------------------------
 
-    def cooldown_remaining(self, now: float) -> float:
-        if self.cooldown is None:
-            return 0.0
-        if self.cooldown.until is None:
-            return float("inf")
-        return max(0.0, self.cooldown.until - now)
+    def cooldown_remaining(self, now: float, model: str | None = None) -> float:
+        """Seconds until the server's cooldown (and `model`'s, when given) ends."""
+        left = self.server.remaining(now)
+        held = self.models.get(model) if model is not None else None
+        return max(left, held.remaining(now)) if held is not None else left
 
-    def mark(self) -> tuple:
-        """Everything an answer depends on, to tell a change from a confirmation."""
-        c = self.cooldown
+    def mark(self) -> tuple[Any, ...]:
+        """Everything an answer depends on, to tell a change from a confirmation (model and
+        key cooldowns that start or end come with a Transition; a success drops keys)."""
+        c = self.server.cooldown
         return (
             self.state,
             self.blocker(),
             None if c is None else (c.until, c.reason),
-            len(self.credentials),  # a key's new cooldown comes with a Transition
+            len(self.models),
+            len(self.keys),
         )
 
     def blocker(self) -> str | None:
-        """What makes the backend unusable whatever the time, or None."""
+        """What makes the server unusable whatever the time, or None."""
         if self.block:
             return self.block
         if self.state is State.UNHEALTHY:
@@ -133,26 +96,59 @@ class Health:
             return "starting"
         return None
 
-    def verdict(self, now: float, credential: str | None = None) -> Verdict:
-        """(usable, reason, retry_after_s): `verdict.decide`, the one definition."""
-        cooldown = self.cooldown
+    def scope_maps(self) -> tuple[dict[str, list[Any]], dict[str, dict[str, list[Any]]]]:
+        """The model and key cooldowns as `verdict.decide` and the snapshot take them."""
+        models = {m: [h.cooldown.until, str(h.cooldown.reason)] for m, h in self._held(self.models)}
+        keys: dict[str, dict[str, list[Any]]] = {}
+        for (fp, m), h in self._held(self.keys):
+            keys.setdefault(fp, {})[m] = [h.cooldown.until, str(h.cooldown.reason)]
+        return models, keys
+
+    def scoped_verdict(
+        self, now: float, credential: str | None = None, model: str | None = None
+    ) -> tuple[Verdict, str | None]:
+        """`verdict.decide_scoped`, the one definition, and which scope holds the backend."""
+        cooldown = self.server.cooldown
         if (
             cooldown is None
             and self.block is None
             and self.state in _OPEN_STATES
-            and (credential is None or credential not in self.credentials)
+            and not self.models
+            and not self.keys
         ):
-            return USABLE  # the common answer, without building decide()'s arguments
-        return decide(
+            return USABLE, None  # the common answer, without building decide()'s arguments
+        models, keys = self._maps_for(credential, model)
+        return decide_scoped(
             now,
             block=self.blocker(),
             until=None if cooldown is None else (INF if cooldown.until is None else cooldown.until),
             until_reason=None if cooldown is None else str(cooldown.reason),
-            credentials={fp: (c.until, str(c.reason)) for fp, c in self.credentials.items()}
-            if credential is not None and credential in self.credentials
-            else {},
+            credentials=keys,
             credential=credential,
+            models=models,
+            model=model,
         )
+
+    def verdict(
+        self, now: float, credential: str | None = None, model: str | None = None
+    ) -> Verdict:
+        """(usable, reason, retry_after_s) for `model` on this server, with `credential`."""
+        return self.scoped_verdict(now, credential, model)[0]
+
+    def holding(
+        self, scope: str | None, credential: str | None, model: str | None
+    ) -> Cooldown | None:
+        """The cooldown of the scope that holds a backend (for its detail), if it is one."""
+        if scope == Scope.SERVER:
+            return self.server.cooldown
+        if scope == Scope.MODEL and model is not None and model in self.models:
+            return self.models[model].cooldown
+        if scope == Scope.KEY and credential is not None:
+            for part in (ANY_MODEL, model or ANY_MODEL):
+                held = self.keys.get((credential, part))
+                if held is not None and held.cooldown is not None:
+                    return held.cooldown
+        return None
 
     # --- updates ------------------------------------------------------------------
 
@@ -177,7 +173,7 @@ class Health:
                 or self.state in (State.UNKNOWN, State.STARTING)
             ):
                 out.append(self._move(State.HEALTHY, "backend_up", None, outcome.detail))
-            return out
+            return out + self._check_models(outcome)
         reason = outcome.reason
         if reason in HEALTH_NEUTRAL:
             return out
@@ -197,8 +193,12 @@ class Health:
             return out
         if reason in (Reason.RATE_LIMIT, Reason.UPSTREAM_RATE_LIMIT, Reason.BILLING):
             # The server answered: it is up, but says wait. That is a cooldown, not a state.
-            out += self._arm(reason, outcome.retry_after_s, now, policy, outcome.detail)
-            return out
+            fixed = policy.max_s if reason is Reason.BILLING else None
+            duration = self.server.arm(
+                reason, now, policy, retry_after_s=outcome.retry_after_s, fixed_s=fixed,
+                detail=outcome.detail,
+            )  # fmt: skip
+            return out + self._cooled(duration, reason, outcome.detail, Scope.SERVER)
         self.consecutive_failures += 1
         if self.state is not State.UNHEALTHY and (
             self.consecutive_failures >= policy.fall or self.state is State.UNKNOWN
@@ -208,8 +208,13 @@ class Health:
             self.reason, self.detail = str(reason), outcome.detail
         return out
 
-    def on_report(self, report: Report, now: float, policy: Policy) -> list[Transition]:
-        """Apply a client's report of a request it made; return what changed."""
+    def on_report(
+        self, report: Report, now: float, policy: Policy, jitter: float = 0.0
+    ) -> list[Transition]:
+        """Apply a client's report of a request it made; return what changed.
+
+        `jitter` is a value in [-1, 1] the caller drew; it spreads a new cooldown's end.
+        """
         if report.success:
             self.consecutive_failures = 0
             if report.credential:
@@ -218,9 +223,12 @@ class Health:
             else:
                 self.streaks.clear()
             if report.credential:
-                cred = self.credentials.get(report.credential)
-                if cred is not None and cred.reason is not Reason.AUTH_PERMANENT:
-                    del self.credentials[report.credential]
+                for part in (ANY_MODEL, report.model or ANY_MODEL):
+                    held = self.keys.get((report.credential, part))
+                    if held is not None and (
+                        held.cooldown is None or held.cooldown.reason is not Reason.AUTH_PERMANENT
+                    ):
+                        del self.keys[(report.credential, part)]
             return []
         reason = report.reason or Reason.UNKNOWN
         if reason in HEALTH_NEUTRAL or reason is Reason.UNKNOWN:
@@ -232,15 +240,39 @@ class Health:
         self.streaks[key] = (str(reason), count + 1 if last == reason else 1)
         if self.streaks[key][1] < policy.switch_after.get(str(reason), 1):
             return []  # counted; the fallback rule says not yet
-        if reason in CREDENTIAL_SCOPED and report.credential:
-            return self._arm_credential(report, now, policy)
-        if reason in AUTH_REASONS:
-            # Without a fingerprint we cannot tell whose key is bad: one client's bad key
-            # must never take the backend away from everyone. Our own probe decides.
-            return []
-        if reason in SEVERE:
-            self.consecutive_failures += 1
-        return self._arm(reason, report.retry_after_s, now, policy, report.detail)
+        scope = report_scope(
+            reason, credential=report.credential, model=report.model, local=policy.local
+        )
+        retry, detail = report.retry_after_s, report.detail
+        if scope is Scope.SERVER:
+            if reason in SEVERE:
+                self.consecutive_failures += 1
+            duration = self.server.arm(
+                reason, now, policy, retry_after_s=retry, jitter=jitter, detail=detail,
+                fixed_s=policy.max_s if reason is Reason.BILLING else None,
+                down=self.state is State.UNHEALTHY,
+            )  # fmt: skip
+            return self._cooled(duration, reason, detail, scope)
+        if scope is Scope.MODEL:
+            assert report.model
+            held = self.models.setdefault(report.model, Held())
+            duration = held.arm(
+                reason, now, policy, retry_after_s=retry, jitter=jitter, detail=detail
+            )
+            return self._cooled(duration, reason, detail, scope, model=report.model)
+        if scope is Scope.KEY:
+            assert report.credential
+            model = key_model(reason, report.model)
+            held = self.keys.setdefault((report.credential, model), Held())
+            if reason is Reason.AUTH_PERMANENT:
+                new = held.hold(reason, detail)
+                return self._cooled(None, reason, detail, scope, report.credential, model, hold=new)
+            duration = held.arm(
+                reason, now, policy, retry_after_s=retry, jitter=jitter, detail=detail,
+                fixed_s=policy.max_s if reason in (Reason.BILLING, Reason.AUTH) else None,
+            )  # fmt: skip
+            return self._cooled(duration, reason, detail, scope, report.credential, model)
+        return []
 
     def block_for(self, reason: str, detail: str = "") -> list[Transition]:
         """Unhealthy at once and held so until `unblock` (a supervisor's verdict: its process
@@ -262,34 +294,52 @@ class Health:
         self.block = None
         return True
 
-    def expire(self, now: float) -> list[Transition]:
-        """Drop cooldowns that have run out; say so when the backend's own one ends."""
+    def expire(self, now: float, policy: Policy | None = None) -> list[Transition]:
+        """Drop cooldowns that have run out; say so when a server's or a model's ends.
+
+        With `policy`, also forget model and key scopes whose escalation has decayed away.
+        """
         out = []
-        if (
-            self.cooldown is not None
-            and self.cooldown.until is not None
-            and self.cooldown.until <= now
-        ):
-            out.append(
-                Transition(
-                    "cooldown_end", str(self.state), str(self.state), str(self.cooldown.reason)
-                )
-            )
-            self.cooldown = None
-            self.decay_anchor = now
-        for fp, cred in list(self.credentials.items()):
-            if cred.until is not None and cred.until <= now:
-                del self.credentials[fp]
+        ended = self.server.expire(now)
+        if ended is not None:
+            out.append(self._ended(ended, Scope.SERVER))
+        for m, held in list(self.models.items()):
+            ended = held.expire(now)
+            if ended is not None:
+                out.append(self._ended(ended, Scope.MODEL, model=m))
+            if policy is not None and held.forgotten(now, policy.base_s):
+                del self.models[m]
+        for key, held in list(self.keys.items()):
+            held.expire(now)
+            if policy is not None and held.forgotten(now, policy.base_s):
+                del self.keys[key]
         return out
 
     def next_deadline(self) -> float | None:
         """The earliest cooldown deadline, for the owner to schedule `expire`."""
-        deadlines = [c.until for c in self.credentials.values() if c.until is not None]
-        if self.cooldown is not None and self.cooldown.until is not None:
-            deadlines.append(self.cooldown.until)
+        helds = [self.server, *self.models.values(), *self.keys.values()]
+        deadlines = [h.cooldown.until for h in helds if h.cooldown and h.cooldown.until is not None]
         return min(deadlines, default=None)
 
     # --- internals ----------------------------------------------------------------
+
+    def _check_models(self, outcome: ProbeOutcome) -> list[Transition]:
+        """A model the probe did not find is held until a probe finds it; only that model."""
+        out = []
+        for m in outcome.checked:
+            held = self.models.get(m)
+            if m in outcome.missing:
+                held = held or self.models.setdefault(m, Held())
+                if held.hold(Reason.MODEL_NOT_FOUND, outcome.missing[m]):
+                    why = outcome.missing[m]
+                    out += self._cooled(
+                        None, Reason.MODEL_NOT_FOUND, why, Scope.MODEL, model=m, hold=True
+                    )
+            elif held is not None and held.lift(Reason.MODEL_NOT_FOUND):
+                out.append(
+                    self._ended(Cooldown(None, Reason.MODEL_NOT_FOUND), Scope.MODEL, model=m)
+                )
+        return out
 
     def _move(self, new: State, event: str, reason: str | None, detail: str) -> Transition:
         old = self.state
@@ -298,63 +348,49 @@ class Health:
             self.consecutive_failures = 0
         return Transition(event, str(old), str(new), reason, detail=detail)
 
-    def _escalated(self, now: float, policy: Policy) -> float:
-        """Envoy: base x n for the n-th consecutive cooldown; n drops by one per base_s of health."""
-        if self.cooldown is None and self.ejections and self.state is not State.UNHEALTHY:
-            healthy_for = max(0.0, now - self.decay_anchor)
-            decay = int(healthy_for // policy.base_s)
-            if decay:
-                self.ejections = max(0, self.ejections - decay)
-                self.decay_anchor += decay * policy.base_s
-        self.ejections += 1
-        return min(policy.base_s * self.ejections, policy.max_s)
-
-    def _arm(
-        self, reason: Reason, retry_after_s: float | None, now: float, policy: Policy, detail: str
+    def _cooled(
+        self,
+        duration: float | None,
+        reason: Reason,
+        detail: str,
+        scope: Scope,
+        credential: str | None = None,
+        model: str | None = None,
+        *,
+        hold: bool = False,
     ) -> list[Transition]:
-        if retry_after_s is not None:
-            duration = retry_after_s
-        elif reason is Reason.BILLING:
-            duration = policy.max_s
-        else:
-            duration = self._escalated(now, policy)
-        until = now + duration
-        current = self.cooldown
-        if current is not None and (current.until is None or current.until >= until):
-            return []  # a later deadline is never shortened by a shorter one
-        self.cooldown = Cooldown(until, reason)
-        self.decay_anchor = until
+        if duration is None and not hold:
+            return []  # the running cooldown stays as it was: same incident
+        s = str(self.state)
         return [
             Transition(
-                "cooldown", str(self.state), str(self.state), reason, duration, detail=detail
+                "cooldown", s, s, reason, duration, credential=credential, detail=detail,
+                scope=scope, model=model or None,
             )
-        ]
+        ]  # fmt: skip
 
-    def _arm_credential(self, report: Report, now: float, policy: Policy) -> list[Transition]:
-        reason = report.reason or Reason.UNKNOWN
-        if reason is Reason.AUTH_PERMANENT:
-            until = None
-        elif report.retry_after_s is not None:
-            until = now + report.retry_after_s
-        elif reason in (Reason.BILLING, Reason.AUTH):
-            until = now + policy.max_s
-        else:
-            until = now + policy.base_s
-        current = self.credentials.get(report.credential or "")
-        if current is not None and (
-            current.until is None or (until is not None and current.until >= until)
-        ):
-            return []
-        self.credentials[report.credential or ""] = Cooldown(until, reason)
-        duration = None if until is None else until - now
-        return [
-            Transition(
-                "cooldown",
-                str(self.state),
-                str(self.state),
-                reason,
-                duration,
-                credential=report.credential,
-                detail=report.detail,
-            )
-        ]
+    def _ended(self, ended: Cooldown, scope: Scope, model: str | None = None) -> Transition:
+        s = str(self.state)
+        return Transition("cooldown_end", s, s, str(ended.reason), scope=scope, model=model)
+
+    def _maps_for(
+        self, credential: str | None, model: str | None
+    ) -> tuple[dict[str, list[Any]], dict[str, dict[str, list[Any]]]]:
+        """The model and key cooldowns that concern one question (not every one kept)."""
+        models: dict[str, list[Any]] = {}
+        keys: dict[str, dict[str, list[Any]]] = {}
+        held = self.models.get(model) if model is not None else None
+        if held is not None and held.cooldown is not None:
+            models[model] = [held.cooldown.until, str(held.cooldown.reason)]  # type: ignore[index]
+        if credential is not None:
+            for part in {ANY_MODEL, model or ANY_MODEL}:
+                held = self.keys.get((credential, part))
+                if held is not None and held.cooldown is not None:
+                    keys.setdefault(credential, {})[part] = [
+                        held.cooldown.until,
+                        str(held.cooldown.reason),
+                    ]
+        return models, keys
+
+    def _held(self, table: Mapping[Any, Held]) -> list[tuple[Any, Any]]:
+        return [(k, h) for k, h in table.items() if h.cooldown is not None]

@@ -8,12 +8,14 @@ shown (`views.py`) are parts of this one owner, each in its own module.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from hroute.config.model import Config
 from hroute.core.clock import Clock
+from hroute.core.cooldowns import MAX_SCOPES, Scope, key_model, report_scope
 from hroute.core.events import EventLog, EventSink
 from hroute.core.health import AUTH_REASONS, Health, Policy, ProbeOutcome, Report, Transition
 from hroute.core.identity import BackendIdentity, normalize_base_url
@@ -30,13 +32,22 @@ class Entry:
     name: str
     identity: BackendIdentity
     health: Health
+    model: str | None = None
 
 
 class Registry:
     """Health of every configured backend; the router and the event log hang off it."""
 
-    def __init__(self, config: Config, clock: Clock, *, events_kept: int = 1000) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        *,
+        events_kept: int = 1000,
+        jitter: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self.clock = clock
+        self._jitter = jitter  # a value in [-1, 1] per new cooldown (the daemon's RNG)
         self.events = EventLog(clock, events_kept)
         self._listeners: list[Callable[[], None]] = []
         self._notes: dict[str, str] = {}
@@ -58,7 +69,7 @@ class Registry:
             ident = backend.identity
             record = health.get(ident) or self._by_identity.get(ident) or Health()
             health[ident] = record
-            entries[name] = Entry(name, ident, record)
+            entries[name] = Entry(name, ident, record, backend.model)
         self._by_identity, self._entries = health, entries
         self._policies: dict[str, Policy] = {}
         self._by_url = {}
@@ -139,6 +150,8 @@ class Registry:
             rise=probe.rise,
             base_s=cooldown.base_s,
             max_s=cooldown.max_s,
+            jitter=cooldown.jitter,
+            local=self.config.backends[name].tier_name == "local",
             switch_after=rules,
         )
 
@@ -152,16 +165,51 @@ class Registry:
     def health(self, name: str) -> Health:
         return self._entry(name).health
 
+    def model(self, name: str) -> str | None:
+        return self._entry(name).model
+
     def urls(self) -> dict[str, str]:
         """Normalised base URL → the first backend configured with it."""
         return dict(self._by_url)
 
-    def resolve(self, *, backend: str | None = None, base_url: str | None = None) -> str | None:
-        """The configured name for a backend name or any spelling of its URL; None if unknown."""
+    def url_models(self) -> dict[str, dict[str, str]]:
+        """Normalised base URL → {model → the first backend configured with both}."""
+        out: dict[str, dict[str, str]] = {}
+        for name, entry in self._entries.items():
+            if entry.model:
+                out.setdefault(entry.identity.base_url, {}).setdefault(entry.model, name)
+        return out
+
+    def models_at(self, name: str) -> tuple[str, ...]:
+        """Every model configured on `name`'s server (what its probe checks)."""
+        ident = self.identity(name)
+        return tuple(
+            sorted({e.model for e in self._entries.values() if e.identity == ident and e.model})
+        )
+
+    def held_by(self, name: str, scope: str, model: str | None = None) -> list[str]:
+        """The configured backends a cooldown of `scope` on `name`'s server holds."""
+        ident = self.identity(name)
+        return [
+            n
+            for n, e in self._entries.items()
+            if e.identity == ident and (scope == "server" or not model or e.model == model)
+        ]
+
+    def resolve(
+        self, *, backend: str | None = None, base_url: str | None = None, model: str | None = None
+    ) -> str | None:
+        """The configured name for a backend name or any spelling of its URL (the one with
+        `model` there, when given and configured); None if unknown."""
         if backend is not None:
             return backend if backend in self._entries else None
         if base_url is not None:
-            return self._by_url.get(normalize_base_url(base_url))
+            url = normalize_base_url(base_url)
+            if model is not None:
+                for name, entry in self._entries.items():
+                    if entry.identity.base_url == url and entry.model == model:
+                        return name
+            return self._by_url.get(url)
         return None
 
     # --- updates ----------------------------------------------------------------------
@@ -173,11 +221,20 @@ class Registry:
         self._publish(name, changes, visible=health.mark() != before)
 
     def record_report(self, name: str, report: Report) -> list[Transition]:
-        health = self._entry(name).health
+        """Apply a client's report. Without a model it counts for the model of `name`."""
+        entry = self._entry(name)
         now = self.clock.now()
-        before = health.mark()
-        changes = health.expire(now) + health.on_report(report, now, self.policy(name))
-        self._publish(name, changes, visible=health.mark() != before)
+        policy = self.policy(name)
+        ended = entry.health.expire(now, policy)
+        if ended:
+            self._publish(name, ended)
+        if report.model is None and entry.model:
+            report = dataclasses.replace(report, model=entry.model)
+        if _beyond_bounds(entry.health, report, policy):
+            return []
+        before = entry.health.mark()
+        changes = entry.health.on_report(report, now, policy, self._jitter())
+        self._publish(name, changes, visible=entry.health.mark() != before)
         return changes
 
     def block(self, name: str, reason: str, detail: str = "") -> None:
@@ -206,8 +263,12 @@ class Registry:
         """Drop run-out cooldowns; return the next deadline to call again at."""
         now = self.clock.now()
         deadlines = []
+        seen = set()
         for name, entry in self._entries.items():
-            changes = entry.health.expire(now)
+            if entry.identity in seen:
+                continue  # one record per server: tell its changes once
+            seen.add(entry.identity)
+            changes = entry.health.expire(now, self.policy(name))
             if changes:
                 self._publish(name, changes)
             deadline = entry.health.next_deadline()
@@ -220,9 +281,14 @@ class Registry:
         A probe that confirms what was known changes nothing: no snapshot write, no work."""
         changes = list(changes)
         for change in changes:
+            held = self.held_by(name, change.scope, change.model)
             self.emit(
                 change.event,
-                backend=name,
+                backend=held[0] if held else name,
+                server=self.config.backends[self._first_at(name)].kind,
+                held=held,
+                scope=change.scope,
+                model=change.model,
                 old=change.old,
                 new=change.new,
                 reason=change.reason,
@@ -239,18 +305,27 @@ class Registry:
 
     # --- queries ----------------------------------------------------------------------
 
-    def verdict(self, name: str, credential: str | None = None) -> Verdict:
-        return self._entry(name).health.verdict(self.clock.now(), credential)
-
-    def usable(self, name: str, credential: str | None = None) -> dict[str, Any]:
+    def verdict(
+        self, name: str, credential: str | None = None, model: str | None = None
+    ) -> Verdict:
+        """Usable now? Server, model (`name`'s, unless given) and key (when given) decide."""
         entry = self._entry(name)
-        ok, reason, retry_after = entry.health.verdict(self.clock.now(), credential)
+        return entry.health.verdict(self.clock.now(), credential, model or entry.model)
+
+    def usable(
+        self, name: str, credential: str | None = None, model: str | None = None
+    ) -> dict[str, Any]:
+        entry = self._entry(name)
+        verdict, scope = entry.health.scoped_verdict(
+            self.clock.now(), credential, model or entry.model
+        )
         return {
             "backend": name,
-            "usable": ok,
+            "usable": verdict.usable,
             "state": str(entry.health.state),
-            "reason": reason,
-            "retry_after_s": retry_after,
+            "reason": verdict.reason,
+            "retry_after_s": verdict.retry_after_s,
+            "scope": scope,
         }
 
     def route(self, profile: str, exclude: Iterable[str] = (), **kw: Any) -> dict[str, Any]:
@@ -284,8 +359,27 @@ class Registry:
     def snapshot(self) -> dict[str, Any]:
         return snapshot(self)
 
+    def _first_at(self, name: str) -> str:
+        ident = self.identity(name)
+        return next(n for n, e in self._entries.items() if e.identity == ident)
+
     def _entry(self, name: str) -> Entry:
         try:
             return self._entries[name]
         except KeyError:
             raise UnknownBackendError(name, list(self._entries)) from None
+
+
+def _beyond_bounds(health: Health, report: Report, policy: Policy) -> bool:
+    """A failure for a new model or key when the server already remembers MAX_SCOPES."""
+    if report.success or report.reason is None:
+        return False
+    scope = report_scope(
+        report.reason, credential=report.credential, model=report.model, local=policy.local
+    )
+    if scope is Scope.MODEL:
+        return report.model not in health.models and len(health.models) >= MAX_SCOPES
+    if scope is Scope.KEY:
+        key = (report.credential or "", key_model(report.reason, report.model))
+        return key not in health.keys and len(health.keys) >= MAX_SCOPES
+    return False

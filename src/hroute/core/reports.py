@@ -20,4 +20,5 @@ def parse_report(data: dict[str, Any]) -> Report:
         retry_after_s=data.get("retry_after_s"),
         credential=data.get("credential"),
         detail=(data.get("detail") or "")[:DETAIL_CHARS],
+        model=data.get("model") or None,
     )

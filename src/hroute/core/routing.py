@@ -40,6 +40,8 @@ class Router:
     ) -> dict[str, Any]:
         """The first usable backend of a profile's chain, and why each other one was passed over.
 
+        Each member is judged for its server, its model there and, when given, the key.
+
         A query: asking changes nothing (fallbacks are told when health changes, not when
         somebody asks). `credential` is the caller's key fingerprint: its own cooldowns and
         fallback-rule counts apply. Without a usable backend the answer says, per backend,
@@ -74,7 +76,7 @@ class Router:
                     wait = self.spend.resets_in(day)
                     help_.append(f"confirm=1 (or allow_paid=1) routes to {member} past its budget")
             if skip is None:
-                ok, skip, wait = self._registry.health(member).verdict(now, credential)
+                ok, skip, wait = self._registry.verdict(member, credential)
                 if ok:
                     chain.append({"backend": member, "usable": True, "reason": None})
                     chosen = chosen or member

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from hroute.core.health import Health
     from hroute.core.registry import Registry
 
 
@@ -17,7 +18,7 @@ def backend_view(registry: Registry, name: str) -> dict[str, Any]:
     health = registry.health(name)
     clock = registry.clock
     now = clock.now()
-    verdict = health.verdict(now)
+    verdict, scope = health.scoped_verdict(now, model=backend.model)
     last_probe = health.last_probe_at
     view = {
         "name": name,
@@ -28,13 +29,20 @@ def backend_view(registry: Registry, name: str) -> dict[str, Any]:
         "usable": verdict.usable,
         "reason": verdict.reason,
         "detail": health.detail,
-        "cooldown_remaining_s": _seconds(health.cooldown_remaining(now)),
+        "blocked_by": None
+        if scope is None
+        else _blocked_by(health, scope, verdict.reason, backend.model),
+        "cooldown_remaining_s": _seconds(health.cooldown_remaining(now, backend.model)),
         "consecutive_failures": health.consecutive_failures,
         "last_probe_at": None
         if last_probe is None
         else round(clock.wall() - (now - last_probe), 3),
         "latency_ms": None if health.latency_ms is None else round(health.latency_ms, 2),
-        "credential_cooldowns": len(health.credentials),
+        "credential_cooldowns": sum(
+            1
+            for (_, m), held in health.keys.items()
+            if held.running(now) and m in ("", backend.model)
+        ),
         "tier": backend.tier_name,
     }
     if backend.paid:
@@ -52,19 +60,37 @@ def snapshot(registry: Registry) -> dict[str, Any]:
     """What agents may read without a round trip: per backend, what blocks it and until when.
 
     Deadlines are CLOCK_MONOTONIC seconds, which every process on this machine shares. The
-    client decides from these fields with the same `verdict.decide` as the daemon.
+    client decides from these fields with the same `verdict.decide` as the daemon: the
+    server's block and cooldown, each model's cooldown on that server (`models`), each key's
+    for every model ("") or for one (`creds`). `url_models` finds the backend configured
+    with a URL and a model.
     """
     backends = {}
     for name in registry.names:
         h = registry.health(name)
+        models, creds = h.scope_maps()
         backends[name] = {
             "state": str(h.state),
+            "model": registry.model(name),
             "blocked": h.blocker(),
             "until": None if h.cooldown is None else h.cooldown.until,
             "until_reason": None if h.cooldown is None else str(h.cooldown.reason),
-            "creds": {fp: [c.until, str(c.reason)] for fp, c in h.credentials.items()},
+            "models": models,
+            "creds": creds,
         }
-    return {"backends": backends, "urls": registry.urls()}
+    return {"backends": backends, "urls": registry.urls(), "url_models": registry.url_models()}
+
+
+def _blocked_by(
+    health: Health, scope: str, reason: str | None, model: str | None
+) -> dict[str, Any]:
+    """Which layer holds a backend, why, and in the words of whoever said so."""
+    held = health.holding(scope, None, model)
+    detail = health.detail if held is None or not held.detail else held.detail
+    out = {"scope": scope, "reason": reason, "detail": detail}
+    if scope == "model":
+        out["model"] = model
+    return out
 
 
 def _seconds(value: float) -> float | None:

@@ -96,7 +96,7 @@ def make_api(deps: Deps) -> HttpServer:
         backend, base_url = query.get("backend"), query.get("base_url")
         if not backend and not base_url:
             raise _BadRequest("give backend=NAME or base_url=URL")
-        name = reg.resolve(backend=backend, base_url=base_url)
+        name = reg.resolve(backend=backend, base_url=base_url, model=query.get("model"))
         if name is None:
             raise UnknownBackendError(backend or base_url, reg.names)
         return name
@@ -106,7 +106,8 @@ def make_api(deps: Deps) -> HttpServer:
         backend, base_url = query.get("backend"), query.get("base_url")
         if not backend and not base_url:
             raise _BadRequest("give backend=NAME or base_url=URL")
-        name = reg.resolve(backend=backend, base_url=base_url)
+        model = query.get("model") or None
+        name = reg.resolve(backend=backend, base_url=base_url, model=model)
         if name is None and base_url:
             # A URL hroute does not watch: let the agent go ahead, as if hroute were absent.
             return json_response(
@@ -120,7 +121,7 @@ def make_api(deps: Deps) -> HttpServer:
             )
         if name is None:
             raise UnknownBackendError(backend, reg.names)
-        return json_response(reg.usable(name, query.get("credential")))
+        return json_response(reg.usable(name, query.get("credential"), model))
 
     def backends(request: Request) -> Response:
         return json_response({"backends": reg.views()})

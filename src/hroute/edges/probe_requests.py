@@ -6,6 +6,7 @@ passed in, and a probe never raises for anything the backend does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -35,29 +36,37 @@ async def probe_backend(
     api_key: str | None,
     timeout_s: float,
     wall: Callable[[], float] = time.time,
+    models: tuple[str, ...] | None = None,
 ) -> ProbeOutcome:
-    """Probe one backend with its kind's free endpoints; classify whatever goes wrong."""
+    """Probe one server with its kind's free endpoints; classify whatever goes wrong.
+
+    `models` are every model configured on that server (default: the backend's own); one
+    model listing checks them all, and a missing one is told per model, not as a failure
+    of the server.
+    """
     probe = _PROBES[backend.kind]
+    if models is None:
+        models = (backend.model,) if backend.model else ()
     started = time.perf_counter()
     try:
-        outcome = await probe(_Http(session, backend, api_key, timeout_s, wall))
+        outcome = await probe(_Http(session, backend, api_key, timeout_s, wall, models))
     except _Failed as failed:
         outcome = failed.outcome
     except Exception as exc:  # noqa: BLE001 - a probe turns every failure into a reason
         c = classify_exception(exc)
         outcome = ProbeOutcome(reason=c.reason, detail=_exc_detail(exc, c.detail))
     latency_ms = (time.perf_counter() - started) * 1000
-    return ProbeOutcome(
-        outcome.reason, outcome.starting, outcome.retry_after_s, outcome.detail, latency_ms
-    )
+    return dataclasses.replace(outcome, latency_ms=latency_ms)
 
 
 class _Http:
     """GET helper bound to one backend: builds URLs, adds auth, classifies answers."""
 
-    def __init__(self, session, backend: BackendConfig, api_key, timeout_s: float, wall) -> None:
+    def __init__(
+        self, session, backend: BackendConfig, api_key, timeout_s: float, wall, models
+    ) -> None:
         self.session, self.backend, self.api_key = session, backend, api_key
-        self.timeout_s, self.wall = timeout_s, wall
+        self.timeout_s, self.wall, self.models = timeout_s, wall, models
         self.root = normalize_base_url(backend.base_url)
 
     async def get(
@@ -128,17 +137,16 @@ async def _probe_llama_server(http: _Http) -> ProbeOutcome:
 async def _probe_ollama(http: _Http) -> ProbeOutcome:
     await http.get("/api/version")
     _, tags = await http.get("/api/tags")
-    model = http.backend.model
-    if model:
-        installed = {m.get("name") for m in (tags or {}).get("models", []) if isinstance(m, dict)}
-        wanted = {model, f"{model}:latest"} if ":" not in model else {model}
-        if not installed & wanted:
-            names = ", ".join(sorted(n for n in installed if n)) or "none"
-            return ProbeOutcome(
-                Reason.MODEL_NOT_FOUND,
-                detail=f"model {model!r} is not installed (installed: {names})",
-            )
-    return ProbeOutcome(detail="ok")
+    listed = (tags or {}).get("models") if isinstance(tags, dict) else None
+    installed = {m.get("name") for m in listed or [] if isinstance(m, dict)}
+    installed.discard(None)
+    names = ", ".join(sorted(installed)) or "none"
+    missing = {
+        model: f"model {model!r} is not installed (installed: {names})"
+        for model in http.models
+        if not installed & ({model} if ":" in model else {model, f"{model}:latest"})
+    }
+    return ProbeOutcome(detail="ok", checked=http.models, missing=missing)
 
 
 async def _probe_openai(http: _Http) -> ProbeOutcome:
@@ -166,13 +174,19 @@ async def _probe_openrouter(http: _Http) -> ProbeOutcome:
 
 
 def _check_model(http: _Http, models: Any) -> ProbeOutcome:
-    model = http.backend.model
-    if not model or not isinstance(models, dict) or not isinstance(models.get("data"), list):
+    if not isinstance(models, dict) or not isinstance(models.get("data"), list):
         return ProbeOutcome(detail="ok")
     ids = {m.get("id") for m in models["data"] if isinstance(m, dict)}
-    if ids and model not in ids:
-        return ProbeOutcome(Reason.MODEL_NOT_FOUND, detail=f"model {model!r} is not served")
-    return ProbeOutcome(detail="ok")
+    ids.discard(None)
+    if not ids:
+        return ProbeOutcome(detail="ok")  # an empty list says nothing about what is served
+    served = ", ".join(sorted(map(str, ids))[:20])
+    missing = {
+        model: f"model {model!r} is not served (served: {served})"
+        for model in http.models
+        if model not in ids
+    }
+    return ProbeOutcome(detail="ok", checked=http.models, missing=missing)
 
 
 def _exc_detail(exc: BaseException, fallback: str) -> str:

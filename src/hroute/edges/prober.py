@@ -147,10 +147,19 @@ class Prober:
 
         session = self._sessions[backend.kind != "llama-server"]
         outcome = await probe_backend(
-            session, backend, api_key=key, timeout_s=settings.timeout_s, wall=self._clock.wall
+            session,
+            backend,
+            api_key=key,
+            timeout_s=settings.timeout_s,
+            wall=self._clock.wall,
+            models=self._registry.models_at(name),
         )
-        if key and key in outcome.detail:
-            outcome = dataclasses.replace(outcome, detail=redact(outcome.detail, [key]))
+        if key and (key in outcome.detail or any(key in d for d in outcome.missing.values())):
+            outcome = dataclasses.replace(
+                outcome,
+                detail=redact(outcome.detail, [key]),
+                missing={m: redact(d, [key]) for m, d in outcome.missing.items()},
+            )
         log.debug("probe %s: %s %s", name, outcome.reason or "ok", outcome.detail)
         self._registry.record_probe(name, outcome)
         self._on_outcome(name, outcome)

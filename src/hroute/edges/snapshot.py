@@ -22,7 +22,7 @@ from hroute.edges.files import write_atomically
 
 log = logging.getLogger("hroute")
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: model and key scopes (client.SNAPSHOT_V reads it)
 SNAPSHOT_TTL_S = 5.0
 REFRESH_S = 2.0  # well inside the TTL: a busy loop may be late
 

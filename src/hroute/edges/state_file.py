@@ -19,6 +19,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hroute.core.clock import Clock
+from hroute.core.cooldowns import ANY_MODEL, Held
 from hroute.core.escalation import TaskState
 from hroute.core.health import Cooldown, Health, State
 from hroute.core.identity import BackendIdentity
@@ -37,8 +38,10 @@ class _Strict(BaseModel):
 
 
 class _Deadline(_Strict):
-    until_wall: float | None  # None: until the key or the config changes
+    until_wall: float | None  # None: until lifted (the key or the config changes, a probe)
     reason: Reason
+    detail: str = Field("", max_length=2000)
+    ejections: int = Field(0, ge=0, le=10_000)
 
 
 class _Record(_Strict):
@@ -49,7 +52,10 @@ class _Record(_Strict):
     ejections: int = Field(0, ge=0, le=10_000)
     blocked: str | None = None  # the file keeps its name for Health.block
     cooldown: _Deadline | None = None
+    # Files written before scopes carry only `credentials` (a key's cooldown for every model).
     credentials: dict[str, _Deadline] = Field(default_factory=dict)
+    key_models: dict[str, dict[str, _Deadline]] = Field(default_factory=dict)
+    models: dict[str, _Deadline] = Field(default_factory=dict)
 
 
 class _Task(_Strict):
@@ -89,12 +95,17 @@ def encode_state(
 ) -> dict[str, Any]:
     """The durable part of every health record, deadlines turned into wall-clock time."""
 
-    def deadline(c: Cooldown) -> dict[str, Any]:
+    def deadline(c: Cooldown, ejections: int = 0) -> dict[str, Any]:
         until = None if c.until is None else round(wall + (c.until - now), 3)
-        return {"until_wall": until, "reason": str(c.reason)}
+        out = {"until_wall": until, "reason": str(c.reason), "ejections": ejections}
+        return out | ({"detail": c.detail} if c.detail else {})
 
     out = []
     for ident, h in records.items():
+        keys: dict[str, dict[str, Any]] = {}
+        for (fp, m), held in h.keys.items():
+            if held.cooldown is not None:
+                keys.setdefault(fp, {})[m] = deadline(held.cooldown, held.ejections)
         out.append(
             {
                 "identity": list(ident),
@@ -104,7 +115,17 @@ def encode_state(
                 "ejections": h.ejections,
                 "blocked": h.block,
                 "cooldown": deadline(h.cooldown) if h.cooldown else None,
-                "credentials": {fp: deadline(c) for fp, c in h.credentials.items()},
+                "credentials": {fp: by[ANY_MODEL] for fp, by in keys.items() if ANY_MODEL in by},
+                "key_models": {
+                    fp: {m: d for m, d in by.items() if m != ANY_MODEL}
+                    for fp, by in keys.items()
+                    if set(by) - {ANY_MODEL}
+                },
+                "models": {
+                    m: deadline(held.cooldown, held.ejections)
+                    for m, held in h.models.items()
+                    if held.cooldown is not None
+                },
             }
         )
     doc: dict[str, Any] = {"format": STATE_FORMAT, "saved_at": round(wall, 3), "backends": out}
@@ -136,15 +157,24 @@ def decode_saved(data: Any, now: float, wall: float) -> Saved:
         if d is None:
             return None
         if d.until_wall is None:
-            return Cooldown(None, d.reason)
+            return Cooldown(None, d.reason, d.detail)
         left = d.until_wall - wall
-        return Cooldown(now + left, d.reason) if left > 0 else None
+        return Cooldown(now + left, d.reason, d.detail) if left > 0 else None
+
+    def held(d: _Deadline) -> Held | None:
+        c = live(d)
+        return None if c is None else Held(c, d.ejections, now if c.until is None else c.until)
 
     records = {}
     for r in doc.backends:
-        h = Health(state=r.state, reason=r.reason, detail=r.detail, ejections=r.ejections)
-        h.block, h.cooldown, h.decay_anchor = r.blocked, live(r.cooldown), now
-        h.credentials = {fp: c for fp, d in r.credentials.items() if (c := live(d)) is not None}
+        h = Health(state=r.state, reason=r.reason, detail=r.detail)
+        h.server = Held(live(r.cooldown), r.ejections, now)
+        h.block = r.blocked
+        h.models = {m: x for m, d in r.models.items() if (x := held(d)) is not None}
+        keyed = [((fp, ANY_MODEL), d) for fp, d in r.credentials.items()] + [
+            ((fp, m), d) for fp, by in r.key_models.items() for m, d in by.items()
+        ]
+        h.keys = {k: x for k, d in keyed if (x := held(d)) is not None}
         records[BackendIdentity(*r.identity)] = h
     tasks = {
         t: TaskState(list(v.reasons), now - (wall - v.last_wall)) for t, v in doc.tasks.items()
@@ -195,7 +225,8 @@ class StateSaver:
                 h.ejections,
                 h.block,
                 None if h.cooldown is None else (h.cooldown.until, h.cooldown.reason),
-                sorted((fp, c.until, c.reason) for fp, c in h.credentials.items()),
+                sorted(_held_key(k, x) for k, x in h.keys.items() if x.cooldown),
+                sorted(_held_key(k, x) for k, x in h.models.items() if x.cooldown),
             )
             for i, h in self._registry.records().items()
         ] + [
@@ -238,3 +269,8 @@ class StateSaver:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.save_if_changed()
+
+
+def _held_key(key: Any, held: Held) -> tuple[Any, ...]:
+    assert held.cooldown is not None
+    return (key, held.cooldown.until, held.cooldown.reason, held.ejections)

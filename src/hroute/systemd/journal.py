@@ -53,6 +53,9 @@ _EVENT_FIELDS = {
     "detail": "HROUTE_DETAIL",
     "credential": "HROUTE_CREDENTIAL",
     "task": "HROUTE_TASK",
+    "scope": "HROUTE_SCOPE",
+    "model": "HROUTE_MODEL",
+    "held": "HROUTE_HELD",
     "id": "HROUTE_EVENT_ID",
 }
 
@@ -81,6 +84,8 @@ def event_fields(event: Mapping[str, Any]) -> dict[str, str]:
     for key, name in _EVENT_FIELDS.items():
         value = event.get(key)
         if value is not None and value != "":
+            if isinstance(value, list):
+                value = ",".join(map(str, value))  # the backends a change holds
             fields[name] = f"{value:g}" if isinstance(value, float) else str(value)
     return fields
 

@@ -41,13 +41,18 @@ def setup_logging(level: str = "info") -> None:
 def describe(event: dict[str, Any]) -> str:
     """One line for an event, e.g. `llama-local: healthy -> unhealthy (connection: refused)`."""
     kind = event["event"]
-    name = event.get("backend", "-")
+    name = _whom(event)
     reason = event.get("reason")
     detail = f": {event['detail']}" if event.get("detail") else ""
     cred = f" for credential {event['credential']}" if event.get("credential") else ""
     if kind == "cooldown":
         secs = event.get("cooldown_s")
-        span = "until the key changes" if secs is None else f"for {secs:g}s"
+        if secs is not None:
+            span = f"for {secs:g}s"
+        elif reason == "model_not_found":
+            span = "until a probe finds it"
+        else:
+            span = "until the key changes"
         return f"{name}: cooling down {span}{cred} ({reason}{detail})"
     if kind.startswith(("process_", "unit_")) or kind in ("restart", "fatal"):
         return f"{name}: {event.get('detail') or kind}"
@@ -73,12 +78,30 @@ def describe(event: dict[str, Any]) -> str:
     if kind == "auth_blocked":
         return f"{name}: rejected hroute's key ({reason}{detail}); unusable until the key or config changes"
     if "old" in event and "new" in event:
-        why = f" ({reason}{detail})" if reason or detail else ""
+        if reason is None and event.get("detail") in (None, "", "ok"):
+            why = ""  # up is up: "(None: ok)" says nothing
+        elif reason is None:
+            why = f" ({event['detail']})"
+        else:
+            why = f" ({reason}{detail})"
         if event["old"] == event["new"]:  # a new reason for the same state
             return f"{name}: still {event['new']}, now{why}"
         return f"{name}: {event['old']} -> {event['new']}{why}"
     extra = f" ({reason}{detail})" if reason or detail else ""
     return f"{name}: {kind}{extra}"
+
+
+def _whom(event: dict[str, Any]) -> str:
+    """Who a change holds: `ollama (qwen, llama3, or-a)`, `ollama model llama3:8b (llama3)`,
+    or just the backend's name when it is the only one there."""
+    name = event.get("backend", "-")
+    held = event.get("held") or []
+    scope, model = event.get("scope"), event.get("model")
+    if not held or (held == [name] and scope in (None, "server")):
+        return name
+    server = event.get("server") or name
+    part = f" model {model}" if model and scope in ("model", "key") else ""
+    return f"{server}{part} ({', '.join(held)})"
 
 
 def log_event(event: dict[str, Any]) -> None:

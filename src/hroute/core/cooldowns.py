@@ -1,0 +1,183 @@
+"""Scoped cooldowns: what a failure holds (a server, a model, a key) and for how long. Pure.
+
+A failure is told about many times — twenty agents see the same 503 within a second — but
+it is one incident. Like Envoy, which counts ejections rather than failed requests, a scope
+escalates once per incident: a report that arrives while a cooldown of the same scope runs
+neither escalates nor shortens it; only a provider's later reset time extends it. The n-th
+cooldown is the n-th failure after the previous cooldown ran out, and n decays by one per
+`base_s` after a cooldown ends. Jitter (a value in [-1, 1] handed in: nothing here draws
+random numbers) spreads the ends so that many agents and hosts do not return in one second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from hroute.core.reasons import Reason
+
+if TYPE_CHECKING:
+    from hroute.core.health_values import Policy
+
+
+class Scope(StrEnum):
+    """What a failure holds: the server, one model on it, or one key (of one model)."""
+
+    SERVER = "server"  # identity: api mode + normalised URL (+ model_family)
+    MODEL = "model"  # identity + model
+    KEY = "key"  # identity + credential (+ model, for a rate limit that names one)
+
+
+ANY_MODEL = ""  # the model part of a key scope that holds the key for every model
+# Models and keys come from reports: a server remembers at most this many of each, so a
+# client that invents names cannot grow the registry without bound.
+MAX_SCOPES = 256
+
+
+@dataclass
+class Cooldown:
+    until: float | None  # None: until lifted (a new key, a probe that finds the model)
+    reason: Reason
+    detail: str = ""
+
+
+@dataclass
+class Held:
+    """One scope's cooldown and how many incidents it has had (Envoy's ejection count)."""
+
+    cooldown: Cooldown | None = None
+    ejections: int = 0
+    decay_anchor: float = 0.0  # when the last cooldown ended (or will end)
+
+    def running(self, now: float) -> bool:
+        c = self.cooldown
+        return c is not None and (c.until is None or c.until > now)
+
+    def remaining(self, now: float) -> float:
+        if not self.running(now):
+            return 0.0
+        assert self.cooldown is not None
+        return float("inf") if self.cooldown.until is None else self.cooldown.until - now
+
+    def arm(
+        self,
+        reason: Reason,
+        now: float,
+        policy: Policy,
+        *,
+        retry_after_s: float | None = None,
+        fixed_s: float | None = None,
+        jitter: float = 0.0,
+        down: bool = False,
+        detail: str = "",
+    ) -> float | None:
+        """Start this scope's cooldown for a new incident; return its length, or None when a
+        running one is kept as it is (same incident) or extended by a later provider reset
+        (then the new length).
+
+        `down`: the probes hold the server unhealthy, so the outage has not ended; a failure
+        told now re-arms the current step rather than a higher one.
+        """
+        current = self.cooldown
+        running = self.running(now)
+        if retry_after_s is not None:
+            # The provider said when, and Retry-After passes it on: kept exactly.
+            until = now + retry_after_s
+            if running and (current is None or current.until is None or current.until >= until):
+                return None
+            self.cooldown = Cooldown(until, reason, detail)
+            self.decay_anchor = until
+            return until - now
+        if running:
+            return None  # one incident, however many report it
+        if fixed_s is not None:
+            duration = fixed_s
+        else:
+            duration = self._escalated(now, policy, down) * (1 + policy.jitter * jitter)
+        self.cooldown = Cooldown(now + duration, reason, detail)
+        self.decay_anchor = now + duration
+        return duration
+
+    def hold(self, reason: Reason, detail: str = "") -> bool:
+        """Hold until lifted (no deadline); True if that is new."""
+        c = self.cooldown
+        if c is not None and c.until is None and c.reason is reason and c.detail == detail:
+            return False
+        self.cooldown = Cooldown(None, reason, detail)
+        return True
+
+    def lift(self, reason: Reason) -> bool:
+        """End a hold of `reason` (a deadline runs out by itself); True if one ended."""
+        c = self.cooldown
+        if c is None or c.until is not None or c.reason is not reason:
+            return False
+        self.cooldown = None
+        return True
+
+    def expire(self, now: float) -> Cooldown | None:
+        """Drop the cooldown if it ran out; return it then."""
+        c = self.cooldown
+        if c is None or c.until is None or c.until > now:
+            return None
+        self.cooldown = None
+        self.decay_anchor = c.until
+        return c
+
+    def forgotten(self, now: float, base_s: float) -> bool:
+        """No cooldown, and long enough since the last one that n has decayed to zero."""
+        return self.cooldown is None and now - self.decay_anchor >= base_s * max(1, self.ejections)
+
+    def _escalated(self, now: float, policy: Policy, down: bool) -> float:
+        """Envoy: base x n for the n-th incident; n drops by one per base_s after a cooldown."""
+        if self.ejections and not down:
+            decay = int(max(0.0, now - self.decay_anchor) // policy.base_s)
+            if decay:
+                self.ejections = max(0, self.ejections - decay)
+                self.decay_anchor += decay * policy.base_s
+        if not (down and self.ejections):
+            self.ejections += 1
+        return min(policy.base_s * self.ejections, policy.max_s)
+
+
+# Reasons by the scope they hold (Hermes' names). `auth` without a credential is nobody's:
+# one client's bad key must not take a backend away from everyone.
+_SERVER = frozenset(
+    {Reason.CONNECTION, Reason.TIMEOUT, Reason.SERVER_ERROR, Reason.INVALID_RESPONSE}
+)
+_MODEL = frozenset({Reason.MODEL_NOT_FOUND, Reason.UPSTREAM_RATE_LIMIT})
+_KEY = frozenset({Reason.RATE_LIMIT, Reason.BILLING, Reason.AUTH, Reason.AUTH_PERMANENT})
+
+
+def report_scope(
+    reason: Reason, *, credential: str | None, model: str | None, local: bool
+) -> Scope | None:
+    """Which scope a client's failure report holds, or None when it holds nothing.
+
+    A model-scoped reason whose model is unknown falls back to the server (the endpoint said
+    it, for every model we cannot tell apart), except `model_not_found`, which names nothing
+    then; the probes check every configured model anyway.
+    """
+    if reason in _SERVER:
+        return Scope.SERVER
+    if reason is Reason.OVERLOADED:
+        # A local server that is overloaded is overloaded for every model it serves; a cloud
+        # API's overload (Anthropic's 529, a 503 from OpenAI) is for the model asked.
+        return Scope.SERVER if local or not model else Scope.MODEL
+    if reason in _KEY and credential:
+        return Scope.KEY
+    if reason in (Reason.AUTH, Reason.AUTH_PERMANENT):
+        return None
+    if reason is Reason.BILLING:
+        return Scope.SERVER  # the account behind the configured backend; nobody to tell apart
+    if reason in _MODEL or reason is Reason.RATE_LIMIT:
+        if model:
+            return Scope.MODEL
+        return None if reason is Reason.MODEL_NOT_FOUND else Scope.SERVER
+    return None
+
+
+def key_model(reason: Reason, model: str | None) -> str:
+    """The model part of a key scope: a rate limit that names a model is that model's (OpenAI
+    and Anthropic limit per model); billing and auth are the key's, for every model."""
+    return model if reason is Reason.RATE_LIMIT and model else ANY_MODEL
