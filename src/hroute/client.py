@@ -75,7 +75,7 @@ class Client:
         """
         try:
             snap = self._read_snapshot()
-            if snap is not None:
+            if snap is not None and _caught_up(self._snapshot_path, snap):
                 return _from_snapshot(snap, backend, base_url, credential, model)
             query = {
                 k: v
@@ -209,9 +209,11 @@ class Client:
             **fields,
         }
         try:
-            status, _ = self.request(
+            status, answer = self.request(
                 "POST", "/v1/reports", {k: v for k, v in body.items() if v is not None}
             )
+            if status == 202 and isinstance(answer, dict) and "seen" in answer:
+                _REPORTED[self._snapshot_path] = (answer["seen"]["pid"], answer["seen"]["version"])
         except Exception:  # noqa: BLE001
             return False
         return status == 202
@@ -334,6 +336,22 @@ def _exchange(
     except BaseException:
         sock.close()
         raise
+
+
+# Snapshot path -> (daemon pid, registry version) of this process's latest report. Until the
+# snapshot holds that version, usable() asks the socket: an agent reads its own report back
+# at once, though the daemon coalesces snapshot writes.
+_REPORTED: dict[str, tuple[int, int]] = {}
+
+
+def _caught_up(path: str, snap: dict[str, Any]) -> bool:
+    seen = _REPORTED.get(path)
+    if seen is None or snap.get("pid") != seen[0]:
+        return True  # nothing reported, or to a daemon that has since been replaced
+    if snap.get("version", 0) >= seen[1]:
+        del _REPORTED[path]
+        return True
+    return False
 
 
 def _from_snapshot(

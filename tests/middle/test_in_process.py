@@ -168,17 +168,62 @@ async def test_prober_probes_a_real_server_and_records_what_it_saw(status, state
     assert [n for n, _ in seen] == ["local"]
 
 
+class SteppedClock(RealClock):
+    """Monotonic time that moves only when the test says (the client reads the real one,
+    so it starts at the real monotonic time)."""
+
+    def __init__(self) -> None:
+        self.t = time.monotonic() - 5.0  # the last write was a while ago
+
+    def now(self) -> float:
+        return self.t
+
+
 async def test_snapshot_file_is_what_the_client_reads(tmp_path: Path) -> None:
-    reg = registry()
+    clock = SteppedClock()
+    reg = Registry(load_config(CONFIG.replace("PORT", "9")), clock)
     path = tmp_path / "hroute.snapshot"
-    SnapshotPublisher(reg, reg.clock, path).flush(force=True)
+    publisher = SnapshotPublisher(reg, clock, path)
+    publisher.flush(force=True)
     client = Client(socket_path=tmp_path / "hroute.sock")
     assert client.usable("local").usable is True
+    clock.t = time.monotonic()  # an isolated change, long after the last write: written at once
     reg.record_report("local", Report(False, Reason.RATE_LIMIT, retry_after_s=60))
-    # written on the change itself: the reporter reads its report back at once
     answer = client.usable("local")
     assert (answer.usable, answer.reason, answer.source) == (False, "rate_limit", "snapshot")
-    assert 59 < answer.retry_after_s <= 60
+    assert 58 < answer.retry_after_s <= 60
+    # a burst: the next change within the gap waits for the publisher's loop
+    reg.record_report("cloud", Report(False, Reason.RATE_LIMIT, retry_after_s=60))
+    assert client.usable("cloud").usable is True
+    publisher.flush()
+    assert client.usable("cloud").usable is False
+
+
+async def test_a_reporter_reads_its_own_report_while_the_snapshot_lags(tmp_path: Path) -> None:
+    clock = SteppedClock()
+    clock.t = time.monotonic()  # the report comes right after the first write: a burst
+    reg = Registry(load_config(CONFIG.replace("PORT", "9")), clock)
+    sock = tmp_path / "hroute.sock"
+    publisher = SnapshotPublisher(reg, clock, tmp_path / "hroute.snapshot")
+    prometheus_free = Deps(registry=reg, metrics=Metrics(lambda: reg))
+    server = make_api(prometheus_free)
+    await server.serve(bind_unix_socket(sock))
+    try:
+        publisher.flush(force=True)
+        reporter, other = Client(socket_path=sock, budget_s=5.0), Client(socket_path=sock)
+
+        def report_then_ask() -> tuple:
+            reporter.report("local", reason="rate_limit", retry_after_s=60)
+            return reporter.usable("local"), other.usable("local")
+
+        mine, theirs = await anyio.to_thread.run_sync(report_then_ask)
+        assert (mine.usable, mine.source) == (False, "socket")  # the snapshot lags: ask
+        assert (theirs.usable, theirs.source) == (False, "socket")  # same process, same rule
+        publisher.flush()
+        again = await anyio.to_thread.run_sync(reporter.usable, "local")
+        assert (again.usable, again.source) == (False, "snapshot")  # caught up
+    finally:
+        await server.aclose()
 
 
 async def test_state_file_round_trip_keeps_cooldowns(tmp_path: Path) -> None:

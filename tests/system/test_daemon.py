@@ -138,7 +138,10 @@ def test_report_route_and_client_reads_its_own_write(tmp_path: Path, llama: Fake
                 is True
             )
             after = client.usable(base_url=llama.base_url)
-            assert (after.usable, after.reason, after.source) == (False, "server_error", "snapshot")
+            # Its own report, at once: from the snapshot, or from the socket while the
+            # snapshot's coalesced write is still to come.
+            assert (after.usable, after.reason) == (False, "server_error")
+            assert after.source in ("snapshot", "socket")
             assert 29 < after.retry_after_s <= 30
             route = client.route("coding")
             assert route["backend"] == "ollama"

@@ -14,6 +14,7 @@ from hroute.core.supervisor import (
     ChildMachine,
     Exited,
     KillGroup,
+    MarkStarting,
     Poke,
     Probed,
     ProcState,
@@ -24,7 +25,6 @@ from hroute.core.supervisor import (
     Stop,
     Stopped,
     Tell,
-    Unblock,
 )
 
 
@@ -69,7 +69,7 @@ def test_start_spawns_then_waits_for_health_with_growing_pokes() -> None:
     m = ChildMachine("loc", settings())
     assert m.start(0.0) == [Spawn(None)]
     actions = m.handle(Spawned(100), 0.0)
-    assert Unblock() in actions and tells(actions) == [("process_started", None)]
+    assert isinstance(actions[0], MarkStarting) and tells(actions) == [("process_started", None)]
     assert m.state is ProcState.STARTING and m.wake_at == pytest.approx(0.05)
     pokes, now = [], 0.0
     for _ in range(20):

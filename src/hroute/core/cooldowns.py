@@ -11,9 +11,10 @@ random numbers) spreads the ends so that many agents and hosts do not return in 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hroute.core.reasons import Reason
 
@@ -181,3 +182,34 @@ def key_model(reason: Reason, model: str | None) -> str:
     """The model part of a key scope: a rate limit that names a model is that model's (OpenAI
     and Anthropic limit per model); billing and auth are the key's, for every model."""
     return model if reason is Reason.RATE_LIMIT and model else ANY_MODEL
+
+
+def scope_maps(
+    models: Mapping[str, Held],
+    keys: Mapping[tuple[str, str], Held],
+    credential: str | None = None,
+    model: str | None = None,
+    *,
+    every: bool | None = None,
+) -> tuple[dict[str, list[Any]], dict[str, dict[str, list[Any]]]]:
+    """Model and key cooldowns as `verdict.decide` and the snapshot take them: every running
+    one (no question given), or only those one question concerns (`credential`, `model`)."""
+    every = (credential is None and model is None) if every is None else every
+    out_models: dict[str, list[Any]] = {}
+    out_keys: dict[str, dict[str, list[Any]]] = {}
+    if every:
+        wanted_models: list[Any] = list(models)
+        wanted_keys: list[Any] = list(keys)
+    else:
+        wanted_models = [model] if model is not None else []
+        parts = {ANY_MODEL, model or ANY_MODEL}
+        wanted_keys = [(credential, part) for part in parts] if credential is not None else []
+    for m in wanted_models:
+        held = models.get(m)
+        if held is not None and held.cooldown is not None:
+            out_models[m] = [held.cooldown.until, str(held.cooldown.reason)]
+    for k in wanted_keys:
+        held = keys.get(k)
+        if held is not None and held.cooldown is not None:
+            out_keys.setdefault(k[0], {})[k[1]] = [held.cooldown.until, str(held.cooldown.reason)]
+    return out_models, out_keys

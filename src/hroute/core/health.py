@@ -9,11 +9,19 @@ I/O; every call takes `now`, a monotonic timestamp in seconds.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from hroute.core.cooldowns import ANY_MODEL, Cooldown, Held, Scope, key_model, report_scope
+from hroute.core.cooldowns import (
+    ANY_MODEL,
+    Cooldown,
+    Held,
+    Scope,
+    key_model,
+    report_scope,
+    scope_maps,
+)
 from hroute.core.health_values import Policy, ProbeOutcome, Report, State, Transition
 from hroute.core.reasons import HEALTH_NEUTRAL, SEVERE, Reason
 from hroute.core.verdict import INF, USABLE, Verdict, decide_scoped
@@ -98,11 +106,7 @@ class Health:
 
     def scope_maps(self) -> tuple[dict[str, list[Any]], dict[str, dict[str, list[Any]]]]:
         """The model and key cooldowns as `verdict.decide` and the snapshot take them."""
-        models = {m: [h.cooldown.until, str(h.cooldown.reason)] for m, h in self._held(self.models)}
-        keys: dict[str, dict[str, list[Any]]] = {}
-        for (fp, m), h in self._held(self.keys):
-            keys.setdefault(fp, {})[m] = [h.cooldown.until, str(h.cooldown.reason)]
-        return models, keys
+        return scope_maps(self.models, self.keys)
 
     def scoped_verdict(
         self, now: float, credential: str | None = None, model: str | None = None
@@ -117,7 +121,7 @@ class Health:
             and not self.keys
         ):
             return USABLE, None  # the common answer, without building decide()'s arguments
-        models, keys = self._maps_for(credential, model)
+        models, keys = scope_maps(self.models, self.keys, credential, model, every=False)
         return decide_scoped(
             now,
             block=self.blocker(),
@@ -285,6 +289,15 @@ class Health:
             self.block = reason
         return out
 
+    def started(self, detail: str) -> list[Transition]:
+        """A supervisor just spawned the server: lift its block and hold the server as
+        starting until a probe says it is ready (unknown would count as usable)."""
+        self.unblock()
+        self.consecutive_successes = 0
+        if self.state is State.STARTING:
+            return []
+        return [self._move(State.STARTING, "starting", "starting", detail)]
+
     def unblock(self, reasons: Collection[str] | None = None) -> bool:
         """Lift a supervisor's block (only one of `reasons`, when given); True if it changed."""
         if self.block is None or self.block in AUTH_REASONS:
@@ -372,25 +385,3 @@ class Health:
     def _ended(self, ended: Cooldown, scope: Scope, model: str | None = None) -> Transition:
         s = str(self.state)
         return Transition("cooldown_end", s, s, str(ended.reason), scope=scope, model=model)
-
-    def _maps_for(
-        self, credential: str | None, model: str | None
-    ) -> tuple[dict[str, list[Any]], dict[str, dict[str, list[Any]]]]:
-        """The model and key cooldowns that concern one question (not every one kept)."""
-        models: dict[str, list[Any]] = {}
-        keys: dict[str, dict[str, list[Any]]] = {}
-        held = self.models.get(model) if model is not None else None
-        if held is not None and held.cooldown is not None:
-            models[model] = [held.cooldown.until, str(held.cooldown.reason)]  # type: ignore[index]
-        if credential is not None:
-            for part in {ANY_MODEL, model or ANY_MODEL}:
-                held = self.keys.get((credential, part))
-                if held is not None and held.cooldown is not None:
-                    keys.setdefault(credential, {})[part] = [
-                        held.cooldown.until,
-                        str(held.cooldown.reason),
-                    ]
-        return models, keys
-
-    def _held(self, table: Mapping[Any, Held]) -> list[tuple[Any, Any]]:
-        return [(k, h) for k, h in table.items() if h.cooldown is not None]

@@ -242,6 +242,10 @@ class Registry:
         its process exited, hangs, is fatal ...). Routes fall through in the same step."""
         self._publish(name, self._entry(name).health.block_for(reason, detail))
 
+    def started(self, name: str, detail: str) -> None:
+        """Its supervisor spawned the server: starting (unusable) until a probe says ready."""
+        self._publish(name, self._entry(name).health.started(detail))
+
     def unblock(self, name: str, reasons: Collection[str] | None = None) -> None:
         """Lift a supervisor's block (only one of `reasons`, when given); the probes decide
         from here. hroute's own auth block stays."""

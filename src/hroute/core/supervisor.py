@@ -102,8 +102,8 @@ class Block:
 
 
 @dataclass(frozen=True)
-class Unblock:
-    pass
+class MarkStarting:
+    detail: str  # lift the block; starting (unusable) until a probe says ready
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class Poke:
     pass  # probe now, not at the prober's next turn
 
 
-Action = Spawn | Stop | KillGroup | Block | Unblock | Tell | Poke
+Action = Spawn | Stop | KillGroup | Block | MarkStarting | Tell | Poke
 
 
 class HangCount:
@@ -244,7 +244,7 @@ class ChildMachine:
         self.state, self.detail = ProcState.STARTING, "waiting for /health"
         why = f" ({self._reason})" if self._reason else ""
         return [
-            Unblock(),
+            MarkStarting(f"pid {event.pid} spawned; waiting for /health"),
             Tell("process_started", self._reason, f"started pid {event.pid}{why}: {self.command}"),
         ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -173,7 +174,10 @@ def make_api(deps: Deps) -> HttpServer:
         deps.metrics.reports.inc(name, data.outcome, data.reason or "")
         reg.record_report(name, parse_report(body))
         deps.on_report(name, body)
-        return json_response(reg.view(name), 202)
+        view = reg.view(name)
+        # The reporter's client reads the snapshot only once it holds this change.
+        view["seen"] = {"pid": os.getpid(), "version": reg.version}
+        return json_response(view, 202)
 
     def task_failure(request: Request, task: str) -> Response:
         try:

@@ -32,6 +32,7 @@ from hroute.core.supervisor import (
     Event,
     Exited,
     KillGroup,
+    MarkStarting,
     Poke,
     Probed,
     ProcState,
@@ -42,7 +43,6 @@ from hroute.core.supervisor import (
     Stop,
     Stopped,
     Tell,
-    Unblock,
 )
 from hroute.edges.clock import wait_until
 from hroute.supervise.process import (
@@ -200,8 +200,8 @@ class ChildSupervisor:
                 self._kill_stragglers(action.pid)
             elif isinstance(action, Block):
                 self._registry.block(self.name, action.reason, action.detail)
-            elif isinstance(action, Unblock):
-                self._registry.unblock(self.name)
+            elif isinstance(action, MarkStarting):
+                self._registry.started(self.name, action.detail)
             elif isinstance(action, Tell):
                 self._registry.emit(
                     action.event, backend=self.name, reason=action.reason, detail=action.detail
