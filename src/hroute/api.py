@@ -13,6 +13,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
+from .clients import Clients
 from .errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
 from .metrics import Metrics
 from .policy import TASK_REASONS, parse_needs
@@ -31,6 +32,22 @@ class Deps:
     on_report: Callable[[str, dict[str, Any]], None] = lambda name, data: None
     reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
     restart: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+    clients: Clients | None = None
+    now: Callable[[], float] | None = None
+
+
+class ClientBody(BaseModel):
+    """What an agent plugin says about itself (see clients.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["hermes"]
+    pid: int = Field(ge=1, le=2**31)
+    isolation: Literal["in_process", "host"]
+    guards: dict[Literal["restore", "fallback", "auxiliary"], Literal["on", "off", "failing"]] = (
+        Field(default_factory=dict)
+    )
+    version: str | None = Field(None, max_length=40)
 
 
 class ReportBody(BaseModel):
@@ -46,6 +63,7 @@ class ReportBody(BaseModel):
     retry_after_s: float | None = Field(None, ge=0, le=86400)
     credential: str | None = Field(None, max_length=128)
     detail: str | None = Field(None, max_length=2000)
+    client: ClientBody | None = None
 
 
 class TaskFailureBody(BaseModel):
@@ -182,6 +200,9 @@ def make_app(deps: Deps) -> web.Application:
             )
             return _error(400, "bad_request", problems)
         body = data.model_dump(exclude_none=True)
+        client = body.pop("client", None)
+        if client is not None and deps.clients is not None and deps.now is not None:
+            deps.clients.record(client, deps.now())
         name = name_from(body)
         deps.metrics.reports.labels(name, data.outcome, data.reason or "").inc()
         reg.record_report(name, parse_report(body))
@@ -213,6 +234,11 @@ def make_app(deps: Deps) -> web.Application:
             raise web.HTTPBadRequest(reason="since must be an integer event id") from None
         return web.json_response({"events": reg.events(since)})
 
+    async def clients(request: web.Request) -> web.Response:
+        if deps.clients is None or deps.now is None:
+            return web.json_response({"clients": []})
+        return web.json_response({"clients": deps.clients.views(deps.now())})
+
     async def version(request: web.Request) -> web.Response:
         return web.json_response({"version": __version__})
 
@@ -240,6 +266,7 @@ def make_app(deps: Deps) -> web.Application:
     app.router.add_post("/v1/tasks/{task}/failures", task_failure)
     app.router.add_post("/v1/usage", usage)
     app.router.add_post("/v1/reload", reload)
+    app.router.add_get("/v1/clients", clients)
     app.router.add_get("/v1/version", version)
     app.router.add_get("/metrics", make_aiohttp_handler(deps.prometheus))
     return app

@@ -217,6 +217,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     spend = [(b["name"], b["spent_today_usd"]) for b in body["backends"] if "spent_today_usd" in b]
     if spend:
         print("spent today: " + ", ".join(f"{n} ${usd:.2f}" for n, usd in spend))
+    status, clients = _call(args, "GET", "/v1/clients")
+    for c in clients.get("clients", []) if status == 200 and isinstance(clients, dict) else []:
+        if c["off"] or c["isolation"] != "in_process":
+            guards = ", ".join(f"{g} {c['guards'][g]}" for g in c["off"])
+            print(
+                f"{c['kind']} {c.get('version') or '?'} (pid {c['pid']}, "
+                f"{c['seen_s_ago']:.0f}s ago): isolation {c['isolation']}; {guards}"
+            )
     return EXIT_OK
 
 

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__
 from .api import Deps, make_app
+from .clients import Clients, ClientsCollector
 from .clock import RealClock
 from .config import Config, missing_keys, read_config
 from .logs import log_event
@@ -46,6 +47,8 @@ async def run_daemon(
     registry.add_sink(log_event)
     prometheus = CollectorRegistry()
     metrics = Metrics(prometheus, lambda: registry)
+    clients = Clients()
+    prometheus.register(ClientsCollector(clients, clock.now))
     registry.add_sink(metrics.on_event)
     _note_missing_keys(registry, config)
     state_path = config.daemon.state_path
@@ -102,6 +105,8 @@ async def run_daemon(
             on_report=after_report,
             reload=reload_from_api,
             restart=supervision.restart,
+            clients=clients,
+            now=clock.now,
         )
         runner = web.AppRunner(make_app(deps), access_log=None, handle_signals=False)
         await runner.setup()
