@@ -87,7 +87,7 @@ class HermesPlugin:
 
     def _report(self, body: dict[str, Any] | None) -> None:
         """Queue a report, carrying what of the plugin works when that is news (or due)."""
-        self.status.flush()
+        self.status.flush(hook=True)
         if body is None:
             return
         client = self.status.client()

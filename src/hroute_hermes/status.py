@@ -8,7 +8,9 @@ log, and travel to the daemon in the plugin's reports (`client`), where `GET /v1
 Hermes loads plugins before it sets up its log files (`agent.log` is a handler on the root
 logger, added when the first agent is built); a warning logged earlier would reach only
 stderr. So notices wait until the root logger has a handler, and `flush()` is called again
-from the hooks and at the start of every turn.
+from the hooks and at the start of every turn. In the plugin host, the root logger writes to
+stderr, which Hermes copies into its log, but the host starts before that log exists: there
+the notice waits for the first hook call, made when an agent is running.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Status:
         self.why: dict[str, str] = {}
         self.isolation = "in_process"
         self.version: str | None = None
-        self._pending: list[str] = []
+        self._pending: list[tuple[str, bool]] = []  # (text, wait for a hook call)
         self._said: set[str] = set()
         self._changed = True
         self._sent_at = float("-inf")
@@ -90,6 +92,7 @@ class Status:
             "hroute: plugins.isolation is 'host', so this plugin runs outside the agent's "
             "process: reports reach hroute, but the gate (restore, fallback, auxiliary) is "
             "off. Set plugins.isolation: in_process in config.yaml to turn it on.",
+            after_hook=True,
         )
 
     def _set(self, guard: str, state: str, why: str | None) -> None:
@@ -102,23 +105,27 @@ class Status:
             else:
                 self.why[guard] = why
 
-    def _notice(self, key: str, text: str) -> None:
+    def _notice(self, key: str, text: str, after_hook: bool = False) -> None:
         with self._lock:
             if key in self._said:
                 return
             self._said.add(key)
-            self._pending.append(text)
+            self._pending.append((text, after_hook))
         self.flush()
 
     # --- where it is said ------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Log pending notices once Hermes' log handlers exist (a no-op otherwise)."""
+    def flush(self, hook: bool = False) -> None:
+        """Log pending notices once Hermes' log handlers exist (a no-op otherwise).
+
+        `hook`: called from a hook, so an agent runs; notices that wait for that go too.
+        """
         if not self._pending or not logging.getLogger().handlers:
             return
         with self._lock:
-            pending, self._pending = self._pending, []
-        for text in pending:
+            due = [(t, h) for t, h in self._pending if hook or not h]
+            self._pending = [(t, h) for t, h in self._pending if not (hook or not h)]
+        for text, _ in due:
             log.warning("%s", text)
 
     def client(self, force: bool = False) -> dict[str, Any] | None:

@@ -121,6 +121,7 @@ class HermesAgent:
         socket: Path | str,
         flush_reports: bool = True,
         isolation: str | None = None,
+        remove: tuple[str, ...] = (),
     ) -> None:
         self.home = write_hermes_home(
             home, primary_url, model, api_key, plugin=plugin, isolation=isolation
@@ -131,6 +132,7 @@ class HermesAgent:
             "model": model,
             "fallback": fallbacks,
             "flush_reports": flush_reports,
+            "remove": list(remove),
         }
         self.spec_path = home / "driver-spec.json"
         self.spec_path.write_text(json.dumps(spec))

@@ -3,7 +3,8 @@
     python hermes_driver.py SPEC.json
 
 SPEC: {"base_url", "api_key", "model", "fallback": [{"provider", "model", "base_url",
-"api_key"}], "max_iterations"?}. `HERMES_HOME` must name a directory whose config.yaml
+"api_key"}], "max_iterations"?, "remove"?: ["module:attr", ...]}. `remove` deletes those
+attributes before Hermes loads its plugins, as a Hermes release without them would be. `HERMES_HOME` must name a directory whose config.yaml
 enables (or not) the plugin. One AIAgent is built; then each stdin line is a command and
 each answer one JSON line on stdout:
 
@@ -67,6 +68,12 @@ def main() -> int:
     logging.getLogger("hroute_hermes").addHandler(handler)
     logging.getLogger("hroute_hermes").setLevel(logging.INFO)
     try:
+        import importlib
+
+        for target in spec.get("remove", []):
+            module, _, attr = target.partition(":")
+            with contextlib.suppress(AttributeError):
+                delattr(importlib.import_module(module), attr)
         import run_agent
 
         agent = run_agent.AIAgent(

@@ -309,3 +309,35 @@ def test_isolation_host_is_said_in_agent_log_and_to_the_daemon_and_hermes_answer
             what="the notice in agent.log",
         )
         assert agent.agent_log.count("plugins.isolation is 'host'") == 1, agent.agent_log[-3000:]
+
+
+def test_a_guard_that_cannot_be_installed_is_said_in_agent_log_and_to_the_daemon(
+    python: str, tmp_path: Path, primary: FakeBackend, fallbacks: list[FakeBackend]
+) -> None:
+    """A Hermes without the auxiliary functions the plugin knows: that guard is off, the
+    others work, and the user is told once in agent.log (not only on stderr) and by hroute."""
+    fb = fallbacks[0]
+    with (
+        hroute_daemon(tmp_path, hroute_config(primary=primary, fallback=fb)) as daemon,
+        HermesAgent(
+            python,
+            tmp_path / "hermes",
+            primary_url=primary.url("/v1"),
+            fallbacks=[entry(fb, "fb1-model")],
+            socket=daemon.socket,
+            remove=(
+                "agent.auxiliary_client:_resolve_auto_route",
+                "agent.auxiliary_client:_resolve_auto",
+            ),
+        ) as agent,
+    ):
+        daemon.wait_state("primary", "healthy")
+        take_down(primary)
+        wait_until(lambda: not usable(daemon, primary), 15, what="hroute to see the primary down")
+        for n in (1, 2):
+            assert agent.turn(f"turn {n}")["response"] == "from fallback one", agent.stderr
+        assert posts(primary) == 0  # the restore and fallback guards still work
+        assert agent.agent_log.count("the auxiliary guard is off") == 1, agent.agent_log[-3000:]
+        status, body = daemon.client().request("GET", "/v1/clients")
+        (seen,) = body["clients"]
+        assert seen["off"] == ["auxiliary"] and seen["guards"]["restore"] == "on", seen
