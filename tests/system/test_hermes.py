@@ -145,8 +145,9 @@ def test_plugin_keeps_hermes_off_a_dead_primary_until_hroute_sees_it_healthy(
         seen = body["clients"][0]
         assert seen["off"] == [] and seen["isolation"] == "in_process", seen
         assert seen["version"] == hermes.version
+        # Hermes writes agent.log from a background thread: wait for the gate's line first.
+        wait_until(lambda: "staying on fb1-model" in agent.agent_log, 10, what="the gate's line")
         assert "guard is off" not in agent.agent_log and "guard failed" not in agent.agent_log
-        assert "staying on fb1-model" in agent.agent_log, agent.agent_log[-3000:]
         # Hermes' calls reached hroute as reports; its failures (if hroute's probe did not see
         # the outage first and spare turn 1 too) with Hermes' own reason.
         metrics = daemon.get_text("/metrics")
@@ -337,6 +338,8 @@ def test_a_guard_that_cannot_be_installed_is_said_in_agent_log_and_to_the_daemon
         for n in (1, 2):
             assert agent.turn(f"turn {n}")["response"] == "from fallback one", agent.stderr
         assert posts(primary) == 0  # the restore and fallback guards still work
+        # Hermes writes agent.log from a background thread: wait for the line, then count.
+        wait_until(lambda: "the auxiliary guard is off" in agent.agent_log, 10, what="the notice")
         assert agent.agent_log.count("the auxiliary guard is off") == 1, agent.agent_log[-3000:]
         status, body = daemon.client().request("GET", "/v1/clients")
         (seen,) = body["clients"]
