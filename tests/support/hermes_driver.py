@@ -10,7 +10,7 @@ each answer one JSON line on stdout:
 
     turn TEXT    run_conversation(TEXT) -> {"turn", "response", "model", "base_url",
                  "fallback_active", "seconds", "failed"}
-    title        generate_title() with the primary's runtime -> {"title", "seconds"}
+    title        generate_title() with the primary's runtime -> {"title", "error", "seconds"}
     quit         exit 0
 
 The first line printed is {"ready": true, "plugin": {...}} (or {"ready": false, "error"}).
@@ -21,6 +21,7 @@ the test suite.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import sys
@@ -135,10 +136,18 @@ def main() -> int:
             runtime = {
                 k: primary.get(k) for k in ("model", "provider", "base_url", "api_key", "api_mode")
             }
-            title = None
-            with contextlib.suppress(Exception):
-                title = generate_title("hello", "hello to you", timeout=10, main_runtime=runtime)
-            emit({"title": title, "seconds": round(time.perf_counter() - started, 3)})
+            # 0.18/0.19 title the first exchange; 0.22 the opening message alone.
+            kwargs = {"timeout": 10, "main_runtime": runtime}
+            if "assistant_response" in inspect.signature(generate_title).parameters:
+                kwargs["assistant_response"] = "hello to you"
+            title, error = None, None
+            try:
+                title = generate_title("hello", **kwargs)
+            except Exception as exc:  # noqa: BLE001 - said in the answer, not hidden
+                error = f"{type(exc).__name__}: {exc}"
+            emit(
+                {"title": title, "error": error, "seconds": round(time.perf_counter() - started, 3)}
+            )
         else:
             emit({"error": f"unknown command {cmd!r}"})
     return 0

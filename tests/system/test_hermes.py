@@ -124,7 +124,7 @@ def test_plugin_keeps_hermes_off_a_dead_primary_until_hroute_sees_it_healthy(
             assert answer["response"] == "from fallback one", (n, answer, agent.stderr)
             if n == 3:  # a title during the outage goes nowhere near the dead primary
                 before = posts(primary)
-                agent.title()
+                assert agent.title()["error"] is None, agent.stderr
                 assert posts(primary) == before, agent.stderr
         # At most one failing turn's worth (0.22 makes one attempt more than 0.19 does).
         assert per_turn[0] <= API_MAX_RETRIES + 1, per_turn
@@ -234,6 +234,12 @@ def alone(python: str, tmp_path_factory: pytest.TempPathFactory) -> list[int]:
     ):
         assert not hermes.ready["plugin"].get("enabled"), hermes.ready
         per_turn = outage(hermes, primary)
+        # Alone, a title goes to the dead primary: what the auxiliary guard spares (tested
+        # with the plugin in the first test).
+        take_down(primary)
+        before = posts(primary)
+        assert hermes.title()["error"] is None, hermes.stderr
+        assert posts(primary) > before, hermes.stderr
     assert all(n >= 1 for n in per_turn), per_turn  # Hermes alone retries the primary each turn
     return per_turn
 
