@@ -38,10 +38,14 @@ bench-supervise: dev ## supervision with a real llama-server (builds it once: se
 llama-server: ## build llama-server once into $(HROUTE_CACHE) (about 10 minutes on 2 cores)
 	HROUTE_CACHE=$(HROUTE_CACHE) scripts/build-llama-server.sh
 
-hermes-venv: ## a venv with hermes-agent from PyPI and this hroute, for the Hermes tests (once: 1-2 minutes)
-	HROUTE_CACHE=$(HROUTE_CACHE) scripts/hermes-venv.sh >/dev/null
+hermes-venv: ## one venv per Hermes release in scripts/hermes-versions, with this hroute (once: 1-2 minutes each)
+	grep -v '^#' scripts/hermes-versions | while read -r package version; do \
+		[ -n "$$package" ] || continue; \
+		HROUTE_CACHE=$(HROUTE_CACHE) HROUTE_HERMES_PACKAGE=$$package HROUTE_HERMES_VERSION=$$version \
+			scripts/hermes-venv.sh >/dev/null || exit 1; \
+	done
 
-bench-hermes: dev hermes-venv ## the Hermes plugin benchmark (about 2 minutes)
+bench-hermes: dev hermes-venv ## the Hermes plugin benchmark on every tested release (about 6 minutes)
 	$(PY) bench/bench_hermes_plugin.py
 
 # System install: a virtualenv of wheels on /usr/bin/python3 in $(PREFIX)/lib/hroute, the

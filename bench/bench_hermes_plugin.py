@@ -1,16 +1,18 @@
 """Benchmark of the Hermes plugin: primary calls wasted over an outage, and the time it adds.
 
-1. **Scenario** (both in one run): a real Hermes Agent (PyPI, the venv scripts/hermes-venv.sh
-   builds) with a fake primary and a fake fallback on loopback. The primary answers 503 (chat
-   and model list) for turns 1-10, then 200. Counted: the chat requests the primary receives
-   during the outage, Hermes alone and Hermes with the plugin and a running `hroute run`.
-2. **Added time per turn**, inside the Hermes venv on a real `run_agent.AIAgent`: the
+1. **Scenario**, on every Hermes release in scripts/hermes-versions (the venvs
+   `make hermes-venv` builds): a real Hermes Agent with a fake primary and a fake fallback on
+   loopback. The primary answers 503 (chat and model list) for turns 1-5, then 200. Counted:
+   the chat requests the primary receives in each turn, Hermes alone and Hermes with the
+   plugin and a running `hroute run`.
+2. **Added time per turn**, on one release (the newest unless --micro-version), inside its
+   venv on a real `run_agent.AIAgent`: the
    per-turn restore (`AIAgent._restore_primary_runtime()`, the agent on its primary) with
    and without the plugin's wrapper, and the plugin's `post_api_request` and
    `api_request_error` hooks (one of them runs per API call). With a live daemon (answers
    come from its snapshot) and with no daemon at all (fail-open).
 
-Usage: .venv/bin/python bench/bench_hermes_plugin.py [--quick]
+Usage: .venv/bin/python bench/bench_hermes_plugin.py [--quick] [--micro-version ID]
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OUTAGE_TURNS, HEALTHY_TURNS = 10, 2
+OUTAGE_TURNS, HEALTHY_TURNS = 5, 2
 
 
 def note(text: str) -> None:
@@ -212,51 +214,53 @@ def machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls (a smoke test)")
+    parser.add_argument("--micro-version", help="release id for part 2 (default: the newest)")
     args = parser.parse_args()
     info = machine()
-    note("preparing the Hermes venv (scripts/hermes-venv.sh)")
-    python = subprocess.run(
-        [str(REPO / "scripts" / "hermes-venv.sh")], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    version = subprocess.run(
-        [python, "-c", "import importlib.metadata as m; print(m.version('hermes-agent'))"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    sys.path.insert(0, str(REPO))
+    from tests.support.hermes import VERSIONS, hermes_python
+
+    pythons = {}
+    for hermes in VERSIONS:
+        note(f"preparing the venv for {hermes.id} (scripts/hermes-venv.sh)")
+        python, why = hermes_python(hermes)
+        if python is None:
+            raise SystemExit(f"{why}")
+        pythons[hermes.id] = python
+    scenarios = {}
     with tempfile.TemporaryDirectory(prefix="hroute-bench-hermes-") as name:
         tmp = Path(name)
-        note("scenario: Hermes alone")
-        t0 = time.monotonic()
-        alone = run_scenario(python, tmp, plugin=False)
-        t_alone = time.monotonic() - t0
-        note("scenario: Hermes with the plugin and hroute")
-        t0 = time.monotonic()
-        with_plugin = run_scenario(python, tmp, plugin=True)
-        t_plugin = time.monotonic() - t0
-        note("added time per turn")
-        micro = run_micro(python, tmp, args.quick)
+        for hermes in VERSIONS:
+            for plugin in (False, True):
+                label = "plugin" if plugin else "alone"
+                note(f"scenario: {hermes.id}, {label}")
+                t0 = time.monotonic()
+                (tmp / hermes.id).mkdir(exist_ok=True)
+                result = run_scenario(pythons[hermes.id], tmp / hermes.id, plugin=plugin)
+                result["wall"] = time.monotonic() - t0
+                scenarios[(hermes.id, label)] = result
+        micro_id = args.micro_version or VERSIONS[-1].id
+        note(f"added time per turn ({micro_id})")
+        micro = run_micro(pythons[micro_id], tmp, args.quick)
 
-    print(f"Machine: {info}; hermes-agent {version}.\n")
+    print(f"Machine: {info}.\n")
     print(f"Scenario: primary down (503) for turns 1-{OUTAGE_TURNS}, healthy after; "
           "api_max_retries 2; one fallback.\n")  # fmt: skip
-    print("| run | primary chat POSTs, turns 1-10 | per turn | turns answered | "
-          "median turn s, outage | scenario wall s |")  # fmt: skip
-    print("|---|---:|---|---:|---:|---:|")
-    for label, r, wall in (("Hermes alone", alone, t_alone), ("Hermes + hroute plugin",
-                                                               with_plugin, t_plugin)):  # fmt: skip
+    print(f"| Hermes | run | primary chat POSTs per turn, 1-{OUTAGE_TURNS} | total | "
+          f"turns {OUTAGE_TURNS + 1}-{OUTAGE_TURNS + HEALTHY_TURNS} on | turns answered | "
+          "median turn s, outage |")  # fmt: skip
+    print("|---|---|---|---:|---|---:|---:|")
+    for (hermes_id, label), r in scenarios.items():
         outage = r["posts"][:OUTAGE_TURNS]
         answered = sum(1 for a in r["answers"] if a and a.startswith("from "))
+        after = ", ".join(a.removeprefix("from ") for a in r["answers"][OUTAGE_TURNS:])
         print(
-            f"| {label} | {sum(outage)} | {' '.join(map(str, outage))} | "
+            f"| {hermes_id} | {'Hermes + hroute plugin' if label == 'plugin' else 'Hermes alone'}"
+            f" | {' '.join(map(str, outage))} | {sum(outage)} | {after} | "
             f"{answered}/{len(r['answers'])} | "
-            f"{statistics.median(r['seconds'][:OUTAGE_TURNS]):.2f} | {wall:.1f} |"
+            f"{statistics.median(r['seconds'][:OUTAGE_TURNS]):.2f} |"
         )
-    wasted_plugin = sum(with_plugin["posts"][1:OUTAGE_TURNS])
-    print(
-        f"\nTurns 11-12 went to: alone {alone['answers'][OUTAGE_TURNS:]}, "
-        f"plugin {with_plugin['answers'][OUTAGE_TURNS:]}. With the plugin, turns 2-10 sent "
-        f"the primary {wasted_plugin} request(s).\n"
-    )
-    print("| path (per call, µs) | median of round means | p99 of single calls |")
+    print(f"\n| path (per call, µs; {micro_id}) | median of round means | p99 of single calls |")
     print("|---|---:|---:|")
     for key, value in micro.items():
         if isinstance(value, list):
@@ -270,7 +274,8 @@ def main() -> int:
             f"{added:.1f} µs = {added / 1000:.3f} ms (goal ≤ 2 ms); dropped reports: "
             f"{micro[f'dropped, {where}']}"
         )
-    print("\n" + json.dumps({"alone": alone, "plugin": with_plugin, "micro": micro}))
+    print("\n" + json.dumps({"scenarios": {f"{k[0]} {k[1]}": v for k, v in scenarios.items()},
+                            "micro": micro}))  # fmt: skip
     return 0
 
 

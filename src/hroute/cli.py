@@ -20,6 +20,7 @@ from hroute.tools.commands import (
     cmd_watch,
     watching,
 )
+from hroute.tools.status import status_lines
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NONE_USABLE = 0, 1, 2, 3, 4
 DEFAULT_CONFIG = "/etc/hroute/hroute.yaml"
@@ -207,25 +208,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
         return EXIT_OK
-    rows = [("BACKEND", "KIND", "STATE", "USABLE", "HELD BY", "COOLDOWN", "LATENCY")]
-    for b in body["backends"]:
-        cooldown = b["cooldown_remaining_s"]
-        held = b.get("blocked_by")  # which scope holds it: its server, its model, a key
-        rows.append(
-            (
-                b["name"],
-                b["kind"],
-                b["state"] + (f" ({b['process']['state']})" if b.get("process") else ""),
-                "yes" if b["usable"] else "no",
-                f"{held['scope']}: {b['reason']}" if held else b.get("note") or "-",
-                f"{cooldown:.0f}s" if cooldown else "-",
-                f"{b['latency_ms']:.1f}ms" if b["latency_ms"] is not None else "-",
-            )
-        )
-    _print_table(rows)
-    spend = [(b["name"], b["spent_today_usd"]) for b in body["backends"] if "spent_today_usd" in b]
-    if spend:
-        print("spent today: " + ", ".join(f"{n} ${usd:.2f}" for n, usd in spend))
+    status, clients = _call(args, "GET", "/v1/clients")
+    print("\n".join(status_lines(body, clients if status == 200 else None)))
     return EXIT_OK
 
 
@@ -368,12 +352,6 @@ def _cmd_restart(args: argparse.Namespace) -> int:
         return _fail(status, body)
     print(f"{args.backend}: restart requested")
     return EXIT_OK
-
-
-def _print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 _COMMANDS = {

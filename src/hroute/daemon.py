@@ -13,6 +13,7 @@ import anyio
 
 from hroute import __version__
 from hroute.config.model import Config, missing_keys, read_config
+from hroute.core.clients import Clients
 from hroute.core.clock import Clock
 from hroute.core.registry import Registry
 from hroute.edges.api import Deps, make_api
@@ -49,7 +50,8 @@ async def run_daemon(
         jitter=lambda: rng.uniform(-1.0, 1.0),  # spreads cooldown ends (Envoy's jitter)
     )
     registry.add_sink(log_event)
-    metrics = Metrics(lambda: registry)
+    clients = Clients()  # what agent plugins say of their guards
+    metrics = Metrics(lambda: registry, clients, clock.now)
     registry.add_sink(metrics.on_event)
     _note_missing_keys(registry, config)
     state_path = config.daemon.state_path
@@ -109,6 +111,8 @@ async def run_daemon(
         on_report=after_report,
         reload=reload_from_api,
         restart=supervision.restart,
+        clients=clients,
+        now=clock.now,
     )
     api = make_api(deps)
     try:
@@ -125,7 +129,7 @@ async def run_daemon(
             await tg.start(saver.run)
             await tg.start(reloader.watch)
             tg.start_soon(_expire_cooldowns, registry, clock)
-            tg.start_soon(keep_watchdog, notifier)
+            tg.start_soon(keep_watchdog, notifier, clock.sleep)
             tg.start_soon(serve_test_hooks)
             log.info(
                 "hroute %s serving on %s: %d backends, %d profiles",

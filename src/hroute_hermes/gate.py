@@ -1,10 +1,11 @@
 """Keep Hermes off backends that hroute says are down: the per-turn restore of the primary,
 the fallback chain, and auxiliary calls (titles, compression).
 
-Each method takes the Hermes function it stands in front of and calls it; the decision is
-made from the agent's own attributes and hroute's answer. Whenever hroute cannot answer,
-or says nothing is usable, the original runs unchanged: the plugin may save requests, it
-must never cost an answer.
+Each method takes the Hermes function it stands in front of as a thunk that calls it with
+exactly the arguments Hermes passed (see `wiring.guarded`); the decision is made from the
+agent's own attributes and hroute's answer. Whenever hroute cannot answer, or says nothing is
+usable, the original runs unchanged: the plugin may save requests, it must never cost an
+answer.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import weakref
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
-from .reports import credential_fingerprint, normalized_url
+from .reports import credential_fingerprint, normalized_url, reset_report
 
 log = logging.getLogger("hroute_hermes")
 
@@ -70,8 +71,15 @@ def entry_credential(entry: Mapping[str, Any], env: Mapping[str, str] = os.envir
 class Gate:
     """The decisions, one instance per plugin; thread-safe per agent thread."""
 
-    def __init__(self, view: HealthView) -> None:
+    def __init__(
+        self,
+        view: HealthView,
+        report: Callable[[dict[str, Any]], object] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.view = view
+        self._report = report
+        self._wall_clock = wall_clock
         self._local = threading.local()
 
     # --- the agent whose turn runs on this thread (to fingerprint its key in hooks) ------
@@ -88,7 +96,7 @@ class Gate:
 
     # --- the primary, at the start of every turn -----------------------------------------
 
-    def restore_primary(self, agent: Any, restore: Callable[[Any], bool]) -> bool:
+    def restore_primary(self, agent: Any, restore: Callable[[], Any]) -> Any:
         """Stand-in for Hermes' `restore_primary_runtime(agent)`.
 
         On a fallback: stay there (return False, as Hermes' own rate-limit gate does) while
@@ -98,7 +106,7 @@ class Gate:
         self._remember(agent)
         primary = getattr(agent, "_primary_runtime", None)
         if not isinstance(primary, Mapping):
-            return restore(agent)
+            return restore()
         url = primary.get("base_url")
         credential = credential_fingerprint(primary.get("api_key"))
         if getattr(agent, "_fallback_activated", False):
@@ -111,8 +119,8 @@ class Gate:
                     getattr(agent, "model", "?"),
                 )
                 return False
-            return restore(agent)
-        result = restore(agent)
+            return restore()
+        result = restore()
         chain = getattr(agent, "_fallback_chain", None)
         if getattr(agent, "_fallback_activated", False) or not chain:
             return result
@@ -143,19 +151,31 @@ class Gate:
     def activate_fallback(
         self,
         agent: Any,
-        reason: Any,
-        activate: Callable[[Any, Any], bool],
+        activate: Callable[[], Any],
         entry_key: Callable[[Mapping[str, Any]], Hashable],
-    ) -> bool:
-        """Stand-in for Hermes' `try_activate_fallback(agent, reason)`.
+        reason: Any = None,
+        reset_at: Any = None,
+    ) -> Any:
+        """Stand-in for Hermes' `try_activate_fallback(agent, reason=None, reset_at=None)`.
 
-        Entries hroute says are down are put in the agent's `_unavailable_fallback_keys`
-        (Hermes' own skip list) for this one activation only, then taken out again: that set
-        lasts the whole session in Hermes, hroute's verdicts do not. If every remaining
-        entry is down, none is skipped.
+        `reset_at` (0.22) is when the provider says the failing backend takes requests
+        again: hroute is told, as that backend's cooldown end. Entries hroute says are down
+        are put in the agent's `_unavailable_fallback_keys` (Hermes' own skip list) for this
+        one activation only, then taken out again: that set lasts the whole session in
+        Hermes, hroute's verdicts do not. If every remaining entry is down, none is skipped.
         """
         if getattr(self._local, "activating", False):
-            return activate(agent, reason)  # Hermes recurses to skip entries; decided already
+            return activate()  # Hermes recurses to skip entries; decided already
+        if reset_at is not None and self._report is not None:
+            body = reset_report(
+                getattr(agent, "base_url", None),
+                getattr(agent, "api_key", None),
+                reason,
+                reset_at,
+                self._wall_clock(),
+            )
+            if body is not None:
+                self._report(body)
         chain = getattr(agent, "_fallback_chain", None) or []
         start = getattr(agent, "_fallback_index", 0)
         remaining = [e for e in chain[start:] if isinstance(e, Mapping)]
@@ -165,7 +185,7 @@ class Gate:
             if (why := self.view.down(e.get("base_url"), entry_credential(e)))
         }
         if not down or len(down) >= len({entry_key(e) for e in remaining}):
-            return activate(agent, reason)
+            return activate()
         unavailable = getattr(agent, "_unavailable_fallback_keys", None)
         if unavailable is None:
             unavailable = set()
@@ -176,7 +196,7 @@ class Gate:
             log.info("hroute: skipping fallback %s (%s)", key, why)
         self._local.activating = True
         try:
-            return activate(agent, reason)
+            return activate()
         finally:
             self._local.activating = False
             unavailable.difference_update(added)
@@ -190,9 +210,10 @@ class Gate:
         normalize_runtime: Callable[[Any], Mapping[str, Any]],
         normalize_label: Callable[[str], str],
     ) -> Any:
-        """Stand-in for `auxiliary_client._resolve_auto`: while it runs, the chain labels of
-        a main runtime that hroute says is down count as unhealthy (see `provider_unhealthy`),
-        so Hermes goes on to its next candidate instead of sending the side task there."""
+        """Stand-in for `auxiliary_client._resolve_auto_route` (0.22) / `_resolve_auto`: while
+        it runs, the chain labels of a main runtime that hroute says is down count as
+        unhealthy (see `provider_unhealthy`), so Hermes goes on to its next candidate instead
+        of sending the side task there."""
         labels: frozenset[str] = frozenset()
         runtime = normalize_runtime(main_runtime)
         provider = str(runtime.get("provider") or "")
@@ -214,15 +235,23 @@ class Gate:
         finally:
             self._local.aux_down = previous
 
-    def provider_unhealthy(self, label: str, original: Callable[[str], bool]) -> bool:
-        """Stand-in for `auxiliary_client._is_provider_unhealthy(label)`."""
-        return original(label) or (bool(label) and label in getattr(self._local, "aux_down", ()))
+    def provider_unhealthy(self, label: Any, base_url: Any, original: Callable[[], Any]) -> Any:
+        """Stand-in for `auxiliary_client._is_provider_unhealthy(label[, base_url])`.
 
-    def resolve_fallback_entry(
-        self, entry: Any, original: Callable[[Any], tuple[Any, Any]]
-    ) -> tuple[Any, Any]:
-        """Stand-in for `auxiliary_client._resolve_fallback_entry(entry)`: an entry hroute
-        says is down resolves to no client, so the auxiliary chain moves on."""
+        Hermes' own answer first. 0.22 names the endpoint (`base_url`): hroute is asked about
+        it. Without one (0.19, or a provider with no URL of its own), the labels of a main
+        runtime hroute says is down count while `resolve_auxiliary` runs.
+        """
+        unhealthy = original()
+        if unhealthy:
+            return unhealthy
+        if isinstance(base_url, str) and base_url.strip():
+            return bool(self.view.down(base_url))
+        return bool(label) and label in getattr(self._local, "aux_down", ())
+
+    def resolve_fallback_entry(self, entry: Any, original: Callable[[], Any]) -> Any:
+        """Stand-in for `auxiliary_client._resolve_fallback_entry(entry)` (0.18, 0.19): an
+        entry hroute says is down resolves to no client, so the auxiliary chain moves on."""
         if isinstance(entry, Mapping):
             why = self.view.down(entry.get("base_url"), entry_credential(entry))
             if why:
@@ -232,4 +261,4 @@ class Gate:
                     why,
                 )
                 return None, None
-        return original(entry)
+        return original()

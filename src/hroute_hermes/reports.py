@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from hroute.core.identity import normalize_base_url
@@ -117,6 +118,66 @@ def success_report(hook: Mapping[str, Any], credential: str | None = None) -> di
         "provider": _short(hook.get("provider"), 64),
         "model": _short(hook.get("model"), 200),
         "credential": credential,
+    }
+    return {k: v for k, v in body.items() if v is not None}
+
+
+_RETRY_AFTER_MAX_S = 86400.0  # what hroute accepts; a provider's reset is hours at most
+
+
+def reset_delay_s(reset_at: object, now_epoch: float) -> float | None:
+    """Seconds from `now_epoch` to a provider's reset time, or None (missing, past, unreadable).
+
+    Hermes 0.22 passes `reset_at` as it got it: epoch seconds, epoch milliseconds, or an
+    ISO-8601 string (a numeric string counts as a number).
+    """
+    at: float | None = None
+    if isinstance(reset_at, bool):
+        return None
+    if isinstance(reset_at, int | float):
+        at = float(reset_at)
+    elif isinstance(reset_at, str) and reset_at.strip():
+        raw = reset_at.strip()
+        try:
+            at = float(raw)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError:
+                return None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            at = parsed.timestamp()
+    if at is None or at != at or at <= 0:
+        return None
+    if at > 1e12:
+        at /= 1000.0  # milliseconds
+    delay = at - now_epoch
+    if not 0 < delay < float("inf"):
+        return None
+    return round(min(delay, _RETRY_AFTER_MAX_S), 3)
+
+
+def reset_report(
+    base_url: object, api_key: object, reason: object, reset_at: object, now_epoch: float
+) -> dict[str, Any] | None:
+    """The `POST /v1/reports` body saying a backend is off until the provider's reset time.
+
+    Hermes 0.22 hands `try_activate_fallback` the reset time of the backend it is leaving;
+    hroute takes `retry_after_s` as that backend's cooldown end. None without a URL or a
+    reset still ahead.
+    """
+    url = normalized_url(base_url)
+    delay = reset_delay_s(reset_at, now_epoch)
+    if url is None or delay is None:
+        return None
+    why = _short(str(getattr(reason, "value", reason) or ""), 64)
+    body = {
+        "base_url": url,
+        "outcome": "failure",
+        "reason": why.lower() if why else "rate_limit",
+        "retry_after_s": delay,
+        "credential": credential_fingerprint(api_key),
     }
     return {k: v for k, v in body.items() if v is not None}
 

@@ -1,7 +1,8 @@
 """A real Hermes Agent from PyPI, driven turn by turn in its own venv (see hermes_driver.py).
 
-The venv is built once, outside the checkout, by scripts/hermes-venv.sh (`make hermes-venv`);
-`hermes_python()` finds it and refreshes this checkout's hroute in it, or says why not.
+One venv per tested release (`VERSIONS`), built once, outside the checkout, by
+scripts/hermes-venv.sh (`make hermes-venv`); `hermes_python()` finds it and refreshes this
+checkout's hroute in it, or says why not.
 """
 
 from __future__ import annotations
@@ -11,48 +12,82 @@ import os
 import queue
 import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("hermes_driver.py")
 SCRIPT = REPO / "scripts" / "hermes-venv.sh"
-HERMES_VERSION = os.environ.get("HROUTE_HERMES_VERSION", "0.19.0")
 API_MAX_RETRIES = 2  # Hermes' attempts per backend before it falls back
 
 
-def hermes_venv() -> Path:
+@dataclass(frozen=True)
+class Hermes:
+    """One Hermes release the plugin is tested with: the PyPI distribution and its version."""
+
+    package: str
+    version: str
+
+    @property
+    def id(self) -> str:
+        return self.version if self.package == "hermes-agent" else f"{self.package}-{self.version}"
+
+
+def _versions(path: Path = REPO / "scripts" / "hermes-versions") -> tuple[Hermes, ...]:
+    """The releases in scripts/hermes-versions (shared with `make hermes-venv`)."""
+    rows = (line.split() for line in path.read_text().splitlines())
+    return tuple(Hermes(*row) for row in rows if row and not row[0].startswith("#"))
+
+
+VERSIONS = _versions()
+
+
+def hermes_venv(hermes: Hermes) -> Path:
     cache = Path(os.environ.get("HROUTE_CACHE") or Path.home() / ".cache" / "hroute")
-    return cache / f"hermes-venv-{HERMES_VERSION}"
+    return cache / f"hermes-venv-{hermes.id}"
 
 
-def hermes_python() -> tuple[str | None, str]:
+def hermes_python(hermes: Hermes = VERSIONS[1]) -> tuple[str | None, str]:
     """(the Hermes venv's python, "") or (None, why there is none).
 
-    `HROUTE_HERMES_PYTHON` names one directly. Otherwise the cached venv is used when it
-    exists; building it (a minute or two) is `make hermes-venv`'s job, not a test's.
+    The cached venv is used when it exists; building it (a minute or two) is
+    `make hermes-venv`'s job, not a test's. The script is run anyway: it refreshes this
+    checkout's hroute in the venv when needed and checks that the venv holds what it should.
     """
-    explicit = os.environ.get("HROUTE_HERMES_PYTHON")
-    if explicit:
-        return explicit, ""
-    venv = hermes_venv()
+    venv = hermes_venv(hermes)
     if not (venv / ".hermes-installed").exists():
         return None, (
-            f"no Hermes Agent {HERMES_VERSION} venv at {venv}: run `make hermes-venv` "
+            f"no {hermes.package} {hermes.version} venv at {venv}: run `make hermes-venv` "
             "(HROUTE_REQUIRE_HERMES=1 turns this skip into a failure)"
         )
+    env = {
+        **os.environ,
+        "HROUTE_HERMES_PACKAGE": hermes.package,
+        "HROUTE_HERMES_VERSION": hermes.version,
+    }
     proc = subprocess.run(
-        [str(SCRIPT)], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
-    )
+        [str(SCRIPT)], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        env=env,
+    )  # fmt: skip
     if proc.returncode != 0:
         return None, f"{SCRIPT.name} failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}"
     return proc.stdout.strip(), ""
 
 
 def write_hermes_home(
-    home: Path, primary_url: str, model: str, api_key: str, *, plugin: bool
+    home: Path,
+    primary_url: str,
+    model: str,
+    api_key: str,
+    *,
+    plugin: bool,
+    isolation: str | None = None,
 ) -> Path:
-    """A HERMES_HOME whose config.yaml names the primary and enables the plugin (or not)."""
+    """A HERMES_HOME whose config.yaml names the primary and enables the plugin (or not).
+
+    `isolation` sets `plugins.isolation` (Hermes 0.22: `in_process` or `host`).
+    """
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.yaml").write_text(
         "model:\n"
@@ -65,6 +100,7 @@ def write_hermes_home(
         f"  api_max_retries: {API_MAX_RETRIES}\n"
         "plugins:\n"
         f"  enabled: [{'hroute' if plugin else ''}]\n"
+        + (f"  isolation: {isolation}\n" if isolation else "")
     )
     return home
 
@@ -84,14 +120,19 @@ class HermesAgent:
         plugin: bool = True,
         socket: Path | str,
         flush_reports: bool = True,
+        isolation: str | None = None,
+        remove: tuple[str, ...] = (),
     ) -> None:
-        self.home = write_hermes_home(home, primary_url, model, api_key, plugin=plugin)
+        self.home = write_hermes_home(
+            home, primary_url, model, api_key, plugin=plugin, isolation=isolation
+        )
         spec = {
             "base_url": primary_url,
             "api_key": api_key,
             "model": model,
             "fallback": fallbacks,
             "flush_reports": flush_reports,
+            "remove": list(remove),
         }
         self.spec_path = home / "driver-spec.json"
         self.spec_path.write_text(json.dumps(spec))
@@ -149,6 +190,14 @@ class HermesAgent:
 
     def title(self, timeout_s: float = 30.0) -> dict[str, Any]:
         return self._ask("title", timeout_s)
+
+    @property
+    def agent_log(self) -> str:
+        """Hermes' own log, `$HERMES_HOME/logs/agent.log`."""
+        try:
+            return (self.home / "logs" / "agent.log").read_text()
+        except OSError:
+            return ""
 
     @property
     def stderr(self) -> str:

@@ -3,13 +3,14 @@
     python hermes_driver.py SPEC.json
 
 SPEC: {"base_url", "api_key", "model", "fallback": [{"provider", "model", "base_url",
-"api_key"}], "max_iterations"?}. `HERMES_HOME` must name a directory whose config.yaml
+"api_key"}], "max_iterations"?, "remove"?: ["module:attr", ...]}. `remove` deletes those
+attributes before Hermes loads its plugins, as a Hermes release without them would be. `HERMES_HOME` must name a directory whose config.yaml
 enables (or not) the plugin. One AIAgent is built; then each stdin line is a command and
 each answer one JSON line on stdout:
 
     turn TEXT    run_conversation(TEXT) -> {"turn", "response", "model", "base_url",
                  "fallback_active", "seconds", "failed"}
-    title        generate_title() with the primary's runtime -> {"title", "seconds"}
+    title        generate_title() with the primary's runtime -> {"title", "error", "seconds"}
     quit         exit 0
 
 The first line printed is {"ready": true, "plugin": {...}} (or {"ready": false, "error"}).
@@ -20,6 +21,7 @@ the test suite.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import sys
@@ -67,6 +69,12 @@ def main() -> int:
     logging.getLogger("hroute_hermes").addHandler(handler)
     logging.getLogger("hroute_hermes").setLevel(logging.INFO)
     try:
+        import importlib
+
+        for target in spec.get("remove", []):
+            module, _, attr = target.partition(":")
+            with contextlib.suppress(AttributeError):
+                delattr(importlib.import_module(module), attr)
         import run_agent
 
         agent = run_agent.AIAgent(
@@ -128,10 +136,18 @@ def main() -> int:
             runtime = {
                 k: primary.get(k) for k in ("model", "provider", "base_url", "api_key", "api_mode")
             }
-            title = None
-            with contextlib.suppress(Exception):
-                title = generate_title("hello", "hello to you", timeout=10, main_runtime=runtime)
-            emit({"title": title, "seconds": round(time.perf_counter() - started, 3)})
+            # 0.18/0.19 title the first exchange; 0.22 the opening message alone.
+            kwargs = {"timeout": 10, "main_runtime": runtime}
+            if "assistant_response" in inspect.signature(generate_title).parameters:
+                kwargs["assistant_response"] = "hello to you"
+            title, error = None, None
+            try:
+                title = generate_title("hello", **kwargs)
+            except Exception as exc:  # noqa: BLE001 - said in the answer, not hidden
+                error = f"{type(exc).__name__}: {exc}"
+            emit(
+                {"title": title, "error": error, "seconds": round(time.perf_counter() - started, 3)}
+            )
         else:
             emit({"error": f"unknown command {cmd!r}"})
     return 0

@@ -347,3 +347,36 @@ def test_sigterm_stops_cleanly_and_removes_socket(tmp_path: Path) -> None:
     assert not d.socket.exists()
     assert not d.socket.with_suffix(".snapshot").exists()
     assert "hroute stopped" in d.log
+
+
+def test_plugin_state_from_reports_in_clients_metrics_and_status(tmp_path: Path) -> None:
+    cfg = config({"o": "{kind: openai, base_url: 'http://127.0.0.1:9', probe: {enabled: false}}"})
+    with Daemon(tmp_path, cfg) as d:
+        c = d.client()
+        client = {
+            "kind": "hermes",
+            "pid": 4242,
+            "isolation": "host",
+            "guards": {"restore": "off", "fallback": "off", "auxiliary": "off"},
+            "version": "0.22.2.post1",
+        }
+        report = {"backend": "o", "outcome": "success", "client": client}
+        assert c.request("POST", "/v1/reports", report)[0] == 202
+        status, body = c.request("GET", "/v1/clients")
+        assert status == 200 and len(body["clients"]) == 1, body
+        seen = body["clients"][0]
+        assert (seen["pid"], seen["isolation"], seen["version"]) == (4242, "host", "0.22.2.post1")
+        assert seen["off"] == ["restore", "fallback", "auxiliary"]
+        metrics = d.get_text("/metrics")
+        assert 'hroute_clients{isolation="host"} 1.0' in metrics
+        assert 'hroute_client_guards{guard="restore",state="off"} 1.0' in metrics
+        out = subprocess.run(
+            [sys.executable, "-m", "hroute.cli", "--socket", str(d.socket), "status"],
+            capture_output=True, text=True, timeout=20, env=d.env,
+        )  # fmt: skip
+        assert "hermes 0.22.2.post1 (pid 4242" in out.stdout, out
+        assert "isolation host; restore off, fallback off, auxiliary off" in out.stdout
+        # A label value never comes from client text: anything outside the vocabulary is refused.
+        for bad in ({"isolation": "sideways"}, {"guards": {"restore": "maybe"}}, {"pid": 0}):
+            status, _ = c.request("POST", "/v1/reports", {**report, "client": {**client, **bad}})
+            assert status == 400, bad

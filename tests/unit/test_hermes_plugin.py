@@ -22,9 +22,11 @@ from hroute_hermes.reports import (
     failure_report,
     normalized_url,
     redact,
+    reset_delay_s,
     success_report,
     usage_report,
 )
+from hroute_hermes.status import Status
 from hroute_hermes.wiring import Group, Wiring
 
 PRIMARY = "http://127.0.0.1:8080/v1"
@@ -299,10 +301,12 @@ class Agent:
         self.restores = 0
 
     def _try_activate_fallback(self, reason: Any = None) -> bool:
-        return self.gate.activate_fallback(self, reason, hermes_activate, entry_key)
+        return self.gate.activate_fallback(
+            self, lambda: hermes_activate(self, reason), entry_key, reason=reason
+        )
 
     def _restore_primary_runtime(self) -> bool:
-        return self.gate.restore_primary(self, hermes_restore)
+        return self.gate.restore_primary(self, lambda: hermes_restore(self))
 
 
 CHAIN = [
@@ -390,7 +394,7 @@ def test_hooks_fingerprint_the_key_of_the_agent_on_this_thread() -> None:
     client = FakeClient()
     plugin = HermesPlugin(client)  # type: ignore[arg-type]
     agent = Agent(plugin.gate, [])
-    plugin.gate.restore_primary(agent, hermes_restore)  # each turn starts here, on its thread
+    plugin.gate.restore_primary(agent, lambda: hermes_restore(agent))  # each turn starts here
     plugin.on_api_request_error(**hermes_error_hook())
     plugin.on_api_request_error(**hermes_error_hook(base_url=FB1))  # not the agent's URL
     plugin.on_post_api_request(
@@ -427,7 +431,7 @@ def test_auxiliary_main_runtime_down_hides_its_labels_during_resolution() -> Non
     def resolve() -> str:
         seen.update(
             {
-                lbl: gate.provider_unhealthy(lbl, unhealthy)
+                lbl: gate.provider_unhealthy(lbl, None, lambda lbl=lbl: unhealthy(lbl))
                 for lbl in ("local/custom", "openrouter", "nous")
             }
         )
@@ -436,7 +440,8 @@ def test_auxiliary_main_runtime_down_hides_its_labels_during_resolution() -> Non
     runtime = {"provider": "custom", "base_url": PRIMARY, "api_key": "k"}
     assert gate.resolve_auxiliary(runtime, resolve, dict, normalize_label) == "client"
     assert seen == {"local/custom": True, "openrouter": False, "nous": True}
-    assert gate.provider_unhealthy("local/custom", unhealthy) is False  # only while resolving
+    # only while resolving
+    assert gate.provider_unhealthy("local/custom", None, lambda: False) is False
     runtime = {"provider": "openrouter", "base_url": FB1}
     gate.resolve_auxiliary(runtime, resolve, dict, normalize_label)
     assert seen["local/custom"] is False
@@ -445,8 +450,8 @@ def test_auxiliary_main_runtime_down_hides_its_labels_during_resolution() -> Non
 def test_auxiliary_fallback_entries_that_are_down_resolve_to_nothing() -> None:
     gate = Gate(HealthView(FakeHroute({FB1: "timeout"}).usable))
     resolve = lambda entry: ("client", entry["model"])  # noqa: E731
-    assert gate.resolve_fallback_entry(CHAIN[0], resolve) == (None, None)
-    assert gate.resolve_fallback_entry(CHAIN[1], resolve) == ("client", "fb2")
+    assert gate.resolve_fallback_entry(CHAIN[0], lambda: resolve(CHAIN[0])) == (None, None)
+    assert gate.resolve_fallback_entry(CHAIN[1], lambda: resolve(CHAIN[1])) == ("client", "fb2")
 
 
 # --- wiring --------------------------------------------------------------------------------
@@ -481,10 +486,11 @@ def test_wiring_wraps_checks_and_unwraps(
     with caplog.at_level(logging.WARNING, logger="hroute_hermes"):
         assert wiring.install(groups) == ["restore"]
     assert (
-        "fallback not wrapped: fake_hermes_helpers has no try_activate_fallback, _fallback_entry_key"
-        in caplog.text
+        "the fallback guard is off: fake_hermes_helpers has no try_activate_fallback, "
+        "_fallback_entry_key" in caplog.text
     )
-    assert "auxiliary not wrapped: cannot import no_such_hermes_module" in caplog.text
+    assert "the auxiliary guard is off: cannot import no_such_hermes_module" in caplog.text
+    assert wiring.status.guards == {"restore": "on", "fallback": "off", "auxiliary": "off"}
 
     agent, _ = make_agent({})
     agent._fallback_activated = True
@@ -508,3 +514,262 @@ def test_the_plugin_imports_only_the_standard_library_and_hroute_client() -> Non
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["hroute", "hroute_hermes"]
+
+
+# --- every stand-in takes what Hermes passes and never breaks a turn ------------------------
+
+
+class Recorder:
+    """A Hermes function: records each call's exact arguments and returns `result`."""
+
+    def __init__(self, name: str, result: Any) -> None:
+        self.__name__ = name
+        self.result = result
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((args, kwargs))
+        return self.result
+
+
+HELPERS = {
+    # 0.22's signatures; each stand-in must also take anything a later Hermes adds.
+    "restore_primary_runtime": False,
+    "try_activate_fallback": True,
+    "_fallback_entry_key": ("custom", "fb1", FB1),
+    "_resolve_auto_route": ("client", "model", "custom"),
+    "_resolve_auto": ("client", "model"),
+    "_is_provider_unhealthy": False,
+    "_resolve_fallback_entry": ("client", "fb1"),
+    "_normalize_main_runtime": {},
+    "_normalize_chain_label": "local/custom",
+}
+
+
+@pytest.fixture
+def hermes_module() -> Iterator[types.ModuleType]:
+    """A module holding every function the plugin may wrap, as recorders."""
+    mod = types.ModuleType("fake_hermes_everything")
+    for name, result in HELPERS.items():
+        setattr(mod, name, Recorder(name, result))
+    sys.modules[mod.__name__] = mod
+    yield mod
+    del sys.modules[mod.__name__]
+
+
+def groups_for(name: str, mod: types.ModuleType) -> tuple[Group, ...]:
+    """The plugin's own group that wraps `name`, pointed at the fake module."""
+    from hroute_hermes.wiring import GROUPS
+
+    return tuple(
+        Group(g.name, mod.__name__, g.wrapped, g.needed) for g in GROUPS if name in g.wrapped
+    )[:1]
+
+
+CALLS = {
+    # name -> (args, kwargs) as Hermes 0.22 (or a later one) might pass them
+    "restore_primary_runtime": ((), {"agent": "AGENT", "new_kwarg": 1}),
+    "try_activate_fallback": (("AGENT",), {"reason": "overloaded", "reset_at": 1.7e9, "later": 2}),
+    "_resolve_auto_route": ((), {"main_runtime": {"provider": "custom"}, "task": "title", "x": 3}),
+    "_resolve_auto": (({"provider": "custom"}, "title", "extra positional"), {}),
+    "_is_provider_unhealthy": (("local/custom", PRIMARY, "extra"), {"more": True}),
+    "_resolve_fallback_entry": (({"provider": "custom"}, "extra"), {"y": 4}),
+}
+
+
+def install_for(name: str, gate: Gate, mod: types.ModuleType) -> Wiring:
+    wiring = Wiring(gate)
+    assert wiring.install(groups_for(name, mod))
+    return wiring
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_each_stand_in_hands_unknown_arguments_on_unchanged(
+    hermes_module: types.ModuleType, name: str
+) -> None:
+    original = getattr(hermes_module, name)
+    wiring = install_for(name, Gate(HealthView(FakeHroute().usable)), hermes_module)
+    try:
+        stand_in = getattr(hermes_module, name)
+        assert stand_in is not original, f"{name} was not wrapped"
+        args, kwargs = CALLS[name]
+        assert stand_in(*args, **kwargs) == original.result
+        assert original.calls == [(args, kwargs)]
+    finally:
+        wiring.uninstall()
+
+
+class BrokenView(HealthView):
+    """hroute's own logic failing in the worst way: raising from inside the decision."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeHroute().usable)
+
+    def down(self, base_url: object, credential: str | None = None) -> str | None:
+        raise RuntimeError("a bug in hroute")
+
+
+class BrokenAgent:
+    """An agent whose attributes hroute reads all raise (another Hermes' layout)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+@pytest.mark.parametrize("broken", ["view", "agent"])
+def test_when_hroute_logic_raises_hermes_own_function_runs_with_what_it_was_given(
+    hermes_module: types.ModuleType, name: str, broken: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = getattr(hermes_module, name)
+    view = BrokenView() if broken == "view" else HealthView(FakeHroute().usable)
+    wiring = install_for(name, Gate(view), hermes_module)
+    args, kwargs = CALLS[name]
+    if broken == "agent":
+        args = tuple(BrokenAgent() if a == "AGENT" else a for a in args)
+        kwargs = {k: BrokenAgent() if v == "AGENT" else v for k, v in kwargs.items()}
+    try:
+        with caplog.at_level(logging.WARNING, logger="hroute_hermes"):
+            for _ in range(3):
+                assert getattr(hermes_module, name)(*args, **kwargs) == original.result
+        assert original.calls == [(args, kwargs)] * 3
+    finally:
+        wiring.uninstall()
+
+
+def test_hermes_own_exceptions_pass_through_and_the_original_runs_once(
+    hermes_module: types.ModuleType,
+) -> None:
+    calls = []
+
+    def restore_primary_runtime(agent: Any) -> bool:
+        calls.append(agent)
+        raise ValueError("Hermes' own failure")
+
+    hermes_module.restore_primary_runtime = restore_primary_runtime
+    wiring = install_for(
+        "restore_primary_runtime", Gate(HealthView(FakeHroute().usable)), hermes_module
+    )
+    agent, _ = make_agent({})
+    try:
+        with pytest.raises(ValueError, match="Hermes' own failure"):
+            hermes_module.restore_primary_runtime(agent)
+        assert calls == [agent]
+    finally:
+        wiring.uninstall()
+
+
+def test_a_failing_guard_says_so_once_and_the_turn_goes_on(
+    hermes_module: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    wiring = install_for("restore_primary_runtime", Gate(BrokenView()), hermes_module)
+    agent, _ = make_agent({})
+    agent._fallback_activated = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="hroute_hermes"):
+            for _ in range(3):
+                assert hermes_module.restore_primary_runtime(agent) is False
+    finally:
+        wiring.uninstall()
+    lines = [r.getMessage() for r in caplog.records if "restore" in r.getMessage()]
+    assert len(lines) == 1 and "RuntimeError: a bug in hroute" in lines[0], lines
+
+
+# --- 0.22: the provider's reset time becomes the cooldown end --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reset_at", "delay"),
+    [
+        (1_700_000_090.0, 90.0),
+        (1_700_000_090_000, 90.0),  # milliseconds
+        ("1700000090", 90.0),
+        ("2023-11-14T22:14:50+00:00", 90.0),
+        ("2023-11-14T22:14:50Z", 90.0),
+        (1_699_999_000.0, None),  # already past
+        ("soon", None),
+        (None, None),
+        (True, None),
+        (1e300, 86400.0),  # capped to what hroute accepts
+    ],
+)
+def test_reset_delay_reads_what_hermes_passes(reset_at: object, delay: float | None) -> None:
+    assert reset_delay_s(reset_at, 1_700_000_000.0) == delay
+
+
+def test_a_fallback_with_a_reset_time_reports_it_as_the_cooldown_end() -> None:
+    sent: list[dict[str, Any]] = []
+    gate = Gate(HealthView(FakeHroute().usable), report=sent.append, wall_clock=lambda: 1_000.0)
+    agent = Agent(gate, [dict(e) for e in CHAIN])
+    reason = types.SimpleNamespace(value="rate_limit")  # Hermes passes a FailoverReason enum
+    assert gate.activate_fallback(
+        agent, lambda: hermes_activate(agent), entry_key, reason=reason, reset_at=1_300.0
+    )
+    assert sent == [
+        {
+            "base_url": "http://127.0.0.1:8080",
+            "outcome": "failure",
+            "reason": "rate_limit",
+            "retry_after_s": 300.0,
+            "credential": credential_fingerprint("primary-key"),
+        }
+    ]
+    assert agent.model == "fb1"
+    gate.activate_fallback(agent, lambda: hermes_activate(agent), entry_key, reset_at=None)
+    assert len(sent) == 1  # no reset time, nothing beyond the hook's own report
+
+
+# --- what is off, said once where people look -------------------------------------------------
+
+
+def test_in_the_plugin_host_nothing_is_wrapped_and_the_status_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HERMES_PLUGIN_HOST_PROCESS", "1")
+    client = FakeClient()
+    plugin = HermesPlugin(client)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="hroute_hermes"):
+        assert plugin.install() == []
+        plugin.install()
+        assert plugin.wiring.installed == {}
+        # The host starts before Hermes' agent.log exists: said at the first hook call.
+        assert "plugins.isolation is 'host'" not in caplog.text
+        plugin.on_api_request_error(**hermes_error_hook())
+        plugin.on_api_request_error(**hermes_error_hook())
+    assert caplog.text.count("plugins.isolation is 'host'") == 1
+    assert plugin.reporter.flush(5)
+    first, second = (body for _, body in client.sent)
+    assert first["client"]["isolation"] == "host"
+    assert first["client"]["guards"] == {"restore": "off", "fallback": "off", "auxiliary": "off"}
+    assert "client" not in second  # said again only when it changes, or a minute later
+
+
+def test_notices_wait_for_hermes_log_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as while Hermes loads plugins
+    records: list[logging.LogRecord] = []
+    status = Status()
+    status.guard_off("auxiliary", "agent.auxiliary_client has no _resolve_auto_route")
+    status.guard_off("auxiliary", "again")  # said once
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    monkeypatch.setattr(root, "handlers", [handler])  # agent.log now exists
+    status.flush()
+    status.flush()
+    assert [r.getMessage() for r in records] == [
+        "hroute: the auxiliary guard is off: agent.auxiliary_client has no _resolve_auto_route"
+    ]
+
+
+def test_status_goes_to_the_daemon_when_it_changes_or_every_minute() -> None:
+    clock = Clock()
+    status = Status(clock=clock)
+    status.guard_on("restore")
+    first = status.client()
+    assert first is not None and first["guards"]["restore"] == "on"
+    assert first["guards"]["fallback"] == "off" and first["isolation"] == "in_process"
+    assert status.client() is None
+    status.guard_failed("restore", RuntimeError("bug"))
+    assert status.client()["guards"]["restore"] == "failing"
+    clock.t += 61
+    assert status.client() is not None

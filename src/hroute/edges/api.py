@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hroute import __version__
+from hroute.core.clients import Clients
 from hroute.core.escalation import TASK_REASONS
 from hroute.core.needs import parse_needs
 from hroute.core.registry import Registry
@@ -40,6 +41,22 @@ class Deps:
     on_report: Callable[[str, dict[str, Any]], None] = lambda name, data: None
     reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
     restart: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+    clients: Clients | None = None
+    now: Callable[[], float] | None = None
+
+
+class ClientBody(BaseModel):
+    """What an agent plugin says about itself (see core/clients.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["hermes"]
+    pid: int = Field(ge=1, le=2**31)
+    isolation: Literal["in_process", "host"]
+    guards: dict[Literal["restore", "fallback", "auxiliary"], Literal["on", "off", "failing"]] = (
+        Field(default_factory=dict)
+    )
+    version: str | None = Field(None, max_length=40)
 
 
 class ReportBody(BaseModel):
@@ -55,6 +72,7 @@ class ReportBody(BaseModel):
     retry_after_s: float | None = Field(None, ge=0, le=86400)
     credential: str | None = Field(None, max_length=128)
     detail: str | None = Field(None, max_length=2000)
+    client: ClientBody | None = None
 
 
 class TaskFailureBody(BaseModel):
@@ -170,6 +188,9 @@ def make_api(deps: Deps) -> HttpServer:
         except ValidationError as exc:
             return error_response(400, "bad_request", _problems(exc))
         body = data.model_dump(exclude_none=True)
+        client = body.pop("client", None)
+        if client is not None and deps.clients is not None and deps.now is not None:
+            deps.clients.record(client, deps.now())
         name = name_from(body)
         deps.metrics.reports.inc(name, data.outcome, data.reason or "")
         reg.record_report(name, parse_report(body))
@@ -201,6 +222,11 @@ def make_api(deps: Deps) -> HttpServer:
         except ValueError:
             raise _BadRequest("since must be an integer event id") from None
         return json_response({"events": reg.events_since(since)})
+
+    def clients(request: Request) -> Response:
+        if deps.clients is None or deps.now is None:
+            return json_response({"clients": []})
+        return json_response({"clients": deps.clients.views(deps.now())})
 
     def version(request: Request) -> Response:
         return json_response({"version": __version__})
@@ -237,6 +263,7 @@ def make_api(deps: Deps) -> HttpServer:
         ("GET", "/v1/events"): events,
         ("POST", "/v1/usage"): usage,
         ("POST", "/v1/reload"): reload,
+        ("GET", "/v1/clients"): clients,
         ("GET", "/v1/version"): version,
         ("GET", "/metrics"): metrics,
     }

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from hroute.core.clients import GUARD_STATES, GUARDS, ISOLATIONS, Clients
 from hroute.core.health import ProbeOutcome, State
 
 PROCESS_STATES = ("stopped", "starting", "running", "backoff", "stopping", "fatal")
@@ -70,7 +71,13 @@ class Durations:
 class Metrics:
     """Every hroute metric; `render()` is the /metrics answer."""
 
-    def __init__(self, health: Callable[[], Registry]) -> None:
+    def __init__(
+        self,
+        health: Callable[[], Registry],
+        clients: Clients | None = None,
+        now: Callable[[], float] | None = None,
+    ) -> None:
+        self._clients, self._now = clients, now
         self.probes = Counts(
             "hroute_probes_total", "Active probes by result", ("backend", "result")
         )
@@ -110,7 +117,39 @@ def _registry_for(metrics: Metrics) -> Any:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(metrics))  # type: ignore[arg-type]
     registry.register(_HealthCollector(metrics._health))  # type: ignore[arg-type]
+    if metrics._clients is not None and metrics._now is not None:
+        registry.register(_ClientsCollector(metrics._clients, metrics._now))  # type: ignore[arg-type]
     return registry
+
+
+class _ClientsCollector:
+    """`hroute_client_guards{guard,state}` and `hroute_clients{isolation}` at scrape time."""
+
+    def __init__(self, clients: Clients, now: Callable[[], float]) -> None:
+        self._clients, self._now = clients, now
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        recent = self._clients.recent(self._now())
+        guards = GaugeMetricFamily(
+            "hroute_client_guards",
+            "Agent plugins heard from in the last hour, by guard and its state",
+            labels=["guard", "state"],
+        )
+        for guard in GUARDS:
+            for state in GUARD_STATES:
+                n = sum(1 for c in recent if c.guards[guard] == state)
+                guards.add_metric([guard, state], float(n))
+        isolation = GaugeMetricFamily(
+            "hroute_clients",
+            "Agent plugins heard from in the last hour, by where they run (host: gate off)",
+            labels=["isolation"],
+        )
+        for mode in ISOLATIONS:
+            isolation.add_metric([mode], float(sum(1 for c in recent if c.isolation == mode)))
+        yield guards
+        yield isolation
 
 
 class _Families:
@@ -127,7 +166,13 @@ class _Families:
 class _HealthCollector:
     """Gauges read from the registry at scrape time."""
 
-    def __init__(self, health: Callable[[], Registry]) -> None:
+    def __init__(
+        self,
+        health: Callable[[], Registry],
+        clients: Clients | None = None,
+        now: Callable[[], float] | None = None,
+    ) -> None:
+        self._clients, self._now = clients, now
         self._health = health
 
     def collect(self) -> Iterator[Any]:

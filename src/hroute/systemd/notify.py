@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -77,15 +77,16 @@ class Notifier:
         return usec / 1e6 if usec > 0 else None
 
 
-async def keep_watchdog(notifier: Notifier) -> None:
+async def keep_watchdog(notifier: Notifier, sleep: Callable[[float], Awaitable[None]]) -> None:
     """Ping systemd's watchdog from the event loop at half its interval, for as long as the
-    loop runs; return at once when no watchdog is configured."""
+    loop runs; return at once when no watchdog is configured. `sleep` is the real clock's:
+    the watchdog is systemd's timer, not ours."""
     interval_s = notifier.watchdog_interval_s()
     if interval_s is None:
         return
     while True:
         notifier.watchdog()
-        await anyio.sleep(interval_s / 2)
+        await sleep(interval_s / 2)
 
 
 async def keep_status(registry: Any, notifier: Notifier) -> None:
