@@ -25,6 +25,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hroute.config.supervise import SuperviseSettings
+from hroute.config.yaml_lines import LOADER as _LOADER
+from hroute.config.yaml_lines import describe as _describe
+from hroute.config.yaml_lines import line_of as _line_of
+from hroute.config.yaml_lines import tree as _tree
 from hroute.core.escalation import TASK_REASONS
 from hroute.core.identity import BackendIdentity, backend_identity, is_loopback
 from hroute.errors import ConfigError
@@ -303,8 +307,7 @@ class Config(_Frozen):
 def load_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate a YAML configuration; raise ConfigError naming path and line."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)  # the tree with lines is built on errors only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -320,15 +323,17 @@ def load_config(text: str, source: str = "<config>") -> Config:
     daemon_data = data.get("daemon") or {}
     if not isinstance(daemon_data, dict):
         raise ConfigError(
-            source, [f"daemon (line {_line_of(root, ('daemon',))}): must be a mapping"]
+            source, [f"daemon (line {_line_of(_tree(text), ('daemon',))}): must be a mapping"]
         )
     try:
         daemon = DaemonSettings(**daemon_data)
     except ValidationError as exc:
+        root = _tree(text)
         raise ConfigError(source, [_describe(e, root, ("daemon",)) for e in exc.errors()]) from exc
     try:
         config = Config.model_validate({**data, "daemon": daemon})
     except ValidationError as exc:
+        root = _tree(text)
         raise ConfigError(source, [_describe(e, root, ()) for e in exc.errors()]) from exc
     return config
 
@@ -353,45 +358,3 @@ def missing_keys(config: Config, env: dict[str, str] | None = None) -> dict[str,
         for name, b in config.backends.items()
         if b.key_env and not env.get(b.key_env)
     }
-
-
-def _describe(err: Any, root: yaml.Node | None, prefix: tuple[str, ...]) -> str:
-    loc = prefix + tuple(str(p) for p in err["loc"])
-    # pydantic puts a model-level error on the model itself; a chain error already names its path.
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "literal_error":
-        msg = f"invalid value {err['input']!r} ({msg.replace('Input should be', 'valid:')})"
-    elif err["type"] == "extra_forbidden":
-        msg = "unknown field (not allowed here)"
-    elif err["type"] == "missing":
-        msg = "required field is missing"
-    dotted = ".".join(p for p in loc if not p.startswith("function-after")) or "<top>"
-    line = _line_of(root, loc)
-    if msg.startswith("profiles.") and "chain" in msg:
-        return "; ".join(_with_line(root, part) for part in msg.split("; "))
-    return f"{dotted} (line {line}): {msg}" if line else f"{dotted}: {msg}"
-
-
-def _with_line(root: yaml.Node | None, message: str) -> str:
-    path = message.split(":", 1)[0]
-    line = _line_of(root, tuple(path.split(".")))
-    return f"{path} (line {line}):{message.split(':', 1)[1]}" if line else message
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[str, ...]) -> int | None:
-    """The 1-based YAML line of the deepest node that `loc` reaches."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if str(key.value) == part:
-                    line, node = key.start_mark.line + 1, value
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
-            node = node.value[int(part)]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line

@@ -72,9 +72,15 @@ class Registry:
             entries[name] = Entry(name, ident, record, backend.model)
         self._by_identity, self._entries = health, entries
         self._policies: dict[str, Policy] = {}
+        # Indexes, so no per-request or per-change work grows with the fleet.
         self._by_url = {}
+        self._at: dict[BackendIdentity, list[str]] = {}  # a server's names, in config order
+        self._by_url_model: dict[tuple[str, str], str] = {}
         for name, entry in entries.items():
             self._by_url.setdefault(entry.identity.base_url, name)
+            self._at.setdefault(entry.identity, []).append(name)
+            if entry.model:
+                self._by_url_model.setdefault((entry.identity.base_url, entry.model), name)
         self.config = config
         self.changed()
 
@@ -175,26 +181,21 @@ class Registry:
     def url_models(self) -> dict[str, dict[str, str]]:
         """Normalised base URL → {model → the first backend configured with both}."""
         out: dict[str, dict[str, str]] = {}
-        for name, entry in self._entries.items():
-            if entry.model:
-                out.setdefault(entry.identity.base_url, {}).setdefault(entry.model, name)
+        for (url, model), name in self._by_url_model.items():
+            out.setdefault(url, {})[model] = name
         return out
 
     def models_at(self, name: str) -> tuple[str, ...]:
         """Every model configured on `name`'s server (what its probe checks)."""
-        ident = self.identity(name)
-        return tuple(
-            sorted({e.model for e in self._entries.values() if e.identity == ident and e.model})
-        )
+        at = self._at[self.identity(name)]
+        return tuple(sorted({m for n in at if (m := self._entries[n].model)}))
 
     def held_by(self, name: str, scope: str, model: str | None = None) -> list[str]:
         """The configured backends a cooldown of `scope` on `name`'s server holds."""
-        ident = self.identity(name)
-        return [
-            n
-            for n, e in self._entries.items()
-            if e.identity == ident and (scope == "server" or not model or e.model == model)
-        ]
+        at = self._at[self.identity(name)]
+        if scope == "server" or not model:
+            return list(at)
+        return [n for n in at if self._entries[n].model == model]
 
     def resolve(
         self, *, backend: str | None = None, base_url: str | None = None, model: str | None = None
@@ -205,10 +206,8 @@ class Registry:
             return backend if backend in self._entries else None
         if base_url is not None:
             url = normalize_base_url(base_url)
-            if model is not None:
-                for name, entry in self._entries.items():
-                    if entry.identity.base_url == url and entry.model == model:
-                        return name
+            if model is not None and (url, model) in self._by_url_model:
+                return self._by_url_model[(url, model)]
             return self._by_url.get(url)
         return None
 
@@ -364,8 +363,7 @@ class Registry:
         return snapshot(self)
 
     def _first_at(self, name: str) -> str:
-        ident = self.identity(name)
-        return next(n for n, e in self._entries.items() if e.identity == ident)
+        return self._at[self.identity(name)][0]
 
     def _entry(self, name: str) -> Entry:
         try:
