@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from hroute.core.reasons import Reason
 
 if TYPE_CHECKING:
-    from hroute.core.health_values import Policy
+    from hroute.core.health import Health
+    from hroute.core.health_values import Policy, Report
 
 
 class Scope(StrEnum):
@@ -40,6 +41,7 @@ class Cooldown:
     until: float | None  # None: until lifted (a new key, a probe that finds the model)
     reason: Reason
     detail: str = ""
+    seen_by: str = ""  # the host that saw it, when another host did (cluster sharing)
 
 
 @dataclass
@@ -181,3 +183,18 @@ def key_model(reason: Reason, model: str | None) -> str:
     """The model part of a key scope: a rate limit that names a model is that model's (OpenAI
     and Anthropic limit per model); billing and auth are the key's, for every model."""
     return model if reason is Reason.RATE_LIMIT and model else ANY_MODEL
+
+
+def beyond_bounds(health: Health, report: Report, policy: Policy) -> bool:
+    """A failure for a new model or key when the server already remembers MAX_SCOPES."""
+    if report.success or report.reason is None:
+        return False
+    scope = report_scope(
+        report.reason, credential=report.credential, model=report.model, local=policy.local
+    )
+    if scope is Scope.MODEL:
+        return report.model not in health.models and len(health.models) >= MAX_SCOPES
+    if scope is Scope.KEY:
+        key = (report.credential or "", key_model(report.reason, report.model))
+        return key not in health.keys and len(health.keys) >= MAX_SCOPES
+    return False

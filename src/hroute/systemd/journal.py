@@ -57,6 +57,7 @@ _EVENT_FIELDS = {
     "model": "HROUTE_MODEL",
     "held": "HROUTE_HELD",
     "id": "HROUTE_EVENT_ID",
+    "seen_by": "HROUTE_SEEN_BY",
 }
 
 _FIELD_NAME = re.compile(r"[A-Z0-9][A-Z0-9_]{0,63}")
