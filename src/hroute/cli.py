@@ -15,6 +15,7 @@ from hroute.core.escalation import TASK_REASONS
 from hroute.tools.commands import (
     add_tool_commands,
     add_watch_options,
+    cluster_line,
     cmd_demo,
     cmd_doctor,
     cmd_watch,
@@ -223,6 +224,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             )
         )
     _print_table(rows)
+    if body.get("cluster"):  # cooldowns shared with other hosts through Redis
+        print(cluster_line(body["cluster"]))
     spend = [(b["name"], b["spent_today_usd"]) for b in body["backends"] if "spent_today_usd" in b]
     if spend:
         print("spent today: " + ", ".join(f"{n} ${usd:.2f}" for n, usd in spend))

@@ -89,6 +89,7 @@ class Metrics:
             "hroute_config_reloads_total", "Configuration reloads", ("result",)
         )
         self._health = health
+        self.cluster: Callable[[], dict[str, Any]] | None = None  # set when cluster: is on
 
     def on_event(self, event: dict[str, Any]) -> None:
         self.events.inc(event["event"])
@@ -110,6 +111,8 @@ def _registry_for(metrics: Metrics) -> Any:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(metrics))  # type: ignore[arg-type]
     registry.register(_HealthCollector(metrics._health))  # type: ignore[arg-type]
+    if metrics.cluster is not None:
+        registry.register(_ClusterCollector(metrics.cluster))  # type: ignore[arg-type]
     return registry
 
 
@@ -122,6 +125,31 @@ class _Families:
         for counts in (m.probes, m.reports, m.events, m.config_reloads):
             yield counts.family()
         yield m.probe_duration.family()
+
+
+class _ClusterCollector:
+    """The link to the fleet's Redis: up or not, and what went through it."""
+
+    def __init__(self, view: Callable[[], dict[str, Any]]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        view = self._view()
+        connected = GaugeMetricFamily(
+            "hroute_cluster_connected", "1 while this host shares cooldowns through Redis"
+        )
+        connected.add_metric([], 1.0 if view["connected"] else 0.0)
+        records = CounterMetricFamily(
+            "hroute_cluster_records",
+            "Shared cooldowns: published, applied from other hosts, skipped (unreadable), "
+            "dropped (queue full)",
+            labels=["result"],
+        )
+        for result in ("published", "applied", "skipped", "dropped"):
+            records.add_metric([result], view[result])
+        yield from (connected, records)
 
 
 class _HealthCollector:
