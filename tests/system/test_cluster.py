@@ -38,10 +38,13 @@ class Fleet:
             "backends:\n"
             # Loopback, so a test can run it; marked remote, as a cloud API would be.
             f"  cloud-a: {{kind: openai, base_url: '{self.cloud.url('/v1')}', model: gpt-a,"
-            " tier: cloud}\n"
+            " tier: cloud, price: {input_per_mtok: 1000}}\n"
             f"  cloud-b: {{kind: openai, base_url: '{self.cloud.url('/v1')}', model: gpt-b,"
             " tier: cloud}\n"
             f"  local: {{kind: openai, base_url: '{self.local.url('/v1')}', model: m}}\n"
+            "profiles:\n"
+            "  paid: {chain: [cloud-a]}\n"
+            "budgets: {per_backend_daily_usd: {cloud-a: 1}, timezone: UTC}\n"
         )
 
     def start(self, i: int) -> Daemon:
@@ -180,3 +183,34 @@ def test_status_and_metrics_show_the_cluster(fleet: Fleet) -> None:
     metrics = a.get_text("/metrics")
     assert "hroute_cluster_connected 1.0" in metrics
     assert 'hroute_cluster_records_total{result="published"} 0.0' in metrics
+
+
+def test_a_days_spend_is_the_fleets(fleet: Fleet) -> None:
+    a, b, c = (fleet.start(i) for i in range(3))
+    for d in (a, b, c):
+        fleet.connected(d)
+    assert a.client().usage("cloud-a", input_tokens=600)["spent_today_usd"] == 0.6  # $1000/Mtok
+    wait_until(lambda: b.backend("cloud-a")["spent_today_usd"] == 0.6, 2, what="b to hear it")
+    # Each host alone is under the $1 budget; together they are past it, everywhere.
+    answer = b.client().usage("cloud-a", input_tokens=500)
+    assert answer["spent_today_usd"] == pytest.approx(1.1) and answer["budget"]
+    for d in (a, b, c):
+        wait_until(
+            lambda d=d: d.backend("cloud-a")["spent_today_usd"] == pytest.approx(1.1),
+            2,
+            what="the fleet's spend everywhere",
+        )
+        status, route = d.get("/v1/route?profile=paid")
+        assert route["backend"] is None and "budget_exhausted" in route["chain"][0]["reason"]
+    # Redis forgets (no persistence): every host sends its own total again; nothing doubles.
+    fleet.redis.kill()
+    fleet.redis.start()
+    for d in (a, b, c):
+        fleet.connected(d)
+    late = fleet.start(3)
+    fleet.connected(late)
+    wait_until(
+        lambda: late.backend("cloud-a")["spent_today_usd"] == pytest.approx(1.1),
+        5,
+        what="the late host to hear the fleet's day",
+    )

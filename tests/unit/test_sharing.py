@@ -155,3 +155,20 @@ def test_one_key_per_scope_whoever_saw_it(hosts) -> None:
     b.reg.record_report("or-a", Report(False, Reason.RATE_LIMIT, 90, credential="sha256:k1"))
     assert a.sent[0].key == b.sent[0].key
     assert "sha256" not in a.sent[0].key and "openrouter" not in a.sent[0].key
+
+
+def test_other_hosts_spend_counts_toward_the_day_and_not_the_next() -> None:
+    from datetime import UTC
+
+    from hroute.core.budgets import Spend, budget_day
+
+    day = budget_day(1_700_000_000, UTC)
+    spend = Spend()
+    spend.add("paid", 0.5, day)
+    assert spend.set_others(day.label, {"paid": 0.75, "other": 1.0}, day)
+    assert spend.spent("paid", day) == 1.25 and spend.total(day) == 2.25
+    assert spend.own(day) == {"paid": 0.5}  # what this host tells, and saves
+    assert spend.dump()[1] == {"paid": 0.5}
+    assert not spend.set_others("1999-01-01", {"paid": 9.0}, day)  # a day that is over
+    tomorrow = budget_day(day.ends_at + 1, UTC)
+    assert spend.spent("paid", tomorrow) == 0.0

@@ -29,6 +29,7 @@ from hroute.core.sharing import Shared, decode, from_changes, local_records
 from hroute.edges.clock import wait_until
 
 if TYPE_CHECKING:
+    from hroute.core.budgets import Day
     from hroute.core.health import Transition
 
 log = logging.getLogger("hroute.cluster")
@@ -68,7 +69,9 @@ class Cluster:
         self.error = ""
         self.counts = {"published": 0, "applied": 0, "skipped": 0, "dropped": 0}
         self._warned: set[str] = set()
+        self._spend_due = False  # this host's day total changed since it was last sent
         registry.add_report_tap(self._on_report)
+        registry.router.usage_taps.append(self._on_usage)
 
     # --- the registry's side (on the loop, never waits) ---------------------------------
 
@@ -78,6 +81,10 @@ class Cluster:
                 self.counts["dropped"] += 1
             self._queue.append(shared)
             self._wake.set()
+
+    def _on_usage(self, name: str, usd: float, day: Day) -> None:
+        self._spend_due = True
+        self._wake.set()
 
     def view(self) -> dict[str, Any]:
         """The cluster's state for `/v1/backends` and `hroute status`."""
@@ -133,11 +140,13 @@ class Cluster:
             for shared in local_records(self.registry, self.host):
                 pushed += await self._publish(script, shared)
             pulled = await self._pull(client)
+            await self._send_spend(client)
+            await self._pull_spend(client, self.registry.router.day())
             self._up(pushed, pulled)
             failure: list[BaseException] = []
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._guard, lambda: self._drain(script, client), failure, tg)
-                tg.start_soon(self._guard, lambda: self._listen(pubsub), failure, tg)
+                tg.start_soon(self._guard, lambda: self._listen(pubsub, client), failure, tg)
             if failure:
                 raise failure[0]
         finally:
@@ -161,8 +170,10 @@ class Cluster:
             while self._queue:
                 await self._publish(script, self._queue[0])
                 self._queue.popleft()  # only once Redis took it: a failure keeps it
+            if self._spend_due:
+                await self._send_spend(client)
             self._wake = anyio.Event()
-            if self._queue:
+            if self._queue or self._spend_due:
                 continue
             woken = await wait_until(self.clock, self._wake, self.clock.now() + IDLE_PING_S)
             if not woken:
@@ -178,13 +189,54 @@ class Cluster:
         self.counts["published"] += int(done)
         return int(done)
 
-    async def _listen(self, pubsub: Any) -> None:
+    async def _listen(self, pubsub: Any, client: Any) -> None:
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is None or message.get("type") != "message":
                 continue
             key, ttl, value = _split(message["data"])
-            self._take(key, value, ttl)
+            if key == "spend":
+                await self._pull_spend(client, ttl)  # "spend\n<day>\n<host>"
+            else:
+                self._take(key, value, ttl)
+
+    async def _send_spend(self, client: Any) -> None:
+        """This host's total per backend for the budget day, as one field per host and
+        backend: writing a total (not adding to one) can be repeated after any failure, and
+        a Redis that lost its memory gets the day back from every host's next send."""
+        self._spend_due = False
+        day = self.registry.router.day_window()
+        own = self.registry.spend.own(day)
+        if not own:
+            return
+        key = f"{self.prefix}spend:{day.label}"
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(key, mapping={f"{self.host}\t{b}": repr(usd) for b, usd in own.items()})
+        # Kept a day past the day's end (a relative TTL: no wall clock of another host).
+        pipe.pexpire(key, int((day.ends_at - day.now + 86400) * 1000))
+        pipe.publish(self.channel, f"spend\n{day.label}\n{self.host}")
+        try:
+            await pipe.execute()
+        except BaseException:
+            self._spend_due = True  # sent again on the next try or reconnect
+            raise
+
+    async def _pull_spend(self, client: Any, label: str) -> None:
+        """What the other hosts spent in budget day `label`, summed per backend."""
+        fields = await client.hgetall(f"{self.prefix}spend:{label}")
+        others: dict[str, float] = {}
+        for field, value in fields.items():
+            host, _, backend = _text(field).partition("\t")
+            try:
+                usd = float(value)
+            except ValueError:
+                usd = -1.0
+            if not backend or not usd >= 0 or usd == float("inf"):
+                self._warn(f"{self.prefix}spend:{label} {_text(field)}", "not a spend record")
+                continue
+            if host != self.host:
+                others[backend] = others.get(backend, 0.0) + usd
+        self.registry.router.apply_shared_spend(label, others)
 
     async def _pull(self, client: Any) -> int:
         """Every shared cooldown in Redis now (values and remaining times), applied here."""
@@ -208,10 +260,7 @@ class Cluster:
             if self.prefix + shared.key != key:
                 raise ValueError("its key does not match its content")
         except (ValueError, TypeError) as exc:
-            self.counts["skipped"] += 1
-            if key not in self._warned and len(self._warned) < WARNINGS_KEPT:
-                self._warned.add(key)
-                log.warning("cluster: skipping %s in Redis: %s", key, exc)
+            self._warn(key, str(exc))
             return 0
         if shared.host == self.host:
             return 0  # our own, told back
@@ -219,6 +268,12 @@ class Cluster:
             self.counts["applied"] += 1
             return 1
         return 0
+
+    def _warn(self, key: str, why: str) -> None:
+        self.counts["skipped"] += 1
+        if key not in self._warned and len(self._warned) < WARNINGS_KEPT:
+            self._warned.add(key)
+            log.warning("cluster: skipping %s in Redis: %s", key, why)
 
     def _up(self, pushed: int, pulled: int) -> None:
         self._was_up = True
