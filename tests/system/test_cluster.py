@@ -28,13 +28,14 @@ class Fleet:
         self.cloud = stack.enter_context(FakeBackend(kind="openai", models=["gpt-a", "gpt-b"]))
         self.local = stack.enter_context(FakeBackend(kind="openai", models=["m"]))
         self.daemons: list[Daemon] = []
+        self.url, self.prefix = self.redis.url, PREFIX
 
     def config(self, host: str) -> str:
         return (
             "defaults:\n"
             "  probe: {interval_s: 1, timeout_s: 0.5, fall: 1, rise: 1, jitter: 0}\n"
             "  cooldown: {base_s: 30, max_s: 300, jitter: 0.1}\n"
-            f"cluster: {{redis_url: '{self.redis.url}', key_prefix: '{PREFIX}', host: {host}}}\n"
+            f"cluster: {{redis_url: '{self.url}', key_prefix: '{self.prefix}', host: {host}}}\n"
             "backends:\n"
             # Loopback, so a test can run it; marked remote, as a cloud API would be.
             f"  cloud-a: {{kind: openai, base_url: '{self.cloud.url('/v1')}', model: gpt-a,"
@@ -214,3 +215,30 @@ def test_a_days_spend_is_the_fleets(fleet: Fleet) -> None:
         5,
         what="the late host to hear the fleet's day",
     )
+
+
+def test_the_readmes_acl_user_is_enough(fleet: Fleet) -> None:
+    """The README's Redis user, limited to the prefix, can do everything hroute does."""
+    import re
+
+    import redis
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    [acl] = re.findall(r"^user hroute on .*$", readme, re.MULTILINE)
+    rules = acl.split()[2:]
+    admin = redis.Redis(unix_socket_path=str(fleet.redis.socket))
+    admin.acl_setuser("hroute", enabled=True, reset=True)
+    admin.execute_command("ACL", "SETUSER", "hroute", *[r.replace("CHANGE-ME", "pw") for r in rules])
+    admin.set("other-app:secret", "x")
+    fleet.url, fleet.prefix = f"unix://hroute:pw@{fleet.redis.socket}", "hroute:"
+    a, b = fleet.start(0), fleet.start(1)
+    for d in (a, b):
+        fleet.connected(d)
+    assert a.client().report("cloud-a", reason="rate_limit", retry_after_s=60, credential="fp-1")
+    assert a.client().usage("cloud-a", input_tokens=100)
+    wait_until(lambda: held(b, "cloud-a", "fp-1"), 2, what="the cooldown through the ACL user")
+    wait_until(lambda: b.backend("cloud-a")["spent_today_usd"] == 0.1, 2, what="the spend")
+    assert "NOPERM" not in a.log + b.log and "cluster: lost" not in a.log + b.log
+    user = redis.Redis(unix_socket_path=str(fleet.redis.socket), username="hroute", password="pw")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        user.get("other-app:secret")
