@@ -80,6 +80,15 @@ class RedisServer:
         except OSError:
             return False
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a Redis that is very slow)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: no goodbye to its clients, and (no persistence) it forgets everything."""
         if self.proc is not None and self.proc.poll() is None:

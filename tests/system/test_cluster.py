@@ -242,3 +242,25 @@ def test_the_readmes_acl_user_is_enough(fleet: Fleet) -> None:
     user = redis.Redis(unix_socket_path=str(fleet.redis.socket), username="hroute", password="pw")
     with pytest.raises(redis.exceptions.NoPermissionError):
         user.get("other-app:secret")
+
+
+def test_a_redis_that_stops_answering_delays_no_answer(fleet: Fleet) -> None:
+    a, b = fleet.start(0), fleet.start(1)
+    for d in (a, b):
+        fleet.connected(d)
+    fleet.redis.pause()
+    try:
+        slowest = 0.0
+        for i in range(10):
+            t0 = time.monotonic()
+            assert a.client().report(
+                "cloud-a", reason="rate_limit", retry_after_s=300, credential=f"fp-{i}"
+            )
+            assert held(a, "cloud-a", f"fp-{i}") is not None
+            assert b.get("/v1/backends")[0] == 200
+            slowest = max(slowest, time.monotonic() - t0)
+        assert slowest < 0.5, slowest  # the cluster's client waits up to 3 s: nobody else does
+    finally:
+        fleet.redis.resume()
+    for i in range(10):  # what was said while Redis was stuck arrives once it answers again
+        wait_until(lambda i=i: held(b, "cloud-a", f"fp-{i}"), 15, what=f"fp-{i} on host-1")
