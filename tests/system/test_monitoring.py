@@ -30,7 +30,7 @@ FAKE_LLAMA = str(Path(__file__).resolve().parents[1] / "support" / "fake_llama.p
 
 
 def daemon_config(llama_port: int, metrics_port: int | None = None) -> str:
-    """Every kind of metric present: a supervised server, a paid backend, budgets."""
+    """Every kind of metric present: a supervised server, a paid backend, budgets, cluster."""
     command = [sys.executable, FAKE_LLAMA, "--port", str(llama_port)]
     daemon = f"daemon: {{metrics_listen: '127.0.0.1:{metrics_port}'}}\n" if metrics_port else ""
     return daemon + "\n".join(
@@ -49,6 +49,8 @@ def daemon_config(llama_port: int, metrics_port: int | None = None) -> str:
             "profiles:",
             "  coding: {chain: [loc, paid]}",
             "budgets: {daily_usd: 5, per_backend_daily_usd: {paid: 2}}",
+            # Nobody listens there: the cluster's metrics are exported, as disconnected.
+            "cluster: {redis_url: 'unix:///nonexistent/hroute-test-redis.sock'}",
             "",
         ]
     )
