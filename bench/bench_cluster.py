@@ -45,9 +45,7 @@ def config(cloud_url: str, redis_url: str | None, host: str) -> str:
     )
     return (
         "daemon: {log_level: warning}\n"
-        "defaults: {probe: {interval_s: 60, timeout_s: 2}}\n"
-        + cluster
-        + "backends:\n"
+        "defaults: {probe: {interval_s: 60, timeout_s: 2}}\n" + cluster + "backends:\n"
         f"  cloud: {{kind: openai, base_url: '{cloud_url}', model: fake-model, tier: cloud}}\n"
     )
 
@@ -59,7 +57,9 @@ def start_daemons(
     for i in range(n):
         where = tmp / f"{tag}-{i}"
         where.mkdir()
-        daemons.append(stack.enter_context(Daemon(where, config(cloud_url, redis_url, f"{tag}-{i}"))))
+        daemons.append(
+            stack.enter_context(Daemon(where, config(cloud_url, redis_url, f"{tag}-{i}")))
+        )
     if redis_url:
         for d in daemons:
             wait_until(
@@ -127,7 +127,9 @@ def main() -> int:
     args = parser.parse_args()
     reports = 30 if args.quick else 150
     calls, rounds = (2000, 2) if args.quick else (20000, 5)
-    print(f"# bench_cluster {date.today()}: {platform.machine()}, Python {platform.python_version()}")
+    print(
+        f"# bench_cluster {date.today()}: {platform.machine()}, Python {platform.python_version()}"
+    )
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="hroute-bench-") as tmpdir:
         tmp = Path(tmpdir)
         rs = stack.enter_context(RedisServer())
@@ -159,9 +161,11 @@ def main() -> int:
             print(f"\n## {n} daemons, {reports} reports ({len(seen)} deliveries, {missed} missed)")
             print(f"propagation ms: median {statistics.median(seen) * 1000:.2f}, "
                   f"p99 {percentile(seen, 0.99) * 1000:.2f}, max {max(seen) * 1000:.2f}")  # fmt: skip
-            print(f"redis round trips per report: {spent.get('evalsha', 0) / reports:.2f} (EVALSHA); "
-                  f"commands per report: {total / reports:.2f} "
-                  f"({', '.join(f'{k} {v / reports:.2f}' for k, v in sorted(spent.items()))})")
+            print(
+                f"redis round trips per report: {spent.get('evalsha', 0) / reports:.2f} (EVALSHA); "
+                f"commands per report: {total / reports:.2f} "
+                f"({', '.join(f'{k} {v / reports:.2f}' for k, v in sorted(spent.items()))})"
+            )
             for d in daemons:
                 d.stop()
     return 0

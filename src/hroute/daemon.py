@@ -70,7 +70,9 @@ async def run_daemon(
         sock = bind_unix_socket(socket_path)
     cluster = None
     if config.cluster is not None:
-        cluster = Cluster(registry, clock, config.cluster, config.cluster.host or socket.gethostname())
+        cluster = Cluster(
+            registry, clock, config.cluster, config.cluster.host or socket.gethostname()
+        )
         metrics.cluster = cluster.view
     supervision = Supervision(registry, clock, poke=lambda name: prober.poke(name))
     prober = Prober(

@@ -47,17 +47,17 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         self.socket.unlink(missing_ok=True)
+        options = {
+            "--port": "0",  # no TCP: only the socket in our temp dir
+            "--unixsocket": str(self.socket),
+            "--unixsocketperm": "700",
+            "--save": "",  # no persistence: a killed server forgets everything
+            "--appendonly": "no",
+            "--dir": str(self.dir),
+            "--daemonize": "no",
+        }
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port", "0",
-                "--unixsocket", str(self.socket),
-                "--unixsocketperm", "700",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.dir),
-                "--daemonize", "no",
-            ],  # fmt: skip
+            [self.binary, *(part for pair in options.items() for part in pair)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

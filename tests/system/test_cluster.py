@@ -228,7 +228,9 @@ def test_the_readmes_acl_user_is_enough(fleet: Fleet) -> None:
     rules = acl.split()[2:]
     admin = redis.Redis(unix_socket_path=str(fleet.redis.socket))
     admin.acl_setuser("hroute", enabled=True, reset=True)
-    admin.execute_command("ACL", "SETUSER", "hroute", *[r.replace("CHANGE-ME", "pw") for r in rules])
+    admin.execute_command(
+        "ACL", "SETUSER", "hroute", *[r.replace("CHANGE-ME", "pw") for r in rules]
+    )
     admin.set("other-app:secret", "x")
     fleet.url, fleet.prefix = f"unix://hroute:pw@{fleet.redis.socket}", "hroute:"
     a, b = fleet.start(0), fleet.start(1)

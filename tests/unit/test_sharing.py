@@ -130,21 +130,24 @@ def test_a_resync_pushes_only_what_this_host_saw(hosts, clock) -> None:
     ]
 
 
+def _record(**changes: object) -> str:
+    good = {"v": 1, "server": ["a", "b", None], "scope": "server", "reason": "timeout"}
+    return json.dumps({**good, "n": 1, "host": "h", **changes})
+
+
 @pytest.mark.parametrize(
     ("raw", "ttl_ms"),
     [
         (b"not json", 1000),
         (b'{"v": 2}', 1000),
         (json.dumps({"v": 1, "server": ["x"], "scope": "server"}), 1000),
-        (json.dumps({"v": 1, "server": ["a", "b", None], "scope": "galaxy", "reason": "timeout",
-                     "n": 1, "host": "h"}), 1000),  # fmt: skip
-        (json.dumps({"v": 1, "server": ["a", "b", None], "scope": "key", "reason": "rate_limit",
-                     "n": 1, "host": "h"}), 1000),  # fmt: skip
-        (json.dumps({"v": 1, "server": ["a", "b", None], "scope": "server", "reason": "timeout",
-                     "n": 1, "host": "h"}), -1),  # fmt: skip
+        (_record(scope="galaxy"), 1000),
+        (_record(scope="key", reason="rate_limit"), 1000),  # a key scope without a key
+        (_record(), -1),  # no TTL
     ],
 )
 def test_garbage_is_refused_with_a_reason(raw, ttl_ms) -> None:
+    assert decode(_record(), 1000).scope is Scope.SERVER  # the good one reads
     with pytest.raises(ValueError):
         decode(raw, ttl_ms)
 
@@ -172,3 +175,17 @@ def test_other_hosts_spend_counts_toward_the_day_and_not_the_next() -> None:
     assert not spend.set_others("1999-01-01", {"paid": 9.0}, day)  # a day that is over
     tomorrow = budget_day(day.ends_at + 1, UTC)
     assert spend.spent("paid", tomorrow) == 0.0
+
+
+def test_a_restart_remembers_which_host_saw_a_shared_cooldown(hosts, clock) -> None:
+    from hroute.edges.state_file import decode_state, encode_state
+
+    a, b = hosts
+    a.reg.record_report("or-a", Report(False, Reason.RATE_LIMIT, 600, credential="sha256:k1"))
+    b.tell(a.sent)
+    doc = json.loads(json.dumps(encode_state(b.reg.records(), clock.now(), clock.wall())))
+    restored = Registry(load_config(CONFIG), clock)
+    restored.restore(decode_state(doc, clock.now(), clock.wall()))
+    # Not this host's own after a restart: a reconnect does not push it as if it were.
+    assert local_records(restored, "host-b") == []
+    assert restored.usable("or-a", credential="sha256:k1")["usable"] is False

@@ -388,4 +388,3 @@ class Registry:
             return self._entries[name]
         except KeyError:
             raise UnknownBackendError(name, list(self._entries)) from None
-
