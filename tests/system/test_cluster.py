@@ -24,7 +24,9 @@ class Fleet:
 
     def __init__(self, tmp: Path, stack: ExitStack) -> None:
         self.tmp, self.stack = tmp, stack
-        self.redis = stack.enter_context(RedisServer())
+        self.redis = RedisServer()
+        stack.callback(self.redis.stop)
+        self.redis.start()
         self.cloud = stack.enter_context(FakeBackend(kind="openai", models=["gpt-a", "gpt-b"]))
         self.local = stack.enter_context(FakeBackend(kind="openai", models=["m"]))
         self.daemons: list[Daemon] = []
@@ -266,3 +268,20 @@ def test_a_redis_that_stops_answering_delays_no_answer(fleet: Fleet) -> None:
         fleet.redis.resume()
     for i in range(10):  # what was said while Redis was stuck arrives once it answers again
         wait_until(lambda i=i: held(b, "cloud-a", f"fp-{i}"), 15, what=f"fp-{i} on host-1")
+
+
+def test_redis_down_at_start_each_host_serves_alone_then_joins(fleet: Fleet) -> None:
+    fleet.redis.kill()
+    a, b = fleet.start(0), fleet.start(1)  # serving without Redis: nothing waits for it
+    for d in (a, b):
+        fleet.connected(d, False)
+        d.wait_for_log("cluster: cannot reach")
+    assert a.client().report("cloud-a", reason="server_error", status_code=500)
+    assert held(a, "cloud-a") is not None and held(b, "cloud-a") is None
+    fleet.redis.start()
+    for d in (a, b):
+        fleet.connected(d)
+    wait_until(lambda: held(b, "cloud-a"), 5, what="the cooldown made before Redis came")
+    assert held(b, "cloud-a") == pytest.approx(held(a, "cloud-a"), abs=1.0)
+    for d in (a, b):
+        assert sum("cluster: cannot reach" in line for line in d.lines) == 1, d.log

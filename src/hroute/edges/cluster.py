@@ -101,14 +101,18 @@ class Cluster:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect, resync, publish and listen; on any failure, work alone and retry."""
-        import redis.asyncio as aredis  # the optional extra: loaded only with `cluster:`
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import RedisError
-
         task_status.started()  # answers never wait for Redis, so neither does READY=1
+        try:  # the optional extra: loaded only with `cluster:`
+            import redis.asyncio as aredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import RedisError
+        except ImportError as exc:
+            self._lost(RuntimeError(f"redis-py is missing ({exc}): pip install 'hroute[cluster]'"))
+            return  # this host works alone, and says so in its status
         backoff = BACKOFF_S[0]
         while True:
+            started = self.clock.now()
             client = aredis.from_url(
                 self.settings.redis_url,
                 socket_timeout=TIMEOUT_S,
@@ -117,12 +121,17 @@ class Cluster:
             )
             try:
                 await self._session(client)
-            except (RedisError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the cluster must never stop the daemon
+                if not isinstance(exc, RedisError | OSError | ValueError):
+                    log.exception("cluster: unexpected failure; starting over")
                 if self.connected or not self.error:
                     self._lost(exc)
                 else:
                     self.error = _words(exc)
-                backoff = BACKOFF_S[0] if self._was_up else min(backoff * 2, BACKOFF_S[1])
+                # A session that lasted starts the backoff over; one that failed at once (a
+                # Redis that accepts and then refuses) keeps growing it, so no log storm.
+                lasted = self._was_up and self.clock.now() - started >= BACKOFF_S[1]
+                backoff = BACKOFF_S[0] if lasted else min(backoff * 2, BACKOFF_S[1])
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                     await client.aclose()
@@ -157,11 +166,9 @@ class Cluster:
         self, part: Callable[[], Awaitable[None]], failure: list[BaseException], tg: Any
     ) -> None:
         """Run one half of a session; its failure ends both (and is raised by `_session`)."""
-        from redis.exceptions import RedisError
-
         try:
             await part()
-        except (RedisError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - raised again by `_session`
             failure.append(exc)
             tg.cancel_scope.cancel()
 
