@@ -183,6 +183,14 @@ def test_status_and_metrics_show_the_cluster(fleet: Fleet) -> None:
         timeout=20,
     )
     assert f"cluster: connected to {fleet.redis.url} as host-0" in out.stdout, out
+    doctor = subprocess.run(
+        [sys.executable, "-m", "hroute.cli", "--socket", str(a.socket), "doctor"]
+        + ["--config", str(a.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert f"sharing cooldowns through {fleet.redis.url} as host-0" in doctor.stdout, doctor
     metrics = a.get_text("/metrics")
     assert "hroute_cluster_connected 1.0" in metrics
     assert 'hroute_cluster_records_total{result="published"} 0.0' in metrics
