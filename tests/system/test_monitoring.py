@@ -213,6 +213,8 @@ def test_make_install_carries_them_and_uninstall_removes_them(tmp_path: Path) ->
     script = str(repo / "packaging" / "install.sh")
     done = subprocess.run([script, "install"], env=env, capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stderr[-2000:]
+    venv = tmp_path / "stage" / "usr" / "lib" / "hroute"
+    assert list(venv.glob("lib/python3*/site-packages/redis/asyncio")), "no hroute[cluster]"
     installed = tmp_path / "stage" / "usr" / "share" / "hroute" / "monitoring"
     assert sorted(p.name for p in installed.iterdir()) == [
         "hroute-alerts.test.yml",
