@@ -62,7 +62,7 @@ class Cluster:
         self.prefix = settings.key_prefix
         self.channel = self.prefix + "events"
         self.url = redacted_url(settings.redis_url)
-        self._queue: deque[Shared] = deque(maxlen=QUEUE_MAX)
+        self._queue: deque[tuple[Shared, float]] = deque(maxlen=QUEUE_MAX)  # and when queued
         self._wake = anyio.Event()
         self.connected = False
         self.since = clock.wall()
@@ -79,7 +79,7 @@ class Cluster:
         for shared in from_changes(self.registry, name, changes, self.host):
             if len(self._queue) == QUEUE_MAX:
                 self.counts["dropped"] += 1
-            self._queue.append(shared)
+            self._queue.append((shared, self.clock.now()))
             self._wake.set()
 
     def _on_usage(self, name: str, usd: float, day: Day) -> None:
@@ -175,7 +175,8 @@ class Cluster:
     async def _drain(self, script: Any, client: Any) -> None:
         while True:
             while self._queue:
-                await self._publish(script, self._queue[0])
+                shared, queued_at = self._queue[0]
+                await self._publish(script, shared, self.clock.now() - queued_at)
                 self._queue.popleft()  # only once Redis took it: a failure keeps it
             if self._spend_due:
                 await self._send_spend(client)
@@ -186,8 +187,8 @@ class Cluster:
             if not woken:
                 await client.ping()
 
-    async def _publish(self, script: Any, shared: Shared) -> int:
-        ttl_ms = int(shared.remaining_s * 1000)
+    async def _publish(self, script: Any, shared: Shared, waited_s: float = 0.0) -> int:
+        ttl_ms = int((shared.remaining_s - waited_s) * 1000)  # what is left of it now
         if ttl_ms <= 0:
             return 0
         done = await script(
