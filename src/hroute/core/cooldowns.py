@@ -179,12 +179,6 @@ def report_scope(
     return None
 
 
-def key_model(reason: Reason, model: str | None) -> str:
-    """The model part of a key scope: a rate limit that names a model is that model's (OpenAI
-    and Anthropic limit per model); billing and auth are the key's, for every model."""
-    return model if reason is Reason.RATE_LIMIT and model else ANY_MODEL
-
-
 def beyond_bounds(health: Health, report: Report, policy: Policy) -> bool:
     """A failure for a new model or key when the server already remembers MAX_SCOPES."""
     if report.success or report.reason is None:
@@ -198,3 +192,9 @@ def beyond_bounds(health: Health, report: Report, policy: Policy) -> bool:
         key = (report.credential or "", key_model(report.reason, report.model))
         return key not in health.keys and len(health.keys) >= MAX_SCOPES
     return False
+
+
+def key_model(reason: Reason, model: str | None) -> str:
+    """The model part of a key scope: a rate limit that names a model is that model's (OpenAI
+    and Anthropic limit per model); billing and auth are the key's, for every model."""
+    return model if reason is Reason.RATE_LIMIT and model else ANY_MODEL
