@@ -65,7 +65,7 @@ install_venv() {
     fi
     # shellcheck disable=SC2086  # PIP_ARGS is a list of options
     "${pip[@]}" install --quiet --disable-pip-version-check --no-compile \
-        --no-warn-script-location $PIP_ARGS "$SRC"
+        --no-warn-script-location $PIP_ARGS "$SRC[cluster]"  # the package can join a cluster
     if [ -n "$own_pip" ]; then
         "${pip[@]}" uninstall --quiet --yes pip setuptools
     fi

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import signal
+import socket
 from pathlib import Path
 
 import anyio
@@ -18,6 +19,7 @@ from hroute.core.clock import Clock
 from hroute.core.registry import Registry
 from hroute.edges.api import Deps, make_api
 from hroute.edges.clock import RealClock, wait_until
+from hroute.edges.cluster import Cluster
 from hroute.edges.fault_injection import serve_test_hooks
 from hroute.edges.metrics import Metrics
 from hroute.edges.prober import Prober
@@ -68,6 +70,12 @@ async def run_daemon(
     owns_socket = sock is None
     if sock is None:
         sock = bind_unix_socket(socket_path)
+    cluster = None
+    if config.cluster is not None:
+        cluster = Cluster(
+            registry, clock, config.cluster, config.cluster.host or socket.gethostname()
+        )
+        metrics.cluster = cluster.view
     supervision = Supervision(registry, clock, poke=lambda name: prober.poke(name))
     prober = Prober(
         registry,
@@ -85,6 +93,7 @@ async def run_daemon(
         lambda old, new, diff: _note_missing_keys(registry, new),
         lambda old, new, diff: prober.sync(new),
         lambda old, new, diff: supervision.sync(new),
+        lambda old, new, diff: _note_cluster_change(old, new),
     ]
     reloader.on_start = notifier.reloading
     reloader.on_result = lambda result, trigger: _tell_reload(
@@ -113,6 +122,7 @@ async def run_daemon(
         restart=supervision.restart,
         clients=clients,
         now=clock.now,
+        cluster=None if cluster is None else cluster.view,
     )
     api = make_api(deps)
     try:
@@ -128,6 +138,8 @@ async def run_daemon(
             await tg.start(prober.run)  # loads its HTTP client off the loop: the socket answers
             await tg.start(saver.run)
             await tg.start(reloader.watch)
+            if cluster is not None:
+                await tg.start(cluster.run)  # in the background: nothing waits for Redis
             tg.start_soon(_expire_cooldowns, registry, clock)
             tg.start_soon(keep_watchdog, notifier, clock.sleep)
             tg.start_soon(serve_test_hooks)
@@ -161,6 +173,11 @@ def _note_missing_keys(registry: Registry, config: Config) -> None:
             var,
         )
         registry.set_note(name, f"key_env {var} is not set; not probed")
+
+
+def _note_cluster_change(old: Config, new: Config) -> None:
+    if old.cluster != new.cluster:
+        log.warning("cluster: settings changed; they take effect when hroute restarts")
 
 
 async def _expire_cooldowns(registry: Registry, clock: Clock) -> None:

@@ -30,7 +30,7 @@ FAKE_LLAMA = str(Path(__file__).resolve().parents[1] / "support" / "fake_llama.p
 
 
 def daemon_config(llama_port: int, metrics_port: int | None = None) -> str:
-    """Every kind of metric present: a supervised server, a paid backend, budgets."""
+    """Every kind of metric present: a supervised server, a paid backend, budgets, cluster."""
     command = [sys.executable, FAKE_LLAMA, "--port", str(llama_port)]
     daemon = f"daemon: {{metrics_listen: '127.0.0.1:{metrics_port}'}}\n" if metrics_port else ""
     return daemon + "\n".join(
@@ -49,6 +49,8 @@ def daemon_config(llama_port: int, metrics_port: int | None = None) -> str:
             "profiles:",
             "  coding: {chain: [loc, paid]}",
             "budgets: {daily_usd: 5, per_backend_daily_usd: {paid: 2}}",
+            # Nobody listens there: the cluster's metrics are exported, as disconnected.
+            "cluster: {redis_url: 'unix:///nonexistent/hroute-test-redis.sock'}",
             "",
         ]
     )
@@ -211,6 +213,8 @@ def test_make_install_carries_them_and_uninstall_removes_them(tmp_path: Path) ->
     script = str(repo / "packaging" / "install.sh")
     done = subprocess.run([script, "install"], env=env, capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stderr[-2000:]
+    venv = tmp_path / "stage" / "usr" / "lib" / "hroute"
+    assert list(venv.glob("lib/python3*/site-packages/redis/asyncio")), "no hroute[cluster]"
     installed = tmp_path / "stage" / "usr" / "share" / "hroute" / "monitoring"
     assert sorted(p.name for p in installed.iterdir()) == [
         "hroute-alerts.test.yml",

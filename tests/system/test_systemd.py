@@ -90,7 +90,7 @@ def _wheelhouse(cache: Path) -> Path:
         shutil.rmtree(cache / "wheels", ignore_errors=True)
         wheels.mkdir(parents=True)
         run_bounded(
-            [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(REPO),
+            [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), f"{REPO}[cluster]",
              "setuptools>=68", "wheel"],
             "pip wheel",
         )  # fmt: skip

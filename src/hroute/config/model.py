@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from hroute.config.cluster import ClusterSettings
 from hroute.config.supervise import SuperviseSettings
 from hroute.config.yaml_lines import LOADER as _LOADER
 from hroute.config.yaml_lines import describe as _describe
@@ -254,6 +255,7 @@ class Config(_Frozen):
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
     fallback_rules: dict[FallbackReason, FallbackRule] = Field(default_factory=dict)
     budgets: Budgets = Budgets()
+    cluster: ClusterSettings | None = None  # off: this host works on its own state
 
     @field_validator("backends", "profiles", mode="before")
     @classmethod

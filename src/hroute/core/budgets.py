@@ -33,12 +33,14 @@ def cost_usd(price: Any, input_tokens: int, output_tokens: int) -> float:
 
 
 class Spend:
-    """Money spent per backend in the current budget day."""
+    """Money spent per backend in the current budget day: this host's, plus what the other
+    hosts of a cluster spent (told by the cluster, never saved: they keep their own)."""
 
     def __init__(self) -> None:
         self._day = ""
         self._ends_at: float | None = float("-inf")
         self._by_backend: dict[str, float] = {}
+        self._others: dict[str, float] = {}
 
     def _roll(self, day: Day) -> None:
         if self._ends_at is None:  # loaded from a file that did not say when its day ends
@@ -48,19 +50,33 @@ class Spend:
         elif day.now < self._ends_at:
             return
         self._day, self._ends_at, self._by_backend = day.label, day.ends_at, {}
+        self._others = {}
 
     def add(self, backend: str, usd: float, day: Day) -> float:
         self._roll(day)
         self._by_backend[backend] = self._by_backend.get(backend, 0.0) + usd
-        return self._by_backend[backend]
+        return self._by_backend[backend] + self._others.get(backend, 0.0)
 
     def spent(self, backend: str, day: Day) -> float:
         self._roll(day)
-        return self._by_backend.get(backend, 0.0)
+        return self._by_backend.get(backend, 0.0) + self._others.get(backend, 0.0)
 
     def total(self, day: Day) -> float:
         self._roll(day)
-        return sum(self._by_backend.values())
+        return sum(self._by_backend.values()) + sum(self._others.values())
+
+    def own(self, day: Day) -> dict[str, float]:
+        """What this host spent per backend in the budget day (what it tells the cluster)."""
+        self._roll(day)
+        return dict(self._by_backend)
+
+    def set_others(self, label: str, by_backend: dict[str, float], day: Day) -> bool:
+        """What the other hosts spent in the budget day `label`; ignored (False) for another day."""
+        self._roll(day)
+        if label != self._day:
+            return False
+        self._others = {b: usd for b, usd in by_backend.items() if usd > 0}
+        return True
 
     def resets_in(self, day: Day) -> float:
         """Seconds until the current budget day ends."""

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from hroute.core.reasons import Reason
 
 if TYPE_CHECKING:
-    from hroute.core.health_values import Policy
+    from hroute.core.health import Health
+    from hroute.core.health_values import Policy, Report
 
 
 class Scope(StrEnum):
@@ -41,6 +42,7 @@ class Cooldown:
     until: float | None  # None: until lifted (a new key, a probe that finds the model)
     reason: Reason
     detail: str = ""
+    seen_by: str = ""  # the host that saw it, when another host did (cluster sharing)
 
 
 @dataclass
@@ -176,6 +178,21 @@ def report_scope(
             return Scope.MODEL
         return None if reason is Reason.MODEL_NOT_FOUND else Scope.SERVER
     return None
+
+
+def beyond_bounds(health: Health, report: Report, policy: Policy) -> bool:
+    """A failure for a new model or key when the server already remembers MAX_SCOPES."""
+    if report.success or report.reason is None:
+        return False
+    scope = report_scope(
+        report.reason, credential=report.credential, model=report.model, local=policy.local
+    )
+    if scope is Scope.MODEL:
+        return report.model not in health.models and len(health.models) >= MAX_SCOPES
+    if scope is Scope.KEY:
+        key = (report.credential or "", key_model(report.reason, report.model))
+        return key not in health.keys and len(health.keys) >= MAX_SCOPES
+    return False
 
 
 def key_model(reason: Reason, model: str | None) -> str:

@@ -71,3 +71,4 @@ class Transition:
     detail: str = ""
     scope: str = Scope.SERVER
     model: str | None = None
+    seen_by: str | None = None  # another host, for a cooldown shared through the cluster

@@ -15,11 +15,12 @@ from typing import Any
 
 from hroute.config.model import Config
 from hroute.core.clock import Clock
-from hroute.core.cooldowns import MAX_SCOPES, Scope, key_model, report_scope
+from hroute.core.cooldowns import beyond_bounds
 from hroute.core.events import EventLog, EventSink
 from hroute.core.health import AUTH_REASONS, Health, Policy, ProbeOutcome, Report, Transition
 from hroute.core.identity import BackendIdentity, normalize_base_url
 from hroute.core.routing import Router
+from hroute.core.sharing import Shared, apply_shared, shareable
 from hroute.core.verdict import Verdict
 from hroute.core.views import backend_view, snapshot
 from hroute.errors import UnknownBackendError
@@ -50,6 +51,7 @@ class Registry:
         self._jitter = jitter  # a value in [-1, 1] per new cooldown (the daemon's RNG)
         self.events = EventLog(clock, events_kept)
         self._listeners: list[Callable[[], None]] = []
+        self._report_taps: list[Callable[[str, list[Transition]], None]] = []
         self._notes: dict[str, str] = {}
         self._process_views: dict[str, Callable[[], dict[str, Any]]] = {}
         self.version = 0  # bumped on every change; the snapshot publisher watches it
@@ -133,6 +135,11 @@ class Registry:
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after every change (the snapshot publisher wakes on it)."""
         self._listeners.append(listener)
+
+    def add_report_tap(self, tap: Callable[[str, list[Transition]], None]) -> None:
+        """Call `tap(name, changes)` after each client report that changed something (the
+        cluster queues what to share; it must not block)."""
+        self._report_taps.append(tap)
 
     def changed(self) -> None:
         """Something the answers depend on changed: tell of fallbacks, wake the listeners."""
@@ -229,12 +236,24 @@ class Registry:
             self._publish(name, ended)
         if report.model is None and entry.model:
             report = dataclasses.replace(report, model=entry.model)
-        if _beyond_bounds(entry.health, report, policy):
+        if beyond_bounds(entry.health, report, policy):
             return []
         before = entry.health.mark()
         changes = entry.health.on_report(report, now, policy, self._jitter())
         self._publish(name, changes, visible=entry.health.mark() != before)
+        if changes:
+            for tap in self._report_taps:
+                tap(name, changes)
         return changes
+
+    def apply_shared(self, shared: Shared) -> bool:
+        """Take a cooldown another host saw on a remote backend configured here too (as a
+        remote one): it extends, never shortens, what is held. False when not ours."""
+        name = next((n for n, e in self._entries.items() if e.identity == shared.identity), None)
+        if name is None or not shareable(self, name):
+            return False
+        self._publish(name, apply_shared(self._entries[name].health, shared, self.clock.now()))
+        return True
 
     def block(self, name: str, reason: str, detail: str = "") -> None:
         """Unusable at once, whatever its probes say, until `unblock` (a supervisor's verdict:
@@ -298,6 +317,7 @@ class Registry:
                 cooldown_s=None if change.cooldown_s is None else round(change.cooldown_s, 3),
                 credential=change.credential,
                 detail=change.detail,
+                seen_by=change.seen_by,
             )
         if changes or visible:
             self.changed()  # after the cause is told: a fallback it brings follows it
@@ -370,18 +390,3 @@ class Registry:
             return self._entries[name]
         except KeyError:
             raise UnknownBackendError(name, list(self._entries)) from None
-
-
-def _beyond_bounds(health: Health, report: Report, policy: Policy) -> bool:
-    """A failure for a new model or key when the server already remembers MAX_SCOPES."""
-    if report.success or report.reason is None:
-        return False
-    scope = report_scope(
-        report.reason, credential=report.credential, model=report.model, local=policy.local
-    )
-    if scope is Scope.MODEL:
-        return report.model not in health.models and len(health.models) >= MAX_SCOPES
-    if scope is Scope.KEY:
-        key = (report.credential or "", key_model(report.reason, report.model))
-        return key not in health.keys and len(health.keys) >= MAX_SCOPES
-    return False

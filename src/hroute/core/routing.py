@@ -7,7 +7,7 @@ of fallbacks. It is part of the registry's single owner; nothing here awaits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from hroute.core.budgets import Day, Spend, budget_block, budget_day, cost_usd
@@ -26,6 +26,8 @@ class Router:
         self._registry = registry
         self.tasks = Tasks()
         self.spend = Spend()
+        # Called with (backend, usd, day) for every cost added (the cluster shares the day's).
+        self.usage_taps: list[Callable[[str, float, Day], None]] = []
         self._current: dict[str, str | None] = {}  # each profile's plain route, for fallbacks
 
     def route(
@@ -166,6 +168,8 @@ class Router:
         block = budget_block(name, budgets, self.spend, day) if backend.paid else None
         if usd:
             registry.changed()
+            for tap in self.usage_taps:
+                tap(name, usd, day)
         return {
             "backend": name,
             "cost_usd": round(usd, 6),
@@ -173,6 +177,11 @@ class Router:
             "total_today_usd": round(self.spend.total(day), 6),
             "budget": block,
         }
+
+    def apply_shared_spend(self, label: str, by_backend: dict[str, float]) -> None:
+        """What the cluster's other hosts spent in budget day `label`, per backend."""
+        if self.spend.set_others(label, by_backend, self.day_window()):
+            self._registry.changed()  # a budget may now be exhausted
 
     def spent_today(self, name: str) -> float:
         return self.spend.spent(name, self.day_window())

@@ -88,6 +88,8 @@ def _blocked_by(
     held = health.holding(scope, None, model)
     detail = health.detail if held is None or not held.detail else held.detail
     out = {"scope": scope, "reason": reason, "detail": detail}
+    if held is not None and held.seen_by:
+        out["seen_by"] = held.seen_by  # another host's report, shared through the cluster
     if scope == "model":
         out["model"] = model
     return out

@@ -41,6 +41,7 @@ class Deps:
     on_report: Callable[[str, dict[str, Any]], None] = lambda name, data: None
     reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
     restart: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+    cluster: Callable[[], dict[str, Any]] | None = None  # the cluster's state, when configured
     clients: Clients | None = None
     now: Callable[[], float] | None = None
 
@@ -143,7 +144,10 @@ def make_api(deps: Deps) -> HttpServer:
         return json_response(reg.usable(name, query.get("credential"), model))
 
     def backends(request: Request) -> Response:
-        return json_response({"backends": reg.views()})
+        body: dict[str, Any] = {"backends": reg.views()}
+        if deps.cluster is not None:
+            body["cluster"] = deps.cluster()
+        return json_response(body)
 
     def backend(request: Request, name: str) -> Response:
         if reg.resolve(backend=name) is None:

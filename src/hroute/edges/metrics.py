@@ -96,6 +96,7 @@ class Metrics:
             "hroute_config_reloads_total", "Configuration reloads", ("result",)
         )
         self._health = health
+        self.cluster: Callable[[], dict[str, Any]] | None = None  # set when cluster: is on
 
     def on_event(self, event: dict[str, Any]) -> None:
         self.events.inc(event["event"])
@@ -119,6 +120,8 @@ def _registry_for(metrics: Metrics) -> Any:
     registry.register(_HealthCollector(metrics._health))  # type: ignore[arg-type]
     if metrics._clients is not None and metrics._now is not None:
         registry.register(_ClientsCollector(metrics._clients, metrics._now))  # type: ignore[arg-type]
+    if metrics.cluster is not None:
+        registry.register(_ClusterCollector(metrics.cluster))  # type: ignore[arg-type]
     return registry
 
 
@@ -163,16 +166,35 @@ class _Families:
         yield m.probe_duration.family()
 
 
+class _ClusterCollector:
+    """The link to the fleet's Redis: up or not, and what went through it."""
+
+    def __init__(self, view: Callable[[], dict[str, Any]]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        view = self._view()
+        connected = GaugeMetricFamily(
+            "hroute_cluster_connected", "1 while this host shares cooldowns through Redis"
+        )
+        connected.add_metric([], 1.0 if view["connected"] else 0.0)
+        records = CounterMetricFamily(
+            "hroute_cluster_records",
+            "Shared cooldowns: published, applied from other hosts, skipped (unreadable), "
+            "dropped (queue full)",
+            labels=["result"],
+        )
+        for result in ("published", "applied", "skipped", "dropped"):
+            records.add_metric([result], view[result])
+        yield from (connected, records)
+
+
 class _HealthCollector:
     """Gauges read from the registry at scrape time."""
 
-    def __init__(
-        self,
-        health: Callable[[], Registry],
-        clients: Clients | None = None,
-        now: Callable[[], float] | None = None,
-    ) -> None:
-        self._clients, self._now = clients, now
+    def __init__(self, health: Callable[[], Registry]) -> None:
         self._health = health
 
     def collect(self) -> Iterator[Any]:

@@ -42,6 +42,7 @@ class _Deadline(_Strict):
     reason: Reason
     detail: str = Field("", max_length=2000)
     ejections: int = Field(0, ge=0, le=10_000)
+    seen_by: str = Field("", max_length=64)  # another host's, shared through the cluster
 
 
 class _Record(_Strict):
@@ -98,7 +99,11 @@ def encode_state(
     def deadline(c: Cooldown, ejections: int = 0) -> dict[str, Any]:
         until = None if c.until is None else round(wall + (c.until - now), 3)
         out = {"until_wall": until, "reason": str(c.reason), "ejections": ejections}
-        return out | ({"detail": c.detail} if c.detail else {})
+        return (
+            out
+            | ({"detail": c.detail} if c.detail else {})
+            | ({"seen_by": c.seen_by} if c.seen_by else {})
+        )
 
     out = []
     for ident, h in records.items():
@@ -157,9 +162,9 @@ def decode_saved(data: Any, now: float, wall: float) -> Saved:
         if d is None:
             return None
         if d.until_wall is None:
-            return Cooldown(None, d.reason, d.detail)
+            return Cooldown(None, d.reason, d.detail, d.seen_by)
         left = d.until_wall - wall
-        return Cooldown(now + left, d.reason, d.detail) if left > 0 else None
+        return Cooldown(now + left, d.reason, d.detail, d.seen_by) if left > 0 else None
 
     def held(d: _Deadline) -> Held | None:
         c = live(d)

@@ -40,6 +40,8 @@ MESSAGE_IDS = {
     "config_rejected": "86dfb72e7d484329b1478e7ad630ee0c",
     "escalation": "2f94d7c0ef9646b8b04f19d2ec51cc13",
     "task_failure": "809f0e92a4734baa8bfe8ccaf669ba52",
+    "cluster_connected": "b0d89bfabf5d48809a90c7c358ffca57",
+    "cluster_disconnected": "9e468c8f81db471f884219b4d99f88b9",
 }
 
 # Event keys → journal fields (HROUTE_EVENT, MESSAGE_ID and the message come separately).
@@ -57,6 +59,7 @@ _EVENT_FIELDS = {
     "model": "HROUTE_MODEL",
     "held": "HROUTE_HELD",
     "id": "HROUTE_EVENT_ID",
+    "seen_by": "HROUTE_SEEN_BY",
 }
 
 _FIELD_NAME = re.compile(r"[A-Z0-9][A-Z0-9_]{0,63}")

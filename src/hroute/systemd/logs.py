@@ -19,6 +19,7 @@ _LEVELS = {
     "fatal": logging.ERROR,
     "config_rejected": logging.ERROR,
     "restart": logging.WARNING,  # a manual one is INFO (log_event)
+    "cluster_disconnected": logging.WARNING,
 }
 
 
@@ -53,9 +54,12 @@ def describe(event: dict[str, Any]) -> str:
             span = "until a probe finds it"
         else:
             span = "until the key changes"
-        return f"{name}: cooling down {span}{cred} ({reason}{detail})"
+        seen = f", seen by {event['seen_by']}" if event.get("seen_by") else ""
+        return f"{name}: cooling down {span}{cred} ({reason}{seen}{detail})"
     if kind.startswith(("process_", "unit_")) or kind in ("restart", "fatal"):
         return f"{name}: {event.get('detail') or kind}"
+    if kind in ("cluster_connected", "cluster_disconnected"):
+        return f"cluster: {event.get('detail') or kind}"
     if kind == "cooldown_end":
         return f"{name}: cooldown over ({reason})"
     if kind == "config_reloaded":

@@ -136,6 +136,14 @@ def check_daemon(client: Client) -> tuple[list[Check], list[dict[str, Any]] | No
     except (OSError, TimeoutError, ValueError) as exc:
         checks.append(Check("backends", FAIL, f"the daemon did not list its backends: {exc}"))
         return checks, None
+    cluster = body.get("cluster") if status == 200 and isinstance(body, dict) else None
+    if cluster:  # cooldowns shared with other hosts through Redis
+        where = f"{cluster['redis_url']} as {cluster['host']}"
+        if cluster["connected"]:
+            checks.append(Check("cluster", OK, f"sharing cooldowns through {where}"))
+        else:
+            why = f"cannot reach {where}: {cluster.get('error')}; this host works alone"
+            checks.append(Check("cluster", FAIL, why, "check Redis and cluster.redis_url"))
     return checks, (body["backends"] if status == 200 else None)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hroute.tools.commands import cluster_line
+
 
 def status_lines(backends: dict[str, Any], clients: Any = None) -> list[str]:
     """The lines `hroute status` prints for `GET /v1/backends` (and `GET /v1/clients`)."""
@@ -23,6 +25,8 @@ def status_lines(backends: dict[str, Any], clients: Any = None) -> list[str]:
             )
         )
     out = table(rows)
+    if backends.get("cluster"):  # cooldowns shared with other hosts through Redis
+        out.append(cluster_line(backends["cluster"]))
     spend = [
         (b["name"], b["spent_today_usd"]) for b in backends["backends"] if "spent_today_usd" in b
     ]

@@ -1,0 +1,330 @@
+"""The cluster: this host's cloud cooldowns to Redis, other hosts' back into the registry.
+
+Nothing an agent waits for goes through here. A report's cooldown is queued by a registry
+tap (a deque append) and published by this task; other hosts' cooldowns arrive on a pub/sub
+channel and are applied through `Registry.apply_shared` on the event loop, like reports. On
+every (re)connect this host pushes what it holds and pulls everything: Redis may have lost
+its memory, and messages sent while we were away are gone. When Redis is unreachable the
+host works on its own state, says so once, and retries with backoff.
+
+Data model (`core/sharing.py`): one key per scope, `<prefix>cd:<digest>`, whose value says
+which server, scope, model, key fingerprint, reason, incident count and host, and whose TTL
+is the remaining time. A Lua script sets a key only when the new deadline is later than the
+stored one and publishes in the same step, so a report costs one round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from hroute.config.cluster import ClusterSettings, redacted_url
+from hroute.core.clock import Clock
+from hroute.core.registry import Registry
+from hroute.core.sharing import Shared, decode, from_changes, local_records
+from hroute.edges.clock import wait_until
+
+if TYPE_CHECKING:
+    from hroute.core.budgets import Day
+    from hroute.core.health import Transition
+
+log = logging.getLogger("hroute.cluster")
+
+QUEUE_MAX = 4096  # cooldowns waiting for Redis; the oldest go first (a resync sends them all)
+BACKOFF_S = (0.2, 10.0)  # first retry, cap
+IDLE_PING_S = 5.0  # a Redis that stopped answering is noticed within this (plus the timeout)
+TIMEOUT_S = 3.0
+SCAN_COUNT = 500
+WARNINGS_KEPT = 1024  # bad keys already warned about (each is told once, not on every resync)
+
+# Later deadline wins, in Redis too: set only when longer than what is stored, and tell the
+# other hosts in the same step. KEYS[1] the record's key; ARGV: value, TTL (ms), channel.
+PUBLISH_LUA = """
+local ttl = tonumber(ARGV[2])
+if redis.call('PTTL', KEYS[1]) >= ttl then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('PUBLISH', ARGV[3], KEYS[1] .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[1])
+return 1
+"""
+
+
+class Cluster:
+    """One host's link to the fleet's Redis; `run` is its task, `view` its status."""
+
+    def __init__(
+        self, registry: Registry, clock: Clock, settings: ClusterSettings, host: str
+    ) -> None:
+        self.registry, self.clock, self.settings, self.host = registry, clock, settings, host
+        self.prefix = settings.key_prefix
+        self.channel = self.prefix + "events"
+        self.url = redacted_url(settings.redis_url)
+        self._queue: deque[tuple[Shared, float]] = deque(maxlen=QUEUE_MAX)  # and when queued
+        self._wake = anyio.Event()
+        self.connected = False
+        self.since = clock.wall()
+        self.error = ""
+        self.counts = {"published": 0, "applied": 0, "skipped": 0, "dropped": 0}
+        self._warned: set[str] = set()
+        self._spend_due = False  # this host's day total changed since it was last sent
+        registry.add_report_tap(self._on_report)
+        registry.router.usage_taps.append(self._on_usage)
+
+    # --- the registry's side (on the loop, never waits) ---------------------------------
+
+    def _on_report(self, name: str, changes: list[Transition]) -> None:
+        for shared in from_changes(self.registry, name, changes, self.host):
+            if len(self._queue) == QUEUE_MAX:
+                self.counts["dropped"] += 1
+            self._queue.append((shared, self.clock.now()))
+            self._wake.set()
+
+    def _on_usage(self, name: str, usd: float, day: Day) -> None:
+        self._spend_due = True
+        self._wake.set()
+
+    def view(self) -> dict[str, Any]:
+        """The cluster's state for `/v1/backends` and `hroute status`."""
+        return {
+            "redis_url": self.url,
+            "host": self.host,
+            "connected": self.connected,
+            "since": round(self.since, 3),
+            "error": self.error or None,
+            **self.counts,
+        }
+
+    # --- the task -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect, resync, publish and listen; on any failure, work alone and retry."""
+        task_status.started()  # answers never wait for Redis, so neither does READY=1
+        try:  # the optional extra: loaded only with `cluster:`
+            import redis.asyncio as aredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import RedisError
+        except ImportError as exc:
+            self._lost(RuntimeError(f"redis-py is missing ({exc}): pip install 'hroute[cluster]'"))
+            return  # this host works alone, and says so in its status
+        backoff = BACKOFF_S[0]
+        while True:
+            started = self.clock.now()
+            client = aredis.from_url(
+                self.settings.redis_url,
+                socket_timeout=TIMEOUT_S,
+                socket_connect_timeout=TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0),  # a failure must reach us: we resync after it
+            )
+            try:
+                await self._session(client)
+            except Exception as exc:  # noqa: BLE001 - the cluster must never stop the daemon
+                if not isinstance(exc, RedisError | OSError | ValueError):
+                    log.exception("cluster: unexpected failure; starting over")
+                if self.connected or not self.error:
+                    self._lost(exc)
+                else:
+                    self.error = _words(exc)
+                # A session that lasted starts the backoff over; one that failed at once (a
+                # Redis that accepts and then refuses) keeps growing it, so no log storm.
+                lasted = self._was_up and self.clock.now() - started >= BACKOFF_S[1]
+                backoff = BACKOFF_S[0] if lasted else min(backoff * 2, BACKOFF_S[1])
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    await client.aclose()
+            await self.clock.sleep(backoff)
+
+    async def _session(self, client: Any) -> None:
+        self._was_up = False
+        await client.ping()
+        script = client.register_script(PUBLISH_LUA)
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            self._queue.clear()  # the push below sends everything running
+            pushed = 0
+            for shared in local_records(self.registry, self.host):
+                pushed += await self._publish(script, shared)
+            pulled = await self._pull(client)
+            await self._send_spend(client)
+            await self._pull_spend(client, self.registry.router.day())
+            self._up(pushed, pulled)
+            failure: list[BaseException] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._guard, lambda: self._drain(script, client), failure, tg)
+                tg.start_soon(self._guard, lambda: self._listen(pubsub, client), failure, tg)
+            if failure:
+                raise failure[0]
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await pubsub.aclose()
+
+    async def _guard(
+        self, part: Callable[[], Awaitable[None]], failure: list[BaseException], tg: Any
+    ) -> None:
+        """Run one half of a session; its failure ends both (and is raised by `_session`)."""
+        try:
+            await part()
+        except Exception as exc:  # noqa: BLE001 - raised again by `_session`
+            failure.append(exc)
+            tg.cancel_scope.cancel()
+
+    async def _drain(self, script: Any, client: Any) -> None:
+        while True:
+            while self._queue:
+                shared, queued_at = self._queue[0]
+                await self._publish(script, shared, self.clock.now() - queued_at)
+                self._queue.popleft()  # only once Redis took it: a failure keeps it
+            if self._spend_due:
+                await self._send_spend(client)
+            self._wake = anyio.Event()
+            if self._queue or self._spend_due:
+                continue
+            woken = await wait_until(self.clock, self._wake, self.clock.now() + IDLE_PING_S)
+            if not woken:
+                await client.ping()
+
+    async def _publish(self, script: Any, shared: Shared, waited_s: float = 0.0) -> int:
+        ttl_ms = int((shared.remaining_s - waited_s) * 1000)  # what is left of it now
+        if ttl_ms <= 0:
+            return 0
+        done = await script(
+            keys=[self.prefix + shared.key], args=[shared.encode(), ttl_ms, self.channel]
+        )
+        self.counts["published"] += int(done)
+        return int(done)
+
+    async def _listen(self, pubsub: Any, client: Any) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None or message.get("type") != "message":
+                continue
+            key, ttl, value = _split(message["data"])
+            if key == "spend":
+                await self._pull_spend(client, ttl)  # "spend\n<day>\n<host>"
+            else:
+                self._take(key, value, ttl)
+
+    async def _send_spend(self, client: Any) -> None:
+        """This host's total per backend for the budget day, as one field per host and
+        backend: writing a total (not adding to one) can be repeated after any failure, and
+        a Redis that lost its memory gets the day back from every host's next send."""
+        self._spend_due = False
+        day = self.registry.router.day_window()
+        own = self.registry.spend.own(day)
+        if not own:
+            return
+        key = f"{self.prefix}spend:{day.label}"
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(key, mapping={f"{self.host}\t{b}": repr(usd) for b, usd in own.items()})
+        # Kept a day past the day's end (a relative TTL: no wall clock of another host).
+        pipe.pexpire(key, int((day.ends_at - day.now + 86400) * 1000))
+        pipe.publish(self.channel, f"spend\n{day.label}\n{self.host}")
+        try:
+            await pipe.execute()
+        except BaseException:
+            self._spend_due = True  # sent again on the next try or reconnect
+            raise
+
+    async def _pull_spend(self, client: Any, label: str) -> None:
+        """What the other hosts spent in budget day `label`, summed per backend."""
+        fields = await client.hgetall(f"{self.prefix}spend:{label}")
+        others: dict[str, float] = {}
+        for field, value in fields.items():
+            host, _, backend = _text(field).partition("\t")
+            try:
+                usd = float(value)
+            except ValueError:
+                usd = -1.0
+            if not backend or not usd >= 0 or usd == float("inf"):
+                self._warn(f"{self.prefix}spend:{label} {_text(field)}", "not a spend record")
+                continue
+            if host != self.host:
+                others[backend] = others.get(backend, 0.0) + usd
+        self.registry.router.apply_shared_spend(label, others)
+
+    async def _pull(self, client: Any) -> int:
+        """Every shared cooldown in Redis now (values and remaining times), applied here."""
+        taken = 0
+        async for batch in _batches(client.scan_iter(match=self.prefix + "cd:*", count=SCAN_COUNT)):
+            pipe = client.pipeline(transaction=False)
+            for key in batch:
+                pipe.get(key)
+                pipe.pttl(key)
+            answers = await pipe.execute()
+            for i, key in enumerate(batch):
+                value, ttl = answers[2 * i], answers[2 * i + 1]
+                if value is not None:  # expired between SCAN and GET
+                    taken += self._take(_text(key), value, ttl)
+        return taken
+
+    def _take(self, key: str, value: Any, ttl_ms: Any) -> int:
+        """One record from Redis, applied unless it is ours, not ours to apply, or garbage."""
+        try:
+            shared = decode(value, int(ttl_ms))
+            if self.prefix + shared.key != key:
+                raise ValueError("its key does not match its content")
+        except (ValueError, TypeError) as exc:
+            self._warn(key, str(exc))
+            return 0
+        if shared.host == self.host:
+            return 0  # our own, told back
+        if self.registry.apply_shared(shared):
+            self.counts["applied"] += 1
+            return 1
+        return 0
+
+    def _warn(self, key: str, why: str) -> None:
+        self.counts["skipped"] += 1
+        if key not in self._warned and len(self._warned) < WARNINGS_KEPT:
+            self._warned.add(key)
+            log.warning("cluster: skipping %s in Redis: %s", key, why)
+
+    def _up(self, pushed: int, pulled: int) -> None:
+        self._was_up = True
+        self.connected, self.since, self.error = True, self.clock.wall(), ""
+        self.registry.emit(
+            "cluster_connected",
+            detail=f"connected to {self.url} as {self.host}; "
+            f"sent {pushed} cooldowns, took {pulled}",
+        )
+
+    def _lost(self, exc: BaseException) -> None:
+        was = "lost" if self.connected else "cannot reach"
+        self.connected, self.since, self.error = False, self.clock.wall(), _words(exc)
+        self.registry.emit(
+            "cluster_disconnected",
+            detail=f"{was} {self.url} ({self.error}); working on this host's state, "
+            "reconnecting with backoff",
+        )
+
+    _was_up = False
+
+
+async def _batches(keys: Any, size: int = SCAN_COUNT) -> Any:
+    batch: list[Any] = []
+    async for key in keys:
+        batch.append(key)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _split(data: Any) -> tuple[str, str, str]:
+    parts = _text(data).split("\n", 2)
+    if len(parts) != 3:
+        return "", "0", ""
+    return parts[0], parts[1], parts[2]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _words(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

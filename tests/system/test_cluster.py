@@ -1,0 +1,302 @@
+"""Many hosts, one view of the cloud: three `hroute run` daemons on loopback (three configs,
+three sockets) share cooldowns of a remote backend through a private `redis-server`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import Daemon, wait_until
+from tests.support.fakebackend import FakeBackend
+from tests.support.redis import RedisServer
+
+pytestmark = pytest.mark.system
+
+PREFIX = "hroute-test:"
+
+
+class Fleet:
+    """A redis-server, a fake cloud API and a fake local server, and daemons that share."""
+
+    def __init__(self, tmp: Path, stack: ExitStack) -> None:
+        self.tmp, self.stack = tmp, stack
+        self.redis = RedisServer()
+        stack.callback(self.redis.stop)
+        self.redis.start()
+        self.cloud = stack.enter_context(FakeBackend(kind="openai", models=["gpt-a", "gpt-b"]))
+        self.local = stack.enter_context(FakeBackend(kind="openai", models=["m"]))
+        self.daemons: list[Daemon] = []
+        self.url, self.prefix = self.redis.url, PREFIX
+
+    def config(self, host: str) -> str:
+        return (
+            "defaults:\n"
+            "  probe: {interval_s: 1, timeout_s: 0.5, fall: 1, rise: 1, jitter: 0}\n"
+            "  cooldown: {base_s: 30, max_s: 300, jitter: 0.1}\n"
+            f"cluster: {{redis_url: '{self.url}', key_prefix: '{self.prefix}', host: {host}}}\n"
+            "backends:\n"
+            # Loopback, so a test can run it; marked remote, as a cloud API would be.
+            f"  cloud-a: {{kind: openai, base_url: '{self.cloud.url('/v1')}', model: gpt-a,"
+            " tier: cloud, price: {input_per_mtok: 1000}}\n"
+            f"  cloud-b: {{kind: openai, base_url: '{self.cloud.url('/v1')}', model: gpt-b,"
+            " tier: cloud}\n"
+            f"  local: {{kind: openai, base_url: '{self.local.url('/v1')}', model: m}}\n"
+            "profiles:\n"
+            "  paid: {chain: [cloud-a]}\n"
+            "budgets: {per_backend_daily_usd: {cloud-a: 1}, timezone: UTC}\n"
+        )
+
+    def start(self, i: int) -> Daemon:
+        tmp = self.tmp / f"host-{i}"
+        tmp.mkdir()
+        d = self.stack.enter_context(Daemon(tmp, self.config(f"host-{i}")))
+        self.daemons.append(d)
+        return d
+
+    def connected(self, d: Daemon, value: bool = True) -> None:
+        wait_until(
+            lambda: d.get("/v1/backends")[1]["cluster"]["connected"] is value,
+            10,
+            what=f"{d.tmp.name} connected={value}",
+        )
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    with ExitStack() as stack:
+        yield Fleet(tmp_path, stack)
+
+
+def held(d: Daemon, backend: str, credential: str | None = None) -> float | None:
+    """Seconds the backend is held for (the daemon's answer on its socket), None if usable."""
+    query = f"backend={backend}" + (f"&credential={credential}" if credential else "")
+    status, answer = d.get(f"/v1/usable?{query}")
+    assert status == 200, answer
+    return None if answer["usable"] else (answer["retry_after_s"] or 0.0)
+
+
+def seen(d: Daemon, backend: str, credential: str | None = None) -> bool:
+    """Whether agents reading the daemon's snapshot (as `usable()` does) see it held."""
+    return not d.client().usable(backend, credential=credential).usable
+
+
+def test_a_429_on_one_host_holds_that_key_everywhere_within_a_second(fleet: Fleet) -> None:
+    a, b, c = (fleet.start(i) for i in range(3))
+    for d in (a, b, c):
+        fleet.connected(d)
+    assert a.client().report(
+        "cloud-a", reason="rate_limit", status_code=429, retry_after_s=600, credential="fp-1"
+    )
+    told = time.monotonic()
+    deadline_a = held(a, "cloud-a", "fp-1")
+    assert deadline_a is not None and deadline_a > 590
+    for d in (b, c):
+        wait_until(lambda d=d: seen(d, "cloud-a", "fp-1"), 1.0, 0.005, "agents elsewhere to see it")
+        assert time.monotonic() - told < 1.0
+        assert held(d, "cloud-a", "fp-1") == pytest.approx(held(a, "cloud-a", "fp-1"), abs=1.0)
+        # One key of one model: other keys, and the other model, stay usable everywhere.
+        assert held(d, "cloud-a", "fp-2") is None
+        assert held(d, "cloud-b", "fp-1") is None
+        assert held(d, "cloud-a") is None
+        line = d.wait_for_log("cooling down for")
+        assert "rate_limit, seen by host-0" in line and "fp-1" in line
+        view = d.backend("cloud-a")
+        assert view["credential_cooldowns"] == 1
+    assert held(a, "cloud-a", "fp-2") is None
+    # The other hosts do not tell it back: host-0 heard nothing new.
+    assert "seen by" not in a.log
+
+
+def test_a_local_backends_failure_stays_on_its_host(fleet: Fleet) -> None:
+    a, b, c = (fleet.start(i) for i in range(3))
+    for d in (a, b, c):
+        fleet.connected(d)
+    assert a.client().report("local", reason="connection", detail="refused")
+    assert held(a, "local") is not None
+    # A cloud report after it travels the same way; once it arrived, the local one would have.
+    assert a.client().report("cloud-b", reason="overloaded", status_code=529, model="gpt-b")
+    for d in (b, c):
+        wait_until(lambda d=d: held(d, "cloud-b"), 2, what="the cloud cooldown elsewhere")
+        assert held(d, "local") is None
+        assert held(d, "cloud-a") is None  # the model's overload, not the server's
+
+
+def test_redis_away_each_host_works_alone_and_converges_when_it_is_back(fleet: Fleet) -> None:
+    a, b, c = (fleet.start(i) for i in range(3))
+    for d in (a, b, c):
+        fleet.connected(d)
+    fleet.redis.kill()
+    for d in (a, b, c):
+        fleet.connected(d, False)
+        assert "hroute_cluster_connected 0.0" in d.get_text("/metrics")
+    # Every host keeps answering, and a report still cools down where it was made.
+    assert b.client().report(
+        "cloud-a", reason="rate_limit", status_code=429, retry_after_s=300, credential="fp-3"
+    )
+    assert held(b, "cloud-a", "fp-3") is not None
+    assert held(a, "cloud-a", "fp-3") is None and held(c, "cloud-a", "fp-3") is None
+    status = b.get("/v1/backends")[1]["cluster"]
+    assert status["connected"] is False and status["error"]
+
+    fleet.redis.start()  # empty: it kept nothing
+    for d in (a, b, c):
+        fleet.connected(d)
+    for d in (a, c):
+        wait_until(lambda d=d: held(d, "cloud-a", "fp-3"), 5, what="what happened meanwhile")
+        assert held(d, "cloud-a", "fp-3") == pytest.approx(held(b, "cloud-a", "fp-3"), abs=1.0)
+    for d in (a, b, c):
+        assert "hroute_cluster_connected 1.0" in d.get_text("/metrics")
+        # Said once per outage, however many reconnects failed meanwhile.
+        assert sum("cluster: lost" in line for line in d.lines) == 1, d.log
+        assert sum("cluster: connected" in line for line in d.lines) == 2, d.log
+
+
+def test_a_host_started_late_gets_the_current_cooldowns_and_skips_garbage(fleet: Fleet) -> None:
+    import redis
+
+    a = fleet.start(0)
+    fleet.connected(a)
+    assert a.client().report("cloud-b", reason="upstream_rate_limit", retry_after_s=120)
+    r = redis.Redis(unix_socket_path=str(fleet.redis.socket))
+    r.set(PREFIX + "cd:not-ours", b"\x00garbage", px=60_000)
+    r.set("someone-else:key", "x")
+    late = fleet.start(1)
+    fleet.connected(late)
+    assert held(late, "cloud-b") == pytest.approx(held(a, "cloud-b"), abs=1.0)
+    assert held(late, "cloud-a") is None
+    late.wait_for_log(f"cluster: skipping {PREFIX}cd:not-ours")
+    view = late.get("/v1/backends")[1]["cluster"]
+    assert view["skipped"] == 1 and view["applied"] == 1
+    # What was in Redis is a fingerprint-free, key-free record with a TTL.
+    [key] = [k for k in r.scan_iter(PREFIX + "cd:*") if not k.endswith(b"not-ours")]
+    assert 0 < r.pttl(key) <= 120_000
+    assert b'"host":"host-0"' in r.get(key)
+
+
+def test_status_and_metrics_show_the_cluster(fleet: Fleet) -> None:
+    import subprocess
+    import sys
+
+    a = fleet.start(0)
+    fleet.connected(a)
+    out = subprocess.run(
+        [sys.executable, "-m", "hroute.cli", "--socket", str(a.socket), "status"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert f"cluster: connected to {fleet.redis.url} as host-0" in out.stdout, out
+    doctor = subprocess.run(
+        [sys.executable, "-m", "hroute.cli", "--socket", str(a.socket), "doctor"]
+        + ["--config", str(a.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert f"sharing cooldowns through {fleet.redis.url} as host-0" in doctor.stdout, doctor
+    metrics = a.get_text("/metrics")
+    assert "hroute_cluster_connected 1.0" in metrics
+    assert 'hroute_cluster_records_total{result="published"} 0.0' in metrics
+
+
+def test_a_days_spend_is_the_fleets(fleet: Fleet) -> None:
+    a, b, c = (fleet.start(i) for i in range(3))
+    for d in (a, b, c):
+        fleet.connected(d)
+    assert a.client().usage("cloud-a", input_tokens=600)["spent_today_usd"] == 0.6  # $1000/Mtok
+    wait_until(lambda: b.backend("cloud-a")["spent_today_usd"] == 0.6, 2, what="b to hear it")
+    # Each host alone is under the $1 budget; together they are past it, everywhere.
+    answer = b.client().usage("cloud-a", input_tokens=500)
+    assert answer["spent_today_usd"] == pytest.approx(1.1) and answer["budget"]
+    for d in (a, b, c):
+        wait_until(
+            lambda d=d: d.backend("cloud-a")["spent_today_usd"] == pytest.approx(1.1),
+            2,
+            what="the fleet's spend everywhere",
+        )
+        status, route = d.get("/v1/route?profile=paid")
+        assert route["backend"] is None and "budget_exhausted" in route["chain"][0]["reason"]
+    # Redis forgets (no persistence): every host sends its own total again; nothing doubles.
+    fleet.redis.kill()
+    fleet.redis.start()
+    for d in (a, b, c):
+        fleet.connected(d)
+    late = fleet.start(3)
+    fleet.connected(late)
+    wait_until(
+        lambda: late.backend("cloud-a")["spent_today_usd"] == pytest.approx(1.1),
+        5,
+        what="the late host to hear the fleet's day",
+    )
+
+
+def test_the_readmes_acl_user_is_enough(fleet: Fleet) -> None:
+    """The README's Redis user, limited to the prefix, can do everything hroute does."""
+    import re
+
+    import redis
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    [acl] = re.findall(r"^user hroute on .*$", readme, re.MULTILINE)
+    rules = acl.split()[2:]
+    admin = redis.Redis(unix_socket_path=str(fleet.redis.socket))
+    admin.acl_setuser("hroute", enabled=True, reset=True)
+    admin.execute_command(
+        "ACL", "SETUSER", "hroute", *[r.replace("CHANGE-ME", "pw") for r in rules]
+    )
+    admin.set("other-app:secret", "x")
+    fleet.url, fleet.prefix = f"unix://hroute:pw@{fleet.redis.socket}", "hroute:"
+    a, b = fleet.start(0), fleet.start(1)
+    for d in (a, b):
+        fleet.connected(d)
+    assert a.client().report("cloud-a", reason="rate_limit", retry_after_s=60, credential="fp-1")
+    assert a.client().usage("cloud-a", input_tokens=100)
+    wait_until(lambda: held(b, "cloud-a", "fp-1"), 2, what="the cooldown through the ACL user")
+    wait_until(lambda: b.backend("cloud-a")["spent_today_usd"] == 0.1, 2, what="the spend")
+    assert "NOPERM" not in a.log + b.log and "cluster: lost" not in a.log + b.log
+    user = redis.Redis(unix_socket_path=str(fleet.redis.socket), username="hroute", password="pw")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        user.get("other-app:secret")
+
+
+def test_a_redis_that_stops_answering_delays_no_answer(fleet: Fleet) -> None:
+    a, b = fleet.start(0), fleet.start(1)
+    for d in (a, b):
+        fleet.connected(d)
+    fleet.redis.pause()
+    try:
+        slowest = 0.0
+        for i in range(10):
+            t0 = time.monotonic()
+            assert a.client().report(
+                "cloud-a", reason="rate_limit", retry_after_s=300, credential=f"fp-{i}"
+            )
+            assert held(a, "cloud-a", f"fp-{i}") is not None
+            assert b.get("/v1/backends")[0] == 200
+            slowest = max(slowest, time.monotonic() - t0)
+        assert slowest < 0.5, slowest  # the cluster's client waits up to 3 s: nobody else does
+    finally:
+        fleet.redis.resume()
+    for i in range(10):  # what was said while Redis was stuck arrives once it answers again
+        wait_until(lambda i=i: held(b, "cloud-a", f"fp-{i}"), 15, what=f"fp-{i} on host-1")
+
+
+def test_redis_down_at_start_each_host_serves_alone_then_joins(fleet: Fleet) -> None:
+    fleet.redis.kill()
+    a, b = fleet.start(0), fleet.start(1)  # serving without Redis: nothing waits for it
+    for d in (a, b):
+        fleet.connected(d, False)
+        d.wait_for_log("cluster: cannot reach")
+    assert a.client().report("cloud-a", reason="server_error", status_code=500)
+    assert held(a, "cloud-a") is not None and held(b, "cloud-a") is None
+    fleet.redis.start()
+    for d in (a, b):
+        fleet.connected(d)
+    wait_until(lambda: held(b, "cloud-a"), 5, what="the cooldown made before Redis came")
+    assert held(b, "cloud-a") == pytest.approx(held(a, "cloud-a"), abs=1.0)
+    for d in (a, b):
+        assert sum("cluster: cannot reach" in line for line in d.lines) == 1, d.log
