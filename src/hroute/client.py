@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from hroute.core.credentials import fingerprint
 from hroute.core.identity import normalize_base_url
 from hroute.core.verdict import decide
 from hroute.paths import default_socket_path, snapshot_path
 
 DEFAULT_BUDGET_S = 0.1
+
+__all__ = ["Client", "Usable", "fingerprint"]  # fingerprint(key): what `credential=` takes
 
 
 @dataclass(slots=True)

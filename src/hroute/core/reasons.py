@@ -80,3 +80,12 @@ def parse_reason(text: str) -> Reason:
     """Map a reason string (ours or Hermes' FailoverReason, any case) to a `Reason`."""
     key = str(text).strip().lower().removeprefix("failoverreason.")
     return _BY_NAME.get(key, Reason.UNKNOWN)
+
+
+def is_reason(text: str) -> bool:
+    """True when `text` names a reason hroute knows (ours or one of Hermes' finer names);
+    anything else is refused at the API, so labels and logs only ever carry known names."""
+    return str(text).strip().lower().removeprefix("failoverreason.") in _BY_NAME
+
+
+REASON_NAMES: tuple[str, ...] = tuple(sorted(_BY_NAME))

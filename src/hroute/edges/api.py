@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -10,17 +11,20 @@ from typing import Any, Literal
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hroute import __version__
+from hroute.core.credentials import FINGERPRINT_FORM, FINGERPRINT_PATTERN, is_fingerprint
 from hroute.core.escalation import TASK_REASONS
 from hroute.core.needs import parse_needs
+from hroute.core.reasons import is_reason, parse_reason
 from hroute.core.registry import Registry
 from hroute.core.reports import parse_report
 from hroute.edges.metrics import Metrics
 from hroute.errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
 
 MAX_BODY_BYTES = 64 * 1024
+TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,127}$"
 
 
 @dataclass
@@ -44,10 +48,20 @@ class ReportBody(BaseModel):
     model: str | None = None
     outcome: Literal["failure", "success"]
     reason: str | None = Field(None, max_length=64)
-    status_code: int | None = Field(None, ge=100, le=599)
-    retry_after_s: float | None = Field(None, ge=0, le=86400)
-    credential: str | None = Field(None, max_length=128)
+    # Strict: `true` is not 1 second, "30" is not a number.
+    status_code: int | None = Field(None, ge=100, le=599, strict=True)
+    retry_after_s: float | None = Field(None, ge=0, le=86400, strict=True, allow_inf_nan=False)
+    # Only a fingerprint: a raw key sent here would be logged, shown and written to disk.
+    credential: str | None = Field(None, pattern=FINGERPRINT_PATTERN)
     detail: str | None = Field(None, max_length=2000)
+
+    @field_validator("reason")
+    @classmethod
+    def _known_reason(cls, value: str | None) -> str | None:
+        # A free string here would become a Prometheus label and a log word: only names.
+        if value is not None and not is_reason(value):
+            raise ValueError("not a reason hroute knows (Hermes' FailoverReason names)")
+        return value
 
 
 class TaskFailureBody(BaseModel):
@@ -135,7 +149,10 @@ def make_app(deps: Deps) -> web.Application:
             )
         if name is None:
             raise UnknownBackendError(backend, reg.names)
-        return web.json_response(reg.usable(name, query.get("credential")))
+        credential = query.get("credential")
+        if credential is not None and not is_fingerprint(credential):
+            raise web.HTTPBadRequest(reason=f"credential must be {FINGERPRINT_FORM}")
+        return web.json_response(reg.usable(name, credential))
 
     async def backends(request: web.Request) -> web.Response:
         return web.json_response({"backends": reg.views()})
@@ -185,7 +202,8 @@ def make_app(deps: Deps) -> web.Application:
             return _error(400, "bad_request", problems)
         body = data.model_dump(exclude_none=True)
         name = name_from(body)
-        deps.metrics.reports.labels(name, data.outcome, data.reason or "").inc()
+        label = str(parse_reason(data.reason)) if data.reason else ""
+        deps.metrics.reports.labels(name, data.outcome, label).inc()
         reg.record_report(name, parse_report(body))
         deps.on_report(name, body)
         return web.json_response(reg.view(name), status=202)
@@ -195,7 +213,10 @@ def make_app(deps: Deps) -> web.Application:
             data = TaskFailureBody.model_validate_json(await request.read() or b"{}")
         except ValidationError as exc:
             return _error(400, "bad_request", _problems(exc))
-        answer = reg.record_task_failure(request.match_info["task"], data.reason)
+        task = request.match_info["task"]
+        if not re.match(TASK_ID_PATTERN, task):
+            raise web.HTTPBadRequest(reason="task ids are 1-128 of A-Z a-z 0-9 _ . : @ / + = -")
+        answer = reg.record_task_failure(task, data.reason)
         return web.json_response(answer, status=202)
 
     async def usage(request: web.Request) -> web.Response:

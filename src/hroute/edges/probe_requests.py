@@ -19,6 +19,7 @@ from hroute.core.classify import classify_exception, classify_response
 from hroute.core.health import ProbeOutcome
 from hroute.core.identity import normalize_base_url
 from hroute.core.reasons import Reason
+from hroute.core.sanitize import clean
 
 HANG_CHECK_MAX_S = 1.0  # llama.cpp #27388: /health stays 200 while inference hangs; /slots does not
 
@@ -48,7 +49,7 @@ async def probe_backend(
         outcome = ProbeOutcome(reason=c.reason, detail=_exc_detail(exc, c.detail))
     latency_ms = (time.perf_counter() - started) * 1000
     return ProbeOutcome(
-        outcome.reason, outcome.starting, outcome.retry_after_s, outcome.detail, latency_ms
+        outcome.reason, outcome.starting, outcome.retry_after_s, clean(outcome.detail), latency_ms
     )
 
 
