@@ -307,6 +307,10 @@ def load_config(text: str, source: str = "<config>") -> Config:
         config = Config.model_validate({**data, "daemon": daemon})
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e, root, ()) for e in exc.errors()]) from exc
+    if not config.backends:
+        # An empty or cut-short file (an editor's truncate-then-write caught half way) is a
+        # mistake, never "remove every backend and forget every cooldown".
+        raise ConfigError(source, ["backends: a configuration names at least one backend"])
     return config
 
 

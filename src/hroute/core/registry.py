@@ -18,6 +18,7 @@ from hroute.core.events import EventLog, EventSink
 from hroute.core.health import AUTH_REASONS, Health, Policy, ProbeOutcome, Report, Transition
 from hroute.core.identity import BackendIdentity, normalize_base_url
 from hroute.core.routing import Router
+from hroute.core.tombstones import Tombstones
 from hroute.core.verdict import Verdict
 from hroute.core.views import backend_view, snapshot
 from hroute.errors import UnknownBackendError
@@ -46,6 +47,7 @@ class Registry:
         self._by_identity: dict[BackendIdentity, Health] = {}
         self._entries: dict[str, Entry] = {}
         self._by_url: dict[str, str] = {}
+        self.tombstones = Tombstones()  # removed identities' health, for when they come back
         self.router = Router(self)
         self._index(config)
 
@@ -54,11 +56,20 @@ class Registry:
     def _index(self, config: Config) -> None:
         health = {}
         entries = {}
+        now = self.clock.now()
         for name, backend in config.backends.items():
             ident = backend.identity
-            record = health.get(ident) or self._by_identity.get(ident) or Health()
+            record = (
+                health.get(ident)
+                or self._by_identity.get(ident)
+                or self.tombstones.revive(ident, now)
+                or Health()
+            )
             health[ident] = record
             entries[name] = Entry(name, ident, record)
+        for ident, record in self._by_identity.items():
+            if ident not in health:
+                self.tombstones.bury(ident, record, now)
         self._by_identity, self._entries = health, entries
         self._by_url = {}
         for name, entry in entries.items():
@@ -83,16 +94,20 @@ class Registry:
         self._index(config)
 
     def records(self) -> dict[BackendIdentity, Health]:
-        """Every health record by identity (for saving)."""
-        return dict(self._by_identity)
+        """Every health record by identity, removed ones still kept included (for saving)."""
+        return self.tombstones.records() | self._by_identity
 
     def restore(self, records: dict[BackendIdentity, Health]) -> int:
-        """Adopt saved records for the identities configured now; return how many."""
+        """Adopt saved records for the identities configured now (keeping the others as
+        tombstones, for when they come back); return how many were adopted."""
         restored = 0
+        now = self.clock.now()
         for ident, record in records.items():
             if ident in self._by_identity:
                 self._by_identity[ident] = record
                 restored += 1
+            else:
+                self.tombstones.bury(ident, record, now)
         for entry in self._entries.values():
             entry.health = self._by_identity[entry.identity]
         self.changed()
@@ -195,6 +210,7 @@ class Registry:
     def expire(self) -> float | None:
         """Drop run-out cooldowns; return the next deadline to call again at."""
         now = self.clock.now()
+        self.tombstones.expire(now)
         deadlines = []
         for name, entry in self._entries.items():
             changes = entry.health.expire(now)
