@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -37,9 +38,13 @@ EXPIRY_TICK_S = 0.25
 
 
 async def run_daemon(
-    config_path: Path, *, clock: Clock | None = None, notifier: Notifier | None = None
+    config_path: Path,
+    *,
+    clock: Clock | None = None,
+    notifier: Notifier | None = None,
+    hup_pending: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Run hroute until SIGTERM/SIGINT."""
+    """Run hroute until SIGTERM/SIGINT. `hup_pending()` says a SIGHUP came while starting."""
     config = read_config(config_path)
     clock = clock or RealClock()
     notifier = notifier or Notifier()
@@ -110,7 +115,7 @@ async def run_daemon(
             async with anyio.create_task_group() as tg:
                 # Signals first: a SIGTERM that comes as soon as the socket answers must stop
                 # the daemon cleanly, not kill it with the default action.
-                await tg.start(_watch_signals, tg.cancel_scope, notifier, reloader)
+                await tg.start(_watch_signals, tg.cancel_scope, notifier, reloader, hup_pending)
                 await web.SockSite(runner, sock).start()
                 if config.daemon.metrics_listen:
                     host, port = config.daemon.metrics_listen.rsplit(":", 1)
@@ -165,11 +170,14 @@ async def _watch_signals(
     scope: anyio.CancelScope,
     notifier: Notifier,
     reloader: Reloader,
+    hup_pending: Callable[[], bool],
     *,
     task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
+        if hup_pending():
+            await reloader.reload("SIGHUP while starting")
         async for signum in signals:
             if signum == signal.SIGHUP:
                 await reloader.reload("SIGHUP")
