@@ -61,7 +61,12 @@ class Tasks:
         return state
 
     def expire(self, now: float, ttl_s: float) -> None:
-        for task in [t for t, s in self._tasks.items() if now - s.last_at > ttl_s]:
+        # Oldest first (record() re-inserts at the end): stop at the first live one, so a
+        # report costs the same with 10 tasks or 10,000.
+        while self._tasks:
+            task, state = next(iter(self._tasks.items()))
+            if now - state.last_at <= ttl_s:
+                return
             del self._tasks[task]
 
     def __len__(self) -> int:
@@ -71,4 +76,5 @@ class Tasks:
         return dict(self._tasks)
 
     def load(self, tasks: dict[str, TaskState]) -> None:
-        self._tasks.update(tasks)
+        merged = {**self._tasks, **tasks}
+        self._tasks = dict(sorted(merged.items(), key=lambda item: item[1].last_at))

@@ -16,6 +16,10 @@ from hroute.core.reasons import CREDENTIAL_SCOPED, HEALTH_NEUTRAL, SEVERE, Reaso
 from hroute.core.verdict import INF, Verdict, decide
 
 AUTH_REASONS = (Reason.AUTH, Reason.AUTH_PERMANENT)
+# Credentials cooled per backend: a burst of distinct fingerprints cannot grow the record,
+# the snapshot and the cost of every report without bound. Past it, the cooldown ending
+# soonest makes room (its key is usable a little early: hroute fails open).
+MAX_CREDENTIALS = 64
 
 
 class State(StrEnum):
@@ -315,7 +319,14 @@ class Health:
             current.until is None or (until is not None and current.until >= until)
         ):
             return []
-        self.credentials[report.credential or ""] = Cooldown(until, reason)
+        key = report.credential or ""
+        if key not in self.credentials and len(self.credentials) >= MAX_CREDENTIALS:
+            soonest = min(
+                self.credentials,
+                key=lambda fp: INF if (u := self.credentials[fp].until) is None else u,
+            )
+            del self.credentials[soonest]
+        self.credentials[key] = Cooldown(until, reason)
         duration = None if until is None else until - now
         return [
             Transition(
