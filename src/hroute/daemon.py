@@ -21,6 +21,7 @@ from hroute.core.registry import Registry
 from hroute.edges.api import Deps, make_app
 from hroute.edges.clock import RealClock
 from hroute.edges.fault_injection import serve_test_hooks
+from hroute.edges.limits import LimitedSockSite, connection_cap, raise_fd_limit
 from hroute.edges.metrics import Metrics
 from hroute.edges.prober import Prober
 from hroute.edges.reloader import Reloader, ReloadResult
@@ -63,6 +64,7 @@ async def run_daemon(
     if restored:
         log.info("restored health of %d backends from %s", restored, state_path)
 
+    fd_limit = raise_fd_limit()
     socket_path = config.daemon.socket_path
     sock = inherited_socket()
     owns_socket = sock is None
@@ -109,14 +111,17 @@ async def run_daemon(
             reload=reload_from_api,
             restart=supervision.restart,
         )
-        runner = web.AppRunner(make_app(deps), access_log=None, handle_signals=False)
+        # Idle keep-alive clients are let go after a few seconds: they hold descriptors.
+        runner = web.AppRunner(
+            make_app(deps), access_log=None, handle_signals=False, keepalive_timeout=5
+        )
         await runner.setup()
         try:
             async with anyio.create_task_group() as tg:
                 # Signals first: a SIGTERM that comes as soon as the socket answers must stop
                 # the daemon cleanly, not kill it with the default action.
                 await tg.start(_watch_signals, tg.cancel_scope, notifier, reloader, hup_pending)
-                await web.SockSite(runner, sock).start()
+                await LimitedSockSite(runner, sock, connection_cap(fd_limit)).start()
                 if config.daemon.metrics_listen:
                     host, port = config.daemon.metrics_listen.rsplit(":", 1)
                     await web.TCPSite(runner, host, int(port)).start()

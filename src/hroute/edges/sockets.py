@@ -32,7 +32,7 @@ def inherited_socket(env: dict[str, str] | None = None) -> socket.socket | None:
     return None
 
 
-def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 512) -> socket.socket:
+def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 4096) -> socket.socket:
     """Bind a listening socket at `path`, replacing a stale one, refusing a live one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
