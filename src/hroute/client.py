@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +24,11 @@ from urllib.parse import quote, urlencode
 from hroute.core.credentials import fingerprint
 from hroute.core.identity import normalize_base_url
 from hroute.core.verdict import decide
-from hroute.paths import default_socket_path, snapshot_path
+from hroute.paths import default_socket_path, snapshot_path, untrusted_dir
 
 DEFAULT_BUDGET_S = 0.1
+MAX_SNAPSHOT_BYTES = 4 * 1024 * 1024  # a few thousand backends; a 400 MB plant is not read
+DIR_RECHECK_S = 1.0
 
 __all__ = ["Client", "Usable", "fingerprint"]  # fingerprint(key): what `credential=` takes
 
@@ -55,6 +59,8 @@ class Client:
         self._snapshot_path = str(snapshot_path(self.socket_path))
         self._snap_key: tuple[int, int, int] | None = None
         self._snap: dict[str, Any] | None = None
+        self._dir_owner: int | None = None  # set once the directory is found trustworthy
+        self._dir_checked_at = float("-inf")
 
     # --- the hot path ---------------------------------------------------------------
 
@@ -69,7 +75,10 @@ class Client:
         try:
             snap = self._read_snapshot()
             if snap is not None:
-                return _from_snapshot(snap, backend, base_url, credential)
+                try:
+                    return _from_snapshot(snap, backend, base_url, credential)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    self._snap = None  # malformed: ask the socket instead
             query = {
                 k: v
                 for k, v in (
@@ -93,20 +102,68 @@ class Client:
             pass
         return Usable(True, backend, "unknown", "hroute_unavailable", None, "fail-open")
 
+    def _trusted_dir(self) -> bool:
+        """The socket's directory is root's or ours (or the daemon's, placed by root) and
+        writable by nobody else; otherwise another user could have planted the snapshot
+        or swapped the socket, and hroute is not asked at all (fail open)."""
+        if self._dir_owner is not None:
+            return True
+        now = time.monotonic()
+        if now - self._dir_checked_at < DIR_RECHECK_S:
+            return False
+        self._dir_checked_at = now
+        directory = self.socket_path.parent
+        if untrusted_dir(directory) is None:
+            self._dir_owner = os.stat(directory).st_uid
+        return self._dir_owner is not None
+
     def _read_snapshot(self) -> dict[str, Any] | None:
+        if not self._trusted_dir():
+            raise OSError(f"{self.socket_path.parent} is not a directory hroute may trust")
         try:
             st = os.stat(self._snapshot_path)
         except OSError:
             return None
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         if key != self._snap_key:
-            with open(self._snapshot_path, "rb") as f:
-                snap = json.loads(f.read())
-            self._snap, self._snap_key = (snap if snap.get("v") == 1 else None), key
+            self._snap, self._snap_key = self._load_snapshot(), key
         snap = self._snap
         if snap is None or snap["expires"] < time.monotonic():
-            return None  # left behind by a daemon that is gone
+            return None  # left behind by a daemon that is gone, or not one to trust: ask
         return snap
+
+    def _load_snapshot(self) -> dict[str, Any] | None:
+        """The snapshot if it is a regular file of the daemon's user (or root), of bounded
+        size and well-formed; None (ask the socket) for anything else."""
+        try:
+            # O_NONBLOCK: a FIFO planted here must not hang the agent's turn.
+            fd = os.open(self._snapshot_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SNAPSHOT_BYTES:
+                return None
+            if st.st_uid not in (0, os.getuid(), self._dir_owner) or st.st_mode & 0o002:
+                return None
+            raw = os.read(fd, MAX_SNAPSHOT_BYTES + 1)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            snap = json.loads(raw, parse_constant=_no_constants)
+        except (ValueError, RecursionError):
+            return None
+        ok = (
+            isinstance(snap, dict)
+            and snap.get("v") == 1
+            and isinstance(snap.get("expires"), float | int)
+            and math.isfinite(snap["expires"])
+            and isinstance(snap.get("backends"), dict)
+            and isinstance(snap.get("urls"), dict)
+        )
+        return snap if ok else None
 
     # --- the rest of the API ---------------------------------------------------------
 
@@ -164,6 +221,8 @@ class Client:
         )
         if payload:
             head += "Content-Type: application/json\r\n"
+        if not self._trusted_dir():
+            raise PermissionError(f"{self.socket_path.parent} is not a directory hroute may trust")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(_left(deadline))
             sock.connect(str(self.socket_path))
@@ -202,6 +261,10 @@ def _from_snapshot(
 @functools.lru_cache(maxsize=256)
 def _normalized(base_url: str) -> str:
     return normalize_base_url(base_url)  # agents ask about the same few URLs every turn
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number hroute writes")
 
 
 def _left(deadline: float) -> float:

@@ -26,7 +26,12 @@ from hroute.edges.metrics import Metrics
 from hroute.edges.prober import Prober
 from hroute.edges.reloader import Reloader, ReloadResult
 from hroute.edges.snapshot import SnapshotPublisher
-from hroute.edges.sockets import bind_unix_socket, inherited_socket
+from hroute.edges.sockets import (
+    bind_unix_socket,
+    inherited_socket,
+    lock_socket_path,
+    socket_inode,
+)
 from hroute.edges.state_file import StateSaver, load_state
 from hroute.paths import snapshot_path
 from hroute.supervise.supervisors import Supervision
@@ -36,6 +41,7 @@ from hroute.systemd.notify import Notifier, keep_status, keep_watchdog
 log = logging.getLogger("hroute")
 
 EXPIRY_TICK_S = 0.25
+SOCKET_CHECK_S = 1.0
 
 
 async def run_daemon(
@@ -69,6 +75,7 @@ async def run_daemon(
     sock = inherited_socket()
     owns_socket = sock is None
     if sock is None:
+        lock_fd = lock_socket_path(socket_path)  # held until exit: one daemon per path
         sock = bind_unix_socket(socket_path)
     connector = aiohttp.TCPConnector(limit=0, force_close=True)  # probes never hold a server thread
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
@@ -121,7 +128,10 @@ async def run_daemon(
                 # Signals first: a SIGTERM that comes as soon as the socket answers must stop
                 # the daemon cleanly, not kill it with the default action.
                 await tg.start(_watch_signals, tg.cancel_scope, notifier, reloader, hup_pending)
-                await LimitedSockSite(runner, sock, connection_cap(fd_limit)).start()
+                cap = connection_cap(fd_limit)
+                await LimitedSockSite(runner, sock, cap).start()
+                if owns_socket:
+                    tg.start_soon(_keep_socket, socket_path, runner, cap, clock)
                 if config.daemon.metrics_listen:
                     host, port = config.daemon.metrics_listen.rsplit(":", 1)
                     await web.TCPSite(runner, host, int(port)).start()
@@ -148,6 +158,7 @@ async def run_daemon(
                 if owns_socket:
                     with contextlib.suppress(OSError):
                         os.unlink(socket_path)
+                    os.close(lock_fd)
     log.info("hroute stopped")
 
 
@@ -163,6 +174,23 @@ def _note_missing_keys(registry: Registry, config: Config) -> None:
             var,
         )
         registry.set_note(name, f"key_env {var} is not set; not probed")
+
+
+async def _keep_socket(path: Path, runner: web.AppRunner, cap: int, clock: Clock) -> None:
+    """Notice the socket file removed or replaced and listen there again.
+
+    Deleted, it left the daemon serving nobody, silently. If it cannot be recreated the
+    daemon stops with an error, and systemd (Restart=on-failure) starts it afresh.
+    """
+    inode = socket_inode(path)
+    while True:
+        await clock.sleep(SOCKET_CHECK_S)
+        if socket_inode(path) == inode:
+            continue
+        log.warning("%s was removed or replaced; listening there again", path)
+        sock = bind_unix_socket(path)
+        await LimitedSockSite(runner, sock, cap).start()
+        inode = socket_inode(path)
 
 
 async def _expire_cooldowns(registry: Registry, clock: Clock) -> None:

@@ -162,7 +162,9 @@ def load_state(path: Path, clock: Clock) -> Saved:
         log.warning("cannot read saved state %s (%s); starting fresh", path, exc)
         return Saved()
     try:
-        return decode_saved(json.loads(raw), clock.now(), clock.wall())
+        return decode_saved(
+            json.loads(raw, parse_constant=_no_constants), clock.now(), clock.wall()
+        )
     except (ValueError, RecursionError) as exc:  # JSON/Unicode errors are ValueErrors; "[[[[..."
         aside = path.with_name(f"{path.name}.bad-{int(clock.wall())}")
         try:
@@ -173,6 +175,11 @@ def load_state(path: Path, clock: Clock) -> Saved:
             "saved state %s is unreadable (%s); set aside as %s, starting fresh", path, exc, aside
         )
         return Saved()
+
+
+def _no_constants(name: str) -> Any:
+    # NaN and Infinity are not JSON; a NaN deadline would never run out (NaN <= now is False).
+    raise ValueError(f"{name} is not a number hroute writes")
 
 
 class StateSaver:
