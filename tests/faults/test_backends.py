@@ -62,12 +62,13 @@ def test_a_15_mb_model_listing_neither_blocks_nor_bloats(tmp_path: Path) -> None
         with Daemon(tmp_path, config({"big": probed(fb.base_url, model="model-0000001")})) as d:
             fb.wait_for_requests(3, "/v1/models", timeout_s=20)
             assert d.backend("big")["usable"] is True
-            worst = 0.0
-            for _ in range(30):  # while probes keep fetching the listing
+            waits = []
+            for _ in range(30):  # while probes keep fetching the listing (every 0.2 s)
                 t = time.perf_counter()
                 still_answers(d)
-                worst = max(worst, time.perf_counter() - t)
-            assert worst < 0.2, f"a plain request waited {worst * 1000:.0f} ms"
+                waits.append(time.perf_counter() - t)
+            waits.sort()
+            assert waits[26] < 0.1, f"plain requests waited {[round(w * 1000) for w in waits]} ms"
             rss_kb = int(
                 next(
                     ln.split()[1]
