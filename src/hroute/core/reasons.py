@@ -64,6 +64,9 @@ _BY_NAME = (
             "multimodal_tool_content_unsupported",
             "oauth_long_context_beta_forbidden",
             "llama_cpp_grammar_pattern",
+            "role_alternation",
+            "reasoning_mandatory",
+            "image_corrupt",
         ),
         Reason.FORMAT_ERROR,
     )
@@ -72,6 +75,9 @@ _BY_NAME = (
         "image_too_large": Reason.PAYLOAD_TOO_LARGE,
         "ssl_cert_verification": Reason.CONNECTION,
         "long_context_tier": Reason.CONTEXT_OVERFLOW,
+        "incomplete_response": Reason.INVALID_RESPONSE,
+        "upstream_blocked": Reason.CONNECTION,  # a WAF or proxy in front refuses us
+        "model_entitlement": Reason.AUTH,  # this key may not use the model: that key only
     }
 )
 
