@@ -34,13 +34,37 @@ def test_reasons_are_names() -> None:
     assert not is_reason("why-1") and not is_reason("")
 
 
-HERMES_REASONS = """auth auth_permanent billing content_policy_blocked context_overflow format_error
-image_corrupt image_too_large incomplete_response invalid_encrypted_content
-llama_cpp_grammar_pattern long_context_tier model_entitlement model_not_found
-multimodal_tool_content_unsupported oauth_long_context_beta_forbidden overloaded
-payload_too_large provider_policy_blocked rate_limit reasoning_mandatory role_alternation
-server_error ssl_cert_verification thinking_signature timeout unknown upstream_blocked
-upstream_rate_limit""".split()  # FailoverReason of hermes-agent 0.18.2, 0.19.0 and 0.22.2
+HERMES_REASONS = [
+    "auth",
+    "auth_permanent",
+    "billing",
+    "content_policy_blocked",
+    "context_overflow",
+    "format_error",
+    "image_corrupt",
+    "image_too_large",
+    "incomplete_response",
+    "invalid_encrypted_content",
+    "llama_cpp_grammar_pattern",
+    "long_context_tier",
+    "model_entitlement",
+    "model_not_found",
+    "multimodal_tool_content_unsupported",
+    "oauth_long_context_beta_forbidden",
+    "overloaded",
+    "payload_too_large",
+    "provider_policy_blocked",
+    "rate_limit",
+    "reasoning_mandatory",
+    "role_alternation",
+    "server_error",
+    "ssl_cert_verification",
+    "thinking_signature",
+    "timeout",
+    "unknown",
+    "upstream_blocked",
+    "upstream_rate_limit",
+]  # FailoverReason of hermes-agent 0.18.2, 0.19.0 and 0.22.2
 
 
 def test_every_hermes_reason_is_taken() -> None:

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from hroute.core.credentials import fingerprint
 from hroute.core.health import Cooldown, Health, State
 from hroute.core.identity import BackendIdentity
 from hroute.core.reasons import Reason
 from hroute.edges.state_file import decode_state, encode_state, load_state
 
 LOCAL = BackendIdentity("chat_completions", "http://127.0.0.1:8080", None)
+FP1, FP2, FP3 = (fingerprint(f"key {i}") for i in (1, 2, 3))
 CLOUD = BackendIdentity("anthropic_messages", "https://api.anthropic.com", None)
 
 
@@ -21,9 +23,10 @@ def sample(now: float) -> dict[BackendIdentity, Health]:
     cloud = Health(state=State.HEALTHY, block="auth")
     cloud.cooldown = Cooldown(now + 600, Reason.RATE_LIMIT)
     cloud.credentials = {
-        "fp1": Cooldown(now + 30, Reason.RATE_LIMIT),
-        "fp2": Cooldown(None, Reason.AUTH_PERMANENT),
-        "fp3": Cooldown(now + 1, Reason.BILLING),
+        FP1: Cooldown(now + 30, Reason.RATE_LIMIT),
+        FP2: Cooldown(None, Reason.AUTH_PERMANENT),
+        FP3: Cooldown(now + 1, Reason.BILLING),
+        "sk-raw-key-an-old-version-kept": Cooldown(now + 600, Reason.RATE_LIMIT),
     }
     return {LOCAL: local, CLOUD: cloud}
 
@@ -41,9 +44,9 @@ def test_round_trip_across_a_restart_converts_deadlines() -> None:
     )
     assert cloud.block == "auth"
     assert cloud.cooldown.until == pytest.approx(7 + 590)
-    assert cloud.credentials["fp1"].until == pytest.approx(7 + 20)
-    assert cloud.credentials["fp2"].until is None  # until the key changes
-    assert "fp3" not in cloud.credentials  # ran out while the daemon was down
+    assert cloud.credentials[FP1].until == pytest.approx(7 + 20)
+    assert cloud.credentials[FP2].until is None  # until the key changes
+    assert FP3 not in cloud.credentials  # ran out while the daemon was down
 
 
 def test_expired_cooldown_is_dropped() -> None:

@@ -73,9 +73,10 @@ class LimitedSockSite(web.SockSite):
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
 
     async def stop(self) -> None:
-        if self._loop is not None:
+        if self._loop is not None and self._sock.fileno() != -1:
             self._loop.remove_reader(self._sock.fileno())
         await super().stop()
+        self._sock.close()
 
     def _open(self) -> int:
         server = self._runner.server

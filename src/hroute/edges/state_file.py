@@ -19,6 +19,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hroute.core.clock import Clock
+from hroute.core.credentials import is_fingerprint
 from hroute.core.escalation import TaskState
 from hroute.core.health import Cooldown, Health, State
 from hroute.core.identity import BackendIdentity
@@ -143,7 +144,12 @@ def decode_saved(data: Any, now: float, wall: float) -> Saved:
     for r in doc.backends:
         h = Health(state=r.state, reason=r.reason, detail=r.detail, ejections=r.ejections)
         h.block, h.cooldown, h.decay_anchor = r.blocked, live(r.cooldown), now
-        h.credentials = {fp: c for fp, d in r.credentials.items() if (c := live(d)) is not None}
+        # Only fingerprints: a raw key an older version stored is dropped, not kept on disk.
+        h.credentials = {
+            fp: c
+            for fp, d in r.credentials.items()
+            if is_fingerprint(fp) and (c := live(d)) is not None
+        }
         records[BackendIdentity(*r.identity)] = h
     tasks = {
         t: TaskState(list(v.reasons), now - (wall - v.last_wall)) for t, v in doc.tasks.items()
