@@ -41,6 +41,7 @@ class Tasks:
 
     def __init__(self) -> None:
         self._tasks: dict[str, TaskState] = {}
+        self.changes = 0  # bumped on every change: the state saver compares this, not 10k tasks
 
     def record(self, task: str, reason: str, now: float, ttl_s: float) -> TaskState:
         """Count one failure of `task`."""
@@ -51,12 +52,14 @@ class Tasks:
         state.reasons = (state.reasons + [reason])[-50:]
         state.last_at = now
         self._tasks[task] = state
+        self.changes += 1
         return state
 
     def get(self, task: str, now: float, ttl_s: float) -> TaskState | None:
         state = self._tasks.get(task)
         if state is not None and now - state.last_at > ttl_s:
             del self._tasks[task]
+            self.changes += 1
             return None
         return state
 
@@ -68,6 +71,7 @@ class Tasks:
             if now - state.last_at <= ttl_s:
                 return
             del self._tasks[task]
+            self.changes += 1
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -78,3 +82,4 @@ class Tasks:
     def load(self, tasks: dict[str, TaskState]) -> None:
         merged = {**self._tasks, **tasks}
         self._tasks = dict(sorted(merged.items(), key=lambda item: item[1].last_at))
+        self.changes += 1

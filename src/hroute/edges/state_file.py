@@ -109,7 +109,7 @@ def encode_state(
         )
     doc: dict[str, Any] = {"format": STATE_FORMAT, "saved_at": round(wall, 3), "backends": out}
     doc["tasks"] = {
-        t: {"reasons": st.reasons, "last_wall": round(wall - (now - st.last_at), 3)}
+        t: {"reasons": list(st.reasons), "last_wall": round(wall - (now - st.last_at), 3)}
         for t, st in (tasks or {}).items()
     }
     if spend is not None:
@@ -210,12 +210,7 @@ class StateSaver:
                 sorted((fp, c.until, c.reason) for fp, c in h.credentials.items()),
             )
             for i, h in self._registry.records().items()
-        ] + [
-            sorted(
-                (t, tuple(st.reasons), st.last_at) for t, st in self._registry.tasks.dump().items()
-            ),
-            self._registry.spend.dump(),
-        ]
+        ] + [self._registry.tasks.changes, self._registry.spend.dump()]
 
     async def save_if_changed(self) -> bool:
         key = self._key()
@@ -225,16 +220,17 @@ class StateSaver:
         doc = encode_state(
             reg.records(), self._clock.now(), self._clock.wall(), reg.tasks.dump(), reg.spend.dump()
         )
-        data = json.dumps(doc, indent=1).encode()
         try:
-            await anyio.to_thread.run_sync(self._write, data)
+            # Serialising 10,000 tasks takes tens of ms: not on the loop that answers agents.
+            await anyio.to_thread.run_sync(self._write, doc)
         except OSError as exc:
             log.warning("cannot save state to %s: %s", self.path, exc)
             return False
         self._saved_key = key
         return True
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, doc: dict[str, Any]) -> None:
+        data = json.dumps(doc, indent=1).encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path, data, mode=0o600, durable=True)
 
