@@ -29,6 +29,7 @@ from hroute.edges.snapshot import SnapshotPublisher
 from hroute.edges.sockets import (
     bind_unix_socket,
     inherited_socket,
+    keep_lock,
     lock_socket_path,
     socket_inode,
 )
@@ -75,7 +76,7 @@ async def run_daemon(
     sock = inherited_socket()
     owns_socket = sock is None
     if sock is None:
-        lock_fd = lock_socket_path(socket_path)  # held until exit: one daemon per path
+        lock = [lock_socket_path(socket_path)]  # held until exit: one daemon per path
         sock = bind_unix_socket(socket_path)
     connector = aiohttp.TCPConnector(limit=0, force_close=True)  # probes never hold a server thread
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
@@ -131,7 +132,7 @@ async def run_daemon(
                 cap = connection_cap(fd_limit)
                 await LimitedSockSite(runner, sock, cap).start()
                 if owns_socket:
-                    tg.start_soon(_keep_socket, socket_path, runner, cap, clock)
+                    tg.start_soon(_keep_socket, socket_path, lock, runner, cap, clock)
                 if config.daemon.metrics_listen:
                     host, port = config.daemon.metrics_listen.rsplit(":", 1)
                     await web.TCPSite(runner, host, int(port)).start()
@@ -158,7 +159,7 @@ async def run_daemon(
                 if owns_socket:
                     with contextlib.suppress(OSError):
                         os.unlink(socket_path)
-                    os.close(lock_fd)
+                    os.close(lock[0])
     log.info("hroute stopped")
 
 
@@ -176,7 +177,9 @@ def _note_missing_keys(registry: Registry, config: Config) -> None:
         registry.set_note(name, f"key_env {var} is not set; not probed")
 
 
-async def _keep_socket(path: Path, runner: web.AppRunner, cap: int, clock: Clock) -> None:
+async def _keep_socket(
+    path: Path, lock: list[int], runner: web.AppRunner, cap: int, clock: Clock
+) -> None:
     """Notice the socket file removed or replaced and listen there again.
 
     Deleted, it left the daemon serving nobody, silently. If it cannot be recreated the
@@ -188,6 +191,7 @@ async def _keep_socket(path: Path, runner: web.AppRunner, cap: int, clock: Clock
         if socket_inode(path) == inode:
             continue
         log.warning("%s was removed or replaced; listening there again", path)
+        lock[0] = keep_lock(path, lock[0])
         sock = bind_unix_socket(path)
         await LimitedSockSite(runner, sock, cap).start()
         inode = socket_inode(path)

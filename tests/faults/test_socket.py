@@ -129,3 +129,22 @@ def test_a_socket_replaced_by_a_file_stops_the_daemon_for_systemd(tmp_path: Path
         if d.proc.poll() is None:
             d.proc.send_signal(signal.SIGKILL)
         d.stop()
+
+
+def test_an_emptied_socket_directory_is_made_again_and_still_locked(tmp_path: Path) -> None:
+    with Daemon(tmp_path, config({"a": unprobed(free_port())})) as d:
+        for p in d.socket.parent.iterdir():
+            p.unlink()
+        d.socket.parent.rmdir()
+        d.wait_for_log("was removed or replaced; listening there again")
+        wait_until(d.socket.exists, 5, what="the socket to be back")
+        assert d.socket.with_name("hroute.sock.lock").exists()
+        second = subprocess.run(
+            [sys.executable, "-m", "hroute.cli", "run", "--config", str(d.config_path)],
+            env=d.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode != 0 and "another hroute daemon" in second.stderr
+        still_answers(d)

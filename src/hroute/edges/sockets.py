@@ -91,6 +91,21 @@ def lock_socket_path(path: Path) -> int:
     return fd
 
 
+def keep_lock(path: Path, fd: int) -> int:
+    """`fd` if it still locks the lock file at `path`'s side, else a lock on a new one (the
+    directory was emptied): SocketInUseError if another daemon took the path meanwhile."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        same = False
+    if same:
+        return fd
+    new = lock_socket_path(path)
+    os.close(fd)
+    return new
+
+
 def socket_inode(path: Path) -> int | None:
     """The inode of the socket file at `path` (None when it is gone or not a socket)."""
     try:
