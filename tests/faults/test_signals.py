@@ -32,8 +32,12 @@ def _survives(d: Daemon) -> None:
 
 def test_sighup_is_caught_long_before_the_daemon_serves(tmp_path: Path) -> None:
     d = Daemon(tmp_path, config({"a": unprobed(free_port())})).start(wait=False)
-    wait_until(lambda: d.proc.poll() is not None or _catches_sighup(d.proc.pid), 15, 0.001)
-    assert not d.socket.exists()  # caught from the start, not only once serving
+    try:
+        wait_until(lambda: d.proc.poll() is not None or _catches_sighup(d.proc.pid), 15, 0.001)
+        assert not d.socket.exists()  # caught from the start, not only once serving
+    except BaseException:
+        d.stop()
+        raise
     d.proc.send_signal(signal.SIGHUP)
     _survives(d)
 
