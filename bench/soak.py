@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-every", type=float, default=3.0, help="seconds between faults")
     parser.add_argument("--sample-every", type=float, default=5.0)
     args = parser.parse_args(argv)
+    # SIGTERM ends the run like Ctrl-C: the daemon and the fakes are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
 
     fakes = [FakeBackend(kind=k).start() for k in ("llama-server", "openai", "ollama")]
     tmp = Path(tempfile.mkdtemp(prefix="hroute-soak-"))
