@@ -75,7 +75,11 @@ class Daemon:
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
         if wait:
-            wait_until(self._serving, 15, what="the daemon to serve its socket")
+            try:
+                wait_until(self._serving, 15, what="the daemon to serve its socket")
+            except BaseException:
+                self.stop(timeout_s=5)  # no pipe or process is left for a later test to trip on
+                raise
         return self
 
     def _limit_fds(self) -> None:
