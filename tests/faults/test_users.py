@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,8 +176,32 @@ def test_socket_permissions_keep_other_users_out(
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_no_user_is_left_behind(users: tuple[User, User]) -> None:
-    # The session fixture removes them; here only that they are real, distinct users.
+def test_daemon_refuses_its_own_runtime_dir_when_others_can_write_it(
+    users: tuple[User, User], victim_files: Path
+) -> None:
     victim, other = users
-    assert victim.uid != other.uid and 0 not in (victim.uid, other.uid)
-    assert time.monotonic() > 0
+    xdg = Path(f"/tmp/hrf-xdg-{victim.uid}")
+    shutil.rmtree(xdg, ignore_errors=True)
+    xdg.mkdir()
+    os.chown(xdg, victim.uid, victim.gid)
+    xdg.chmod(0o777)  # a careless chmod: every local user could swap the socket
+    try:
+        proc = victim.popen(
+            "-m", "hroute.cli", "run", "--config", str(victim_files / "hroute.yaml"),
+            HROUTE_STATE_DIR=str(victim_files / "state"), XDG_RUNTIME_DIR=str(xdg),
+        )  # fmt: skip
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"the daemon served in {xdg}, which every user can write")
+        assert proc.returncode != 0 and "writable by group or others" in err, err
+        code = (
+            "from hroute.client import Client; "
+            f"print(Client({str(xdg / 'hroute' / 'hroute.sock')!r}).usable('x').source)"
+        )
+        assert victim.python(code).stdout.strip() == "fail-open"
+        assert other.uid != victim.uid
+    finally:
+        shutil.rmtree(xdg, ignore_errors=True)
