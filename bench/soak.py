@@ -11,13 +11,15 @@ is injected, in turn:
   garbage      junk bytes, half requests, raw keys as credentials, free-text reasons,
                NaN numbers, control characters, and 200 idle connections held a while
   credentials  a burst of 500 reports with distinct credential fingerprints
-  tasks        a burst of 300 distinct task ids
+  tasks        a burst of 300 task failures over a pool of 1,000 task ids (a steady state
+               that the run reaches; the bound of 10,000 tasks is the fault matrix's case)
   sighup       SIGHUP (a reload)
 
 Pass criteria (the exit status says): 0 errors for well-formed requests (anything but the
 expected status, or no answer within 2 s), RSS growth <= 5 % from the end of warm-up (the
-first 20 % of the run) to the end, and a flat descriptor count (within 16 of where warm-up
-left it).
+first 20 % of the run) to the end, and a flat descriptor count: the median of the last
+samples within 16 of the median after warm-up (the garbage fault holds 200 connections
+for a second, so single samples may catch those).
 
 Usage (from the repository root): .venv/bin/python -m bench.soak [--duration 600] [--rate 1000]
 """
@@ -44,7 +46,7 @@ from tests.support.faults import raw_request
 
 from hroute.client import Client, fingerprint
 
-WORKERS = 6
+WORKERS = 8
 BUDGET_S = 2.0
 
 
@@ -226,7 +228,7 @@ class Faults:
     def tasks(self) -> None:
         client = Client(self.d.socket, budget_s=BUDGET_S)
         for k in range(300):
-            path = f"/v1/tasks/soak-{self._n}-{k}/failures"
+            path = f"/v1/tasks/soak-{(self._n * 300 + k) % 1000}/failures"
             self._count(client, "POST", path, {"reason": "no_progress"}, 202)
 
     def sighup(self) -> None:
@@ -296,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     base_rss = statistics.mean(s[1] for s in warm[:3])
     end_rss = statistics.mean(s[1] for s in warm[-3:])
     growth = (end_rss - base_rss) / base_rss * 100
-    base_fds, fds = warm[0][2], [s[2] for s in warm]
-    fd_drift = max(abs(f - base_fds) for f in fds)
+    fds = [s[2] for s in warm]
+    base_fds = statistics.median(fds[:5])
+    end_fds = statistics.median(fds[-5:])
+    fd_drift = abs(end_fds - base_fds)
     wall = samples[-1][0]
     rate = samples[-1][3] / wall
     lat = sorted(load.latencies_ms)
@@ -318,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_growth_pct": round(growth, 2),
         "rss_kb_max": max(s[1] for s in samples),
         "fds_after_warmup": base_fds,
+        "fds_end": end_fds,
         "fds_min_max": [min(fds), max(fds)],
         "daemon_alive_at_end": alive,
         "pass": ok,
