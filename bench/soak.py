@@ -134,8 +134,11 @@ class Load:
 class Faults:
     """One fault every `every_s`, in turn; well-formed parts count into `load`."""
 
-    def __init__(self, d: Daemon, fakes: list[FakeBackend], load: Load, every_s: float) -> None:
+    def __init__(
+        self, d: Daemon, fakes: list[FakeBackend], load: Load, every_s: float, task_pool: int
+    ) -> None:
         self.d, self.fakes, self.load, self.every_s = d, fakes, load, every_s
+        self.task_pool = task_pool
         self.count: Counter[str] = Counter()
         self._interval = 0.5
         self._n = 0
@@ -228,7 +231,7 @@ class Faults:
     def tasks(self) -> None:
         client = Client(self.d.socket, budget_s=BUDGET_S)
         for k in range(300):
-            path = f"/v1/tasks/soak-{(self._n * 300 + k) % 1000}/failures"
+            path = f"/v1/tasks/soak-{(self._n * 300 + k) % self.task_pool}/failures"
             self._count(client, "POST", path, {"reason": "no_progress"}, 202)
 
     def sighup(self) -> None:
@@ -260,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1000.0, help="requests/s in total")
     parser.add_argument("--fault-every", type=float, default=3.0, help="seconds between faults")
     parser.add_argument("--sample-every", type=float, default=5.0)
+    parser.add_argument(
+        "--distinct-tasks", action="store_true", help="a new task id for every task failure"
+    )
     args = parser.parse_args(argv)
     # SIGTERM ends the run like Ctrl-C: the daemon and the fakes are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
@@ -269,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     d = Daemon(tmp, config(fakes, 0.5, extra=False)).start()
     assert d.proc is not None
     load = Load(d, args.rate)
-    faults = Faults(d, fakes, load, args.fault_every)
+    faults = Faults(d, fakes, load, args.fault_every, 10**9 if args.distinct_tasks else 1000)
     threads = [threading.Thread(target=load.run, args=(w,), daemon=True) for w in range(WORKERS)]
     threads.append(threading.Thread(target=faults.run, daemon=True))
     samples: list[tuple[float, int, int, int]] = []  # (t, rss kB, fds, requests done)
