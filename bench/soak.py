@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         d.stop()
         for fb in fakes:
             fb.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     warm = [s for s in samples if s[0] >= 0.2 * args.duration]
     base_rss = statistics.mean(s[1] for s in warm[:3])
