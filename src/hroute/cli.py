@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,11 @@ def _config_path(value: str | None) -> Path:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    # Before anything slow: a SIGHUP while the daemon starts must not kill it (the default
+    # action); it is remembered and becomes a reload once the daemon serves.
+    hups: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, frame: hups.append(signum))
+
     import anyio
 
     from hroute.daemon import run_daemon
@@ -152,7 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.socket:
         os.environ["HROUTE_SOCKET"] = args.socket
     try:
-        anyio.run(run_daemon, _config_path(args.config))
+        anyio.run(partial(run_daemon, _config_path(args.config), hup_pending=lambda: bool(hups)))
     except HrouteError as exc:
         print(f"hroute: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -9,38 +9,28 @@ go ahead exactly as if hroute did not exist; nothing here raises into the caller
 
 from __future__ import annotations
 
-import functools
 import json
+import math
 import os
 import socket
+import stat
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from hroute.core.identity import normalize_base_url
-from hroute.core.verdict import decide
-from hroute.paths import default_socket_path, snapshot_path
+from hroute.core.credentials import fingerprint
+from hroute.paths import default_socket_path, snapshot_path, untrusted_dir
+from hroute.snapshot_reader import Usable, _from_snapshot
+from hroute.wire import _Closed, _exchange, _left
 
 DEFAULT_BUDGET_S = 0.1
 SNAPSHOT_V = 2  # the snapshot's shape this client reads (edges/snapshot.py writes it)
+MAX_SNAPSHOT_BYTES = 16 * 1024 * 1024  # ten thousand backends; a 400 MB plant is not read
+DIR_RECHECK_S = 1.0
 
-
-@dataclass(slots=True)
-class Usable:
-    """hroute's answer to "may I use this backend now?"."""
-
-    usable: bool
-    backend: str | None = None
-    state: str = "unknown"
-    reason: str | None = None
-    retry_after_s: float | None = None
-    source: str = "snapshot"  # snapshot | socket | fail-open
-
-    def __bool__(self) -> bool:
-        return self.usable
+__all__ = ["Client", "Usable", "fingerprint"]  # fingerprint(key): what `credential=` takes
 
 
 class Client:
@@ -57,6 +47,8 @@ class Client:
         self._conn: socket.socket | None = None  # kept open between calls
         self._conn_pid = 0  # a forked child must not share its parent's connection
         self._lock = threading.Lock()
+        self._dir_owner: int | None = None  # set once the directory is found trustworthy
+        self._dir_checked_at = float("-inf")
 
     # --- the hot path ---------------------------------------------------------------
 
@@ -76,7 +68,10 @@ class Client:
         try:
             snap = self._read_snapshot()
             if snap is not None and _caught_up(self._snapshot_path, snap):
-                return _from_snapshot(snap, backend, base_url, credential, model)
+                try:
+                    return _from_snapshot(snap, backend, base_url, credential, model)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    self._snap = None  # malformed: ask the socket instead
             query = {
                 k: v
                 for k, v in (
@@ -101,20 +96,68 @@ class Client:
             pass
         return Usable(True, backend, "unknown", "hroute_unavailable", None, "fail-open")
 
+    def _trusted_dir(self) -> bool:
+        """The socket's directory is root's or ours (or the daemon's, placed by root) and
+        writable by nobody else; otherwise another user could have planted the snapshot
+        or swapped the socket, and hroute is not asked at all (fail open)."""
+        if self._dir_owner is not None:
+            return True
+        now = time.monotonic()
+        if now - self._dir_checked_at < DIR_RECHECK_S:
+            return False
+        self._dir_checked_at = now
+        directory = self.socket_path.parent
+        if untrusted_dir(directory) is None:
+            self._dir_owner = os.stat(directory).st_uid
+        return self._dir_owner is not None
+
     def _read_snapshot(self) -> dict[str, Any] | None:
+        if not self._trusted_dir():
+            raise OSError(f"{self.socket_path.parent} is not a directory hroute may trust")
         try:
             st = os.stat(self._snapshot_path)
         except OSError:
             return None
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         if key != self._snap_key:
-            with open(self._snapshot_path, "rb") as f:
-                snap = json.loads(f.read())
-            self._snap, self._snap_key = (snap if snap.get("v") == SNAPSHOT_V else None), key
+            self._snap, self._snap_key = self._load_snapshot(), key
         snap = self._snap
         if snap is None or snap["expires"] < time.monotonic():
-            return None  # left behind by a daemon that is gone
+            return None  # left behind by a daemon that is gone, or not one to trust: ask
         return snap
+
+    def _load_snapshot(self) -> dict[str, Any] | None:
+        """The snapshot if it is a regular file of the daemon's user (or root), of bounded
+        size and well-formed; None (ask the socket) for anything else."""
+        try:
+            # O_NONBLOCK: a FIFO planted here must not hang the agent's turn.
+            fd = os.open(self._snapshot_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SNAPSHOT_BYTES:
+                return None
+            if st.st_uid not in (0, os.getuid(), self._dir_owner) or st.st_mode & 0o002:
+                return None
+            raw = os.read(fd, MAX_SNAPSHOT_BYTES + 1)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            snap = json.loads(raw, parse_constant=_no_constants)
+        except (ValueError, RecursionError):
+            return None
+        ok = (
+            isinstance(snap, dict)
+            and snap.get("v") == SNAPSHOT_V
+            and isinstance(snap.get("expires"), float | int)
+            and math.isfinite(snap["expires"])
+            and isinstance(snap.get("backends"), dict)
+            and isinstance(snap.get("urls"), dict)
+        )
+        return snap if ok else None
 
     # --- the rest of the API ---------------------------------------------------------
 
@@ -236,6 +279,8 @@ class Client:
         if payload:
             head += "Content-Type: application/json\r\n"
         wire = head.encode() + b"\r\n" + payload
+        if not self._trusted_dir():
+            raise PermissionError(f"{self.socket_path.parent} is not a directory hroute may trust")
         if not self._lock.acquire(blocking=False):
             return _exchange(self._connect(deadline), wire, deadline, keep=False)[0]
         try:
@@ -290,54 +335,6 @@ class Client:
             conn.close()
 
 
-class _Closed(Exception):
-    """The daemon closed a kept connection before answering."""
-
-
-def _exchange(
-    sock: socket.socket, wire: bytes, deadline: float, *, keep: bool
-) -> tuple[tuple[int, Any], bool]:
-    """Send one request and read one response; ((status, body), connection reusable)."""
-    try:
-        sock.settimeout(_left(deadline))
-        sock.sendall(wire)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            sock.settimeout(_left(deadline))
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise _Closed if not buf else ValueError("connection closed mid-response")
-            buf += chunk
-        head, _, rest = buf.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status_line = lines[0].split()
-        if len(status_line) < 2 or not status_line[1].isdigit():
-            raise ValueError("not an HTTP response")
-        length, close = None, False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"connection" and value.strip().lower() == b"close":
-                close = True
-        while (len(rest) < length) if length is not None else True:
-            sock.settimeout(_left(deadline))
-            chunk = sock.recv(65536)
-            if not chunk:
-                if length is None:
-                    break
-                raise ValueError("connection closed mid-body")
-            rest += chunk
-        reusable = keep and length is not None and not close
-        if not reusable:
-            sock.close()
-        return (int(status_line[1]), json.loads(rest) if rest else None), reusable
-    except BaseException:
-        sock.close()
-        raise
-
-
 # Snapshot path -> (daemon pid, registry version) of this process's latest report. Until the
 # snapshot holds that version, usable() asks the socket: an agent reads its own report back
 # at once, though the daemon coalesces snapshot writes.
@@ -354,41 +351,5 @@ def _caught_up(path: str, snap: dict[str, Any]) -> bool:
     return False
 
 
-def _from_snapshot(
-    snap: dict[str, Any],
-    backend: str | None,
-    base_url: str | None,
-    credential: str | None,
-    model: str | None = None,
-) -> Usable:
-    backends = snap["backends"]
-    name = backend if backend in backends else None
-    if name is None and base_url:
-        url = _normalized(base_url)
-        name = (snap["url_models"].get(url) or {}).get(model) or snap["urls"].get(url)
-    if name is None:
-        return Usable(True, backend, "unknown", "not_monitored", None)
-    entry = backends[name]
-    verdict = decide(
-        time.monotonic(),
-        block=entry["blocked"],
-        until=entry["until"],
-        until_reason=entry["until_reason"],
-        credentials=entry["creds"],
-        credential=credential,
-        models=entry["models"],
-        model=model or entry["model"],
-    )
-    return Usable(verdict.usable, name, entry["state"], verdict.reason, verdict.retry_after_s)
-
-
-@functools.lru_cache(maxsize=256)
-def _normalized(base_url: str) -> str:
-    return normalize_base_url(base_url)  # agents ask about the same few URLs every turn
-
-
-def _left(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("hroute did not answer within the budget")
-    return left
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number hroute writes")

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -21,11 +22,20 @@ from hroute.edges.api import Deps, make_api
 from hroute.edges.clock import RealClock, wait_until
 from hroute.edges.cluster import Cluster
 from hroute.edges.fault_injection import serve_test_hooks
+from hroute.edges.http import HttpServer
+from hroute.edges.limits import connection_cap, raise_fd_limit
 from hroute.edges.metrics import Metrics
 from hroute.edges.prober import Prober
 from hroute.edges.reloader import Reloader, ReloadResult
 from hroute.edges.snapshot import SnapshotPublisher
-from hroute.edges.sockets import bind_unix_socket, inherited_socket, listen_tcp
+from hroute.edges.sockets import (
+    bind_unix_socket,
+    inherited_socket,
+    keep_lock,
+    listen_tcp,
+    lock_socket_path,
+    socket_inode,
+)
 from hroute.edges.state_file import StateSaver, load_state
 from hroute.paths import snapshot_path
 from hroute.supervise.supervisors import Supervision
@@ -35,12 +45,17 @@ from hroute.systemd.notify import Notifier, keep_status, keep_watchdog
 log = logging.getLogger("hroute")
 
 EXPIRY_TICK_S = 0.25
+SOCKET_CHECK_S = 1.0
 
 
 async def run_daemon(
-    config_path: Path, *, clock: Clock | None = None, notifier: Notifier | None = None
+    config_path: Path,
+    *,
+    clock: Clock | None = None,
+    notifier: Notifier | None = None,
+    hup_pending: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Run hroute until SIGTERM/SIGINT."""
+    """Run hroute until SIGTERM/SIGINT. `hup_pending()` says a SIGHUP came while starting."""
     config = read_config(config_path)
     clock = clock or RealClock()
     notifier = notifier or Notifier()
@@ -65,10 +80,12 @@ async def run_daemon(
     if restored:
         log.info("restored health of %d backends from %s", restored, state_path)
 
+    fd_limit = raise_fd_limit()
     socket_path = config.daemon.socket_path
     sock = inherited_socket()
     owns_socket = sock is None
     if sock is None:
+        lock = [lock_socket_path(socket_path)]  # held until exit: one daemon per path
         sock = bind_unix_socket(socket_path)
     cluster = None
     if config.cluster is not None:
@@ -124,13 +141,16 @@ async def run_daemon(
         now=clock.now,
         cluster=None if cluster is None else cluster.view,
     )
-    api = make_api(deps)
+    # Idle keep-alive clients are let go after a while: they hold descriptors.
+    api = make_api(deps, max_connections=connection_cap(fd_limit))
     try:
         async with anyio.create_task_group() as tg:
             # Signals first: a SIGTERM that comes as soon as the socket answers must stop
             # the daemon cleanly, not kill it with the default action.
-            await tg.start(_watch_signals, tg.cancel_scope, notifier, reloader)
+            await tg.start(_watch_signals, tg.cancel_scope, notifier, reloader, hup_pending)
             await api.serve(sock)
+            if owns_socket:
+                tg.start_soon(_keep_socket, socket_path, lock, api, clock)
             if config.daemon.metrics_listen:
                 await api.serve(listen_tcp(config.daemon.metrics_listen))
             await tg.start(publisher.run)
@@ -158,6 +178,7 @@ async def run_daemon(
             if owns_socket:
                 with contextlib.suppress(OSError):
                     os.unlink(socket_path)
+                os.close(lock[0])
     log.info("hroute stopped")
 
 
@@ -178,6 +199,23 @@ def _note_missing_keys(registry: Registry, config: Config) -> None:
 def _note_cluster_change(old: Config, new: Config) -> None:
     if old.cluster != new.cluster:
         log.warning("cluster: settings changed; they take effect when hroute restarts")
+
+
+async def _keep_socket(path: Path, lock: list[int], api: HttpServer, clock: Clock) -> None:
+    """Notice the socket file removed or replaced and listen there again.
+
+    Deleted, it left the daemon serving nobody, silently. If it cannot be recreated the
+    daemon stops with an error, and systemd (Restart=on-failure) starts it afresh.
+    """
+    inode = socket_inode(path)
+    while True:
+        await clock.sleep(SOCKET_CHECK_S)
+        if socket_inode(path) == inode:
+            continue
+        log.warning("%s was removed or replaced; listening there again", path)
+        lock[0] = keep_lock(path, lock[0])
+        await api.serve(bind_unix_socket(path))
+        inode = socket_inode(path)
 
 
 async def _expire_cooldowns(registry: Registry, clock: Clock) -> None:
@@ -203,11 +241,14 @@ async def _watch_signals(
     scope: anyio.CancelScope,
     notifier: Notifier,
     reloader: Reloader,
+    hup_pending: Callable[[], bool],
     *,
     task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
+        if hup_pending():
+            await reloader.reload("SIGHUP while starting")
         async for signum in signals:
             if signum == signal.SIGHUP:
                 await reloader.reload("SIGHUP")

@@ -37,3 +37,35 @@ def default_state_dir(env: Mapping[str, str] | None = None, uid: int | None = No
         return Path("/var/lib/hroute")
     base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "hroute"
+
+
+def untrusted_dir(directory: Path, uid: int | None = None) -> str | None:
+    """Why `directory` may not hold hroute's socket and snapshot for `uid`, or None.
+
+    Another user who owns or can write a directory on the way can swap the socket (and
+    receive an agent's reports) or plant a snapshot. So every directory from `/` down must
+    be owned by root or `uid` and writable by nobody else; the only exception is the last
+    one, which may belong to a third user (the daemon's, e.g. /run/hroute) when its parent
+    is root's and writable by nobody else, so that only root can have put it there.
+    A sticky, world-writable directory such as /tmp may be passed through, not used.
+    """
+    uid = os.getuid() if uid is None else uid
+    try:
+        directory = Path(os.path.realpath(directory))
+        chain = [*reversed(directory.parents), directory]
+        stats = [os.stat(p) for p in chain]
+    except OSError as exc:
+        return f"{directory}: {exc.strerror or exc}"
+    for i, (path, st) in enumerate(zip(chain, stats, strict=True)):
+        last = i == len(chain) - 1
+        others_write = st.st_mode & 0o022
+        if st.st_uid not in (0, uid):
+            parent = stats[i - 1] if i else None
+            placed_by_root = (
+                parent is not None and parent.st_uid == 0 and not parent.st_mode & 0o022
+            )
+            if not (last and placed_by_root):
+                return f"{path}: owned by uid {st.st_uid}, not by root or uid {uid}"
+        if others_write and not (st.st_uid == 0 and st.st_mode & 0o1000 and not last):
+            return f"{path}: writable by group or others (mode {st.st_mode & 0o7777:o})"
+    return None

@@ -228,10 +228,12 @@ async def test_a_reporter_reads_its_own_report_while_the_snapshot_lags(tmp_path:
 
 async def test_state_file_round_trip_keeps_cooldowns(tmp_path: Path) -> None:
     reg = registry()
+    path = tmp_path / "state.json"
+    saver = StateSaver(reg, reg.clock, path)  # built at start: what it sees is on disk
+    assert not await saver.save_if_changed()
     reg.record_probe("local", ProbeOutcome())
     reg.record_report("local", Report(False, Reason.RATE_LIMIT, retry_after_s=600))
-    path = tmp_path / "state.json"
-    assert await StateSaver(reg, reg.clock, path).save_if_changed()
+    assert await saver.save_if_changed()
     assert json.loads(path.read_text())["format"].startswith("hroute-state/")
     fresh = registry()
     fresh.restore(load_state(path, fresh.clock).records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -38,7 +39,13 @@ def wait_until(
 class Daemon:
     """One `hroute run` subprocess with its own socket under `tmp`."""
 
-    def __init__(self, tmp: Path, config_text: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        config_text: str,
+        env: dict[str, str] | None = None,
+        nofile: int | None = None,
+    ) -> None:
         self.tmp = tmp
         self.config_path = tmp / "hroute.yaml"
         self.config_path.write_text(config_text)
@@ -51,6 +58,7 @@ class Daemon:
             **(env or {}),
         }
         self.env.pop("NOTIFY_SOCKET", None)
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard), e.g. systemd's default 1024
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -62,12 +70,20 @@ class Daemon:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=None if self.nofile is None else self._limit_fds,
         )
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
         if wait:
-            wait_until(self._serving, 15, what="the daemon to serve its socket")
+            try:
+                wait_until(self._serving, 15, what="the daemon to serve its socket")
+            except BaseException:
+                self.stop(timeout_s=5)  # no pipe or process is left for a later test to trip on
+                raise
         return self
+
+    def _limit_fds(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None

@@ -355,6 +355,7 @@ class FakeBackend:
         loading_s: float = 0.0,
         reply: str = "Hello from the fake backend.",
         port: int = 0,
+        host: str = HOST,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind: unknown backend kind {kind!r} (valid: {', '.join(KINDS)})")
@@ -363,6 +364,7 @@ class FakeBackend:
         self.loading_s = loading_s
         self._answers = _Answers(kind, self.models, reply)
         self._port = port
+        self.host = host  # "::1" for an IPv6 backend
         self._cond = threading.Condition()
         self._requests: list[RecordedRequest] = []
         self._bodies: list[bytes] = []
@@ -420,7 +422,8 @@ class FakeBackend:
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT`` without a path (OpenAI clients add ``/v1`` themselves)."""
-        return f"http://{HOST}:{self._port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self._port}"
 
     def url(self, path: str = "") -> str:
         """``base_url`` joined with ``path``."""
@@ -550,7 +553,7 @@ class FakeBackend:
         server = web.Server(self._handle, handler_cancellation=True, access_log=None)
         runner = web.ServerRunner(server, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, HOST, self._port, reuse_address=True)
+        site = web.TCPSite(runner, self.host, self._port, reuse_address=True)
         try:
             await site.start()
         except BaseException:

@@ -89,24 +89,35 @@ def test_a_429_on_one_host_holds_that_key_everywhere_within_a_second(fleet: Flee
     for d in (a, b, c):
         fleet.connected(d)
     assert a.client().report(
-        "cloud-a", reason="rate_limit", status_code=429, retry_after_s=600, credential="fp-1"
+        "cloud-a",
+        reason="rate_limit",
+        status_code=429,
+        retry_after_s=600,
+        credential="sha256:0000000000000001",
     )
     told = time.monotonic()
-    deadline_a = held(a, "cloud-a", "fp-1")
+    deadline_a = held(a, "cloud-a", "sha256:0000000000000001")
     assert deadline_a is not None and deadline_a > 590
     for d in (b, c):
-        wait_until(lambda d=d: seen(d, "cloud-a", "fp-1"), 1.0, 0.005, "agents elsewhere to see it")
+        wait_until(
+            lambda d=d: seen(d, "cloud-a", "sha256:0000000000000001"),
+            1.0,
+            0.005,
+            "agents elsewhere to see it",
+        )
         assert time.monotonic() - told < 1.0
-        assert held(d, "cloud-a", "fp-1") == pytest.approx(held(a, "cloud-a", "fp-1"), abs=1.0)
+        assert held(d, "cloud-a", "sha256:0000000000000001") == pytest.approx(
+            held(a, "cloud-a", "sha256:0000000000000001"), abs=1.0
+        )
         # One key of one model: other keys, and the other model, stay usable everywhere.
-        assert held(d, "cloud-a", "fp-2") is None
-        assert held(d, "cloud-b", "fp-1") is None
+        assert held(d, "cloud-a", "sha256:0000000000000002") is None
+        assert held(d, "cloud-b", "sha256:0000000000000001") is None
         assert held(d, "cloud-a") is None
         line = d.wait_for_log("cooling down for")
-        assert "rate_limit, seen by host-0" in line and "fp-1" in line
+        assert "rate_limit, seen by host-0" in line and "sha256:0000000000000001" in line
         view = d.backend("cloud-a")
         assert view["credential_cooldowns"] == 1
-    assert held(a, "cloud-a", "fp-2") is None
+    assert held(a, "cloud-a", "sha256:0000000000000002") is None
     # The other hosts do not tell it back: host-0 heard nothing new.
     assert "seen by" not in a.log
 
@@ -135,10 +146,17 @@ def test_redis_away_each_host_works_alone_and_converges_when_it_is_back(fleet: F
         assert "hroute_cluster_connected 0.0" in d.get_text("/metrics")
     # Every host keeps answering, and a report still cools down where it was made.
     assert b.client().report(
-        "cloud-a", reason="rate_limit", status_code=429, retry_after_s=300, credential="fp-3"
+        "cloud-a",
+        reason="rate_limit",
+        status_code=429,
+        retry_after_s=300,
+        credential="sha256:0000000000000003",
     )
-    assert held(b, "cloud-a", "fp-3") is not None
-    assert held(a, "cloud-a", "fp-3") is None and held(c, "cloud-a", "fp-3") is None
+    assert held(b, "cloud-a", "sha256:0000000000000003") is not None
+    assert (
+        held(a, "cloud-a", "sha256:0000000000000003") is None
+        and held(c, "cloud-a", "sha256:0000000000000003") is None
+    )
     status = b.get("/v1/backends")[1]["cluster"]
     assert status["connected"] is False and status["error"]
 
@@ -146,8 +164,14 @@ def test_redis_away_each_host_works_alone_and_converges_when_it_is_back(fleet: F
     for d in (a, b, c):
         fleet.connected(d)
     for d in (a, c):
-        wait_until(lambda d=d: held(d, "cloud-a", "fp-3"), 5, what="what happened meanwhile")
-        assert held(d, "cloud-a", "fp-3") == pytest.approx(held(b, "cloud-a", "fp-3"), abs=1.0)
+        wait_until(
+            lambda d=d: held(d, "cloud-a", "sha256:0000000000000003"),
+            5,
+            what="what happened meanwhile",
+        )
+        assert held(d, "cloud-a", "sha256:0000000000000003") == pytest.approx(
+            held(b, "cloud-a", "sha256:0000000000000003"), abs=1.0
+        )
     for d in (a, b, c):
         assert "hroute_cluster_connected 1.0" in d.get_text("/metrics")
         # Said once per outage, however many reconnects failed meanwhile.
@@ -253,9 +277,15 @@ def test_the_readmes_acl_user_is_enough(fleet: Fleet) -> None:
     a, b = fleet.start(0), fleet.start(1)
     for d in (a, b):
         fleet.connected(d)
-    assert a.client().report("cloud-a", reason="rate_limit", retry_after_s=60, credential="fp-1")
+    assert a.client().report(
+        "cloud-a", reason="rate_limit", retry_after_s=60, credential="sha256:0000000000000001"
+    )
     assert a.client().usage("cloud-a", input_tokens=100)
-    wait_until(lambda: held(b, "cloud-a", "fp-1"), 2, what="the cooldown through the ACL user")
+    wait_until(
+        lambda: held(b, "cloud-a", "sha256:0000000000000001"),
+        2,
+        what="the cooldown through the ACL user",
+    )
     wait_until(lambda: b.backend("cloud-a")["spent_today_usd"] == 0.1, 2, what="the spend")
     assert "NOPERM" not in a.log + b.log and "cluster: lost" not in a.log + b.log
     user = redis.Redis(unix_socket_path=str(fleet.redis.socket), username="hroute", password="pw")
@@ -273,16 +303,16 @@ def test_a_redis_that_stops_answering_delays_no_answer(fleet: Fleet) -> None:
         for i in range(10):
             t0 = time.monotonic()
             assert a.client().report(
-                "cloud-a", reason="rate_limit", retry_after_s=300, credential=f"fp-{i}"
+                "cloud-a", reason="rate_limit", retry_after_s=300, credential=f"sha256:{i:016x}"
             )
-            assert held(a, "cloud-a", f"fp-{i}") is not None
+            assert held(a, "cloud-a", f"sha256:{i:016x}") is not None
             assert b.get("/v1/backends")[0] == 200
             slowest = max(slowest, time.monotonic() - t0)
         assert slowest < 0.5, slowest  # the cluster's client waits up to 3 s: nobody else does
     finally:
         fleet.redis.resume()
     for i in range(10):  # what was said while Redis was stuck arrives once it answers again
-        wait_until(lambda i=i: held(b, "cloud-a", f"fp-{i}"), 15, what=f"fp-{i} on host-1")
+        wait_until(lambda i=i: held(b, "cloud-a", f"sha256:{i:016x}"), 15, what=f"fp-{i} on host-1")
 
 
 def test_redis_down_at_start_each_host_serves_alone_then_joins(fleet: Fleet) -> None:

@@ -33,6 +33,9 @@ def config(backends: dict[str, str], profiles: str = "", interval: float = 0.1) 
     return "\n".join(lines) + "\n" + profiles
 
 
+UNPROBED = "{kind: openai, base_url: 'http://127.0.0.1:9', probe: {enabled: false}}"
+
+
 @pytest.fixture
 def llama():
     with FakeBackend(kind="llama-server", models=["tiny"]) as fb:
@@ -236,7 +239,7 @@ def test_bad_requests_get_json_errors_and_the_daemon_keeps_serving(tmp_path: Pat
 
 
 def test_socket_mode_stale_socket_replaced_live_socket_refused(tmp_path: Path) -> None:
-    cfg = config({})
+    cfg = config({"x": UNPROBED})
     sock_path = tmp_path / "run" / "hroute.sock"
     sock_path.parent.mkdir()
     stale = socket.socket(socket.AF_UNIX)
@@ -342,7 +345,7 @@ def test_metrics_on_the_socket_and_on_tcp(tmp_path: Path, llama: FakeBackend) ->
 
 
 def test_sigterm_stops_cleanly_and_removes_socket(tmp_path: Path) -> None:
-    d = Daemon(tmp_path, config({})).start()
+    d = Daemon(tmp_path, config({"x": UNPROBED})).start()
     assert d.stop() == 0
     assert not d.socket.exists()
     assert not d.socket.with_suffix(".snapshot").exists()

@@ -95,9 +95,14 @@ def test_the_client_speaks_the_whole_routing_api(tmp_path: Path) -> None:
         assert any("confirm=1" in h for h in blocked["help"])
         assert c.route("coding", task="t-7", allow_paid=True)["backend"] == "router"
         for _ in range(2):
-            c.report("llama", reason="rate_limit", credential="fp-aaaa", retry_after_s=30)
-        assert c.route("coding", credential="fp-aaaa")["chain"][0]["reason"] == "rate_limit"
-        assert c.route("coding", credential="fp-bbbb")["backend"] == "llama"
+            c.report(
+                "llama", reason="rate_limit", credential="sha256:00000000000000aa", retry_after_s=30
+            )
+        assert (
+            c.route("coding", credential="sha256:00000000000000aa")["chain"][0]["reason"]
+            == "rate_limit"
+        )
+        assert c.route("coding", credential="sha256:00000000000000bb")["backend"] == "llama"
         events = c.request("GET", "/v1/events")[1]["events"]
         [failure] = [e for e in events if e["event"] == "task_failure" and e.get("detail")]
         assert failure["detail"] == "same tool call 5 times" and failure["task"] == "t-7"

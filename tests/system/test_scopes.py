@@ -94,17 +94,29 @@ def test_cloud_429_for_one_model_of_a_key_leaves_its_other_model(tmp_path: Path)
                 reason="rate_limit",
                 status_code=429,
                 model="gpt-a",
-                credential="fp-1",
+                credential="sha256:0000000000000001",
                 retry_after_s=60,
             )
-            a = client.usable(base_url=url, model="gpt-a", credential="fp-1")
+            a = client.usable(base_url=url, model="gpt-a", credential="sha256:0000000000000001")
             assert (a.usable, a.reason, a.backend) == (False, "rate_limit", "gpt-a")
-            assert client.usable(base_url=url, model="gpt-b", credential="fp-1").usable is True
-            assert client.usable(base_url=url, model="gpt-a", credential="fp-2").usable is True
+            assert (
+                client.usable(
+                    base_url=url, model="gpt-b", credential="sha256:0000000000000001"
+                ).usable
+                is True
+            )
+            assert (
+                client.usable(
+                    base_url=url, model="gpt-a", credential="sha256:0000000000000002"
+                ).usable
+                is True
+            )
             assert client.usable("gpt-a").usable is True  # callers that name no key
-            status, body = d.get("/v1/usable?backend=gpt-a&credential=fp-1")
+            status, body = d.get("/v1/usable?backend=gpt-a&credential=sha256:0000000000000001")
             assert status == 200 and body["scope"] == "key" and body["usable"] is False
-            status, body = d.get(f"/v1/usable?base_url={url}&model=gpt-b&credential=fp-1")
+            status, body = d.get(
+                f"/v1/usable?base_url={url}&model=gpt-b&credential=sha256:0000000000000001"
+            )
             assert body["backend"] == "gpt-b" and body["usable"] is True
 
             # OpenRouter-style upstream_rate_limit is the model's, for every key.

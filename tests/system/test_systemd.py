@@ -81,17 +81,22 @@ def _source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+# Wheels the .deb's Python (Debian 12's 3.11.2) needs and this venv's newer one does not:
+# redis wants async-timeout below 3.11.3, so pip here would not fetch it.
+TARGET_ONLY = b"async-timeout>=4.0.3"
+
+
 def _wheelhouse(cache: Path) -> Path:
     """hroute's dependencies as wheels, fetched once per pyproject.toml: then the .deb builds
     offline in seconds instead of asking PyPI for every package each time."""
-    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + TARGET_ONLY).hexdigest()[:16]
     wheels = cache / "wheels" / key
     if not (wheels / ".complete").exists():
         shutil.rmtree(cache / "wheels", ignore_errors=True)
         wheels.mkdir(parents=True)
         run_bounded(
             [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), f"{REPO}[cluster]",
-             "setuptools>=68", "wheel"],
+             "setuptools>=68", "wheel", *TARGET_ONLY.decode().split()],
             "pip wheel",
         )  # fmt: skip
         (wheels / ".complete").touch()

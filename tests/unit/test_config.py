@@ -63,9 +63,18 @@ def test_top_level_must_be_mapping() -> None:
     assert "mapping" in problem
 
 
-def test_empty_file_gives_defaults() -> None:
-    config = load_config("")
-    assert config.backends == {} and config.defaults.probe.interval_s == 10
+ONE = "backends:\n  a: {kind: openai, base_url: 'http://127.0.0.1:9'}\n"
+
+
+def test_unset_settings_get_defaults() -> None:
+    config = load_config(ONE)
+    assert list(config.backends) == ["a"] and config.defaults.probe.interval_s == 10
+
+
+@pytest.mark.parametrize("text", ["", "\n", "backends:\n", "backends: {}\n", "daemon: {}\n"])
+def test_a_file_without_backends_is_rejected(text: str) -> None:
+    [problem] = errors_of(text)
+    assert problem.startswith("backends:") and "at least one backend" in problem
 
 
 def test_probe_settings_merge_and_cloud_default() -> None:
@@ -84,7 +93,7 @@ def test_probe_settings_merge_and_cloud_default() -> None:
 
 def test_env_overrides_daemon_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HROUTE_SOCKET", str(tmp_path / "env.sock"))
-    config = load_config(f"daemon: {{socket: {tmp_path / 'file.sock'}}}\n")
+    config = load_config(f"daemon: {{socket: {tmp_path / 'file.sock'}}}\n" + ONE)
     assert config.daemon.socket_path == tmp_path / "env.sock"
 
 
@@ -102,6 +111,6 @@ def test_missing_keys_are_reported_not_fatal() -> None:
 
 
 def test_models_are_frozen() -> None:
-    config = load_config("")
+    config = load_config(ONE)
     with pytest.raises(Exception, match="frozen"):
         config.defaults.probe.interval_s = 1  # type: ignore[misc]

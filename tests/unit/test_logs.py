@@ -67,3 +67,20 @@ def test_up_reads_like_the_other_transitions() -> None:
     assert (
         describe(event) == "qwen: unknown -> healthy (ok (slots endpoint disabled: no hang check))"
     )
+
+
+def test_repeated_error_lines_are_counted_not_written() -> None:
+    from hroute.systemd.logs import RepeatFilter
+
+    f = RepeatFilter(burst=3, window_s=3600)
+
+    def rec(msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", level, __file__, 1, msg, None, None)
+
+    kept = [f.filter(rec("socket.accept() out of system resource")) for _ in range(100)]
+    assert kept.count(True) == 3
+    assert f.filter(rec("another error"))  # another kind has its own budget
+    assert all(f.filter(rec("info line", logging.INFO)) for _ in range(100))
+    f._seen[("asyncio", "socket.accept() out of system resource")][0] -= 3600  # window over
+    first = rec("socket.accept() out of system resource")
+    assert f.filter(first) and "97 more like this left out" in first.getMessage()

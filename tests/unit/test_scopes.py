@@ -298,4 +298,8 @@ def test_invented_models_and_keys_cannot_grow_a_record_without_bound(reg: Regist
         reg.record_report("gpt-a", fail(Reason.AUTH, credential=f"k{i}"))
     health = reg.health("gpt-a")
     assert len(health.models) == MAX_SCOPES and len(health.keys) == MAX_SCOPES
-    assert reg.verdict("gpt-a", model="m0").usable is False  # the first ones still count
+    # The newest always counts (its reporter reads it back); the oldest made room.
+    last = MAX_SCOPES + 49
+    assert reg.verdict("gpt-a", model=f"m{last}").usable is False
+    assert reg.verdict("gpt-a", credential=f"k{last}").usable is False
+    assert reg.verdict("gpt-a", model="m0").usable is True

@@ -55,16 +55,20 @@ def test_a_429_on_one_key_holds_that_key_on_the_other_host_until_the_same_deadli
     hosts, clock
 ) -> None:
     a, b = hosts
-    a.reg.record_report("or-a", Report(False, Reason.RATE_LIMIT, 600, credential="sha256:k1"))
+    a.reg.record_report(
+        "or-a", Report(False, Reason.RATE_LIMIT, 600, credential="sha256:00000000000000a1")
+    )
     assert [(s.scope, s.credential, s.model, s.remaining_s) for s in a.sent] == [
-        (Scope.KEY, "sha256:k1", "m-a", 600)
+        (Scope.KEY, "sha256:00000000000000a1", "m-a", 600)
     ]
     clock.advance(2)  # in flight
     b.tell([Shared(**{**a.sent[0].__dict__, "remaining_s": 598})])
-    held = b.reg.usable("or-a", credential="sha256:k1")
+    held = b.reg.usable("or-a", credential="sha256:00000000000000a1")
     assert held["usable"] is False and held["retry_after_s"] == pytest.approx(598)
-    assert b.reg.usable("or-a", credential="sha256:k2")["usable"] is True
-    assert b.reg.usable("or-b", credential="sha256:k1")["usable"] is True  # another model
+    assert b.reg.usable("or-a", credential="sha256:00000000000000a2")["usable"] is True
+    assert (
+        b.reg.usable("or-b", credential="sha256:00000000000000a1")["usable"] is True
+    )  # another model
     event = b.events[-1]
     assert event["seen_by"] == "host-a"
     assert "(rate_limit, seen by host-a)" in describe(event)
@@ -102,7 +106,9 @@ def test_incident_counts_merge_by_max_not_by_sum(hosts, clock) -> None:
 def test_local_backends_and_holds_are_not_shared(hosts) -> None:
     a, b = hosts
     a.reg.record_report("llama", Report(False, Reason.CONNECTION))
-    a.reg.record_report("or-a", Report(False, Reason.AUTH_PERMANENT, credential="sha256:k"))
+    a.reg.record_report(
+        "or-a", Report(False, Reason.AUTH_PERMANENT, credential="sha256:000000000000000a")
+    )
     assert a.sent == []
     a.reg.record_report("fake-cloud", Report(False, Reason.CONNECTION))  # loopback, tier cloud
     assert [s.scope for s in a.sent] == [Scope.SERVER]
@@ -120,7 +126,9 @@ def test_key_shaped_credentials_never_leave_the_host(hosts) -> None:
 
 def test_a_resync_pushes_only_what_this_host_saw(hosts, clock) -> None:
     a, b = hosts
-    a.reg.record_report("or-a", Report(False, Reason.RATE_LIMIT, 600, credential="sha256:k1"))
+    a.reg.record_report(
+        "or-a", Report(False, Reason.RATE_LIMIT, 600, credential="sha256:00000000000000a1")
+    )
     b.tell(a.sent)
     b.reg.record_report("or-b", Report(False, Reason.OVERLOADED, 120))
     clock.advance(10)
@@ -154,8 +162,12 @@ def test_garbage_is_refused_with_a_reason(raw, ttl_ms) -> None:
 
 def test_one_key_per_scope_whoever_saw_it(hosts) -> None:
     a, b = hosts
-    a.reg.record_report("or-a", Report(False, Reason.RATE_LIMIT, 60, credential="sha256:k1"))
-    b.reg.record_report("or-a", Report(False, Reason.RATE_LIMIT, 90, credential="sha256:k1"))
+    a.reg.record_report(
+        "or-a", Report(False, Reason.RATE_LIMIT, 60, credential="sha256:00000000000000a1")
+    )
+    b.reg.record_report(
+        "or-a", Report(False, Reason.RATE_LIMIT, 90, credential="sha256:00000000000000a1")
+    )
     assert a.sent[0].key == b.sent[0].key
     assert "sha256" not in a.sent[0].key and "openrouter" not in a.sent[0].key
 
@@ -181,11 +193,13 @@ def test_a_restart_remembers_which_host_saw_a_shared_cooldown(hosts, clock) -> N
     from hroute.edges.state_file import decode_state, encode_state
 
     a, b = hosts
-    a.reg.record_report("or-a", Report(False, Reason.RATE_LIMIT, 600, credential="sha256:k1"))
+    a.reg.record_report(
+        "or-a", Report(False, Reason.RATE_LIMIT, 600, credential="sha256:00000000000000a1")
+    )
     b.tell(a.sent)
     doc = json.loads(json.dumps(encode_state(b.reg.records(), clock.now(), clock.wall())))
     restored = Registry(load_config(CONFIG), clock)
     restored.restore(decode_state(doc, clock.now(), clock.wall()))
     # Not this host's own after a restart: a reconnect does not push it as if it were.
     assert local_records(restored, "host-b") == []
-    assert restored.usable("or-a", credential="sha256:k1")["usable"] is False
+    assert restored.usable("or-a", credential="sha256:00000000000000a1")["usable"] is False

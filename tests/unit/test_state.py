@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 
 from hroute.core.cooldowns import Held
+from hroute.core.credentials import fingerprint, is_fingerprint
 from hroute.core.health import Cooldown, Health, State
 from hroute.core.identity import BackendIdentity
 from hroute.core.reasons import Reason
 from hroute.edges.state_file import decode_state, encode_state, load_state
 
 LOCAL = BackendIdentity("chat_completions", "http://127.0.0.1:8080", None)
+FP1, FP2, FP3 = (fingerprint(f"key {i}") for i in (1, 2, 3))
 CLOUD = BackendIdentity("anthropic_messages", "https://api.anthropic.com", None)
 
 
@@ -24,10 +26,11 @@ def sample(now: float) -> dict[BackendIdentity, Health]:
     cloud.server = Held(Cooldown(now + 600, Reason.RATE_LIMIT))
     cloud.models = {"opus": Held(Cooldown(now + 40, Reason.OVERLOADED), ejections=2)}
     cloud.keys = {
-        ("fp1", ""): Held(Cooldown(now + 30, Reason.RATE_LIMIT)),
-        ("fp2", ""): Held(Cooldown(None, Reason.AUTH_PERMANENT)),
-        ("fp3", ""): Held(Cooldown(now + 1, Reason.BILLING)),
-        ("fp1", "gpt-a"): Held(Cooldown(now + 60, Reason.RATE_LIMIT), ejections=1),
+        (FP1, ""): Held(Cooldown(now + 30, Reason.RATE_LIMIT)),
+        (FP2, ""): Held(Cooldown(None, Reason.AUTH_PERMANENT)),
+        (FP3, ""): Held(Cooldown(now + 1, Reason.BILLING)),
+        (FP1, "gpt-a"): Held(Cooldown(now + 60, Reason.RATE_LIMIT), ejections=1),
+        ("sk-raw-key-an-old-version-kept", ""): Held(Cooldown(now + 600, Reason.RATE_LIMIT)),
     }
     return {LOCAL: local, CLOUD: cloud}
 
@@ -45,11 +48,12 @@ def test_round_trip_across_a_restart_converts_deadlines() -> None:
     )
     assert cloud.block == "auth"
     assert cloud.cooldown.until == pytest.approx(7 + 590)
-    assert cloud.keys[("fp1", "")].cooldown.until == pytest.approx(7 + 20)
-    assert cloud.keys[("fp2", "")].cooldown.until is None  # until the key changes
-    assert ("fp3", "") not in cloud.keys  # ran out while the daemon was down
-    per_model = cloud.keys[("fp1", "gpt-a")]
+    assert cloud.keys[(FP1, "")].cooldown.until == pytest.approx(7 + 20)
+    assert cloud.keys[(FP2, "")].cooldown.until is None  # until the key changes
+    assert (FP3, "") not in cloud.keys  # ran out while the daemon was down
+    per_model = cloud.keys[(FP1, "gpt-a")]
     assert per_model.cooldown.until == pytest.approx(7 + 50) and per_model.ejections == 1
+    assert all(is_fingerprint(fp) for fp, _ in cloud.keys)  # a raw key is not kept
     opus = cloud.models["opus"]
     assert opus.cooldown.until == pytest.approx(7 + 30) and opus.ejections == 2
     missing = local.models["llama3"].cooldown
@@ -66,13 +70,13 @@ def test_a_file_written_before_scopes_still_reads() -> None:
                 "state": "healthy",
                 "ejections": 2,
                 "cooldown": {"until_wall": 5030.0, "reason": "server_error"},
-                "credentials": {"fp1": {"until_wall": None, "reason": "auth_permanent"}},
+                "credentials": {FP1: {"until_wall": None, "reason": "auth_permanent"}},
             }
         ],
     }
     [h] = decode_state(old, now=10.0, wall=5010.0).values()
     assert h.ejections == 2 and h.cooldown.until == pytest.approx(30.0)
-    assert h.keys[("fp1", "")].cooldown.reason is Reason.AUTH_PERMANENT and h.models == {}
+    assert h.keys[(FP1, "")].cooldown.reason is Reason.AUTH_PERMANENT and h.models == {}
 
 
 def test_expired_cooldown_is_dropped() -> None:

@@ -337,6 +337,10 @@ def load_config(text: str, source: str = "<config>") -> Config:
     except ValidationError as exc:
         root = _tree(text)
         raise ConfigError(source, [_describe(e, root, ()) for e in exc.errors()]) from exc
+    if not config.backends:
+        # An empty or cut-short file (an editor's truncate-then-write caught half way) is a
+        # mistake, never "remove every backend and forget every cooldown".
+        raise ConfigError(source, ["backends: a configuration names at least one backend"])
     return config
 
 

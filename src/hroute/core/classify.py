@@ -18,6 +18,7 @@ from typing import Any
 
 from hroute.core.reasons import Reason
 from hroute.core.redact import redact
+from hroute.core.sanitize import clean
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ def _reason_for(status: int, e: _Error) -> Reason:
 def _detail(head: str, message: str, provider: str | None = None) -> str:
     text = " ".join(f"{head}: {message}".split()) if message.strip() else head
     text = redact(f"{provider}: {text}" if provider else text)
-    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
+    return clean(text, _DETAIL_CHARS)
 
 
 def classify_response(

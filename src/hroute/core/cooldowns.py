@@ -180,19 +180,34 @@ def report_scope(
     return None
 
 
-def beyond_bounds(health: Health, report: Report, policy: Policy) -> bool:
-    """A failure for a new model or key when the server already remembers MAX_SCOPES."""
+def make_room(health: Health, report: Report, policy: Policy, now: float) -> None:
+    """Before a failure for a new model or key when the server already remembers MAX_SCOPES,
+    forget one: a scope with no running cooldown first (only its incident count goes), else
+    the one ending soonest (that key is usable a little early: hroute fails open). So the
+    agent that reports always reads its own report back, and the record stays bounded."""
     if report.success or report.reason is None:
-        return False
+        return
     scope = report_scope(
         report.reason, credential=report.credential, model=report.model, local=policy.local
     )
+    table: dict[Any, Held]
     if scope is Scope.MODEL:
-        return report.model not in health.models and len(health.models) >= MAX_SCOPES
-    if scope is Scope.KEY:
-        key = (report.credential or "", key_model(report.reason, report.model))
-        return key not in health.keys and len(health.keys) >= MAX_SCOPES
-    return False
+        table, key = health.models, report.model
+    elif scope is Scope.KEY:
+        table, key = health.keys, (report.credential or "", key_model(report.reason, report.model))
+    else:
+        return
+    if key in table or len(table) < MAX_SCOPES:
+        return
+    idle = next((k for k, h in table.items() if not h.running(now)), None)
+    if idle is None:
+        idle = min(table, key=lambda k: _ends(table[k]))
+    del table[idle]
+
+
+def _ends(held: Held) -> float:
+    c = held.cooldown
+    return float("inf") if c is None or c.until is None else c.until
 
 
 def key_model(reason: Reason, model: str | None) -> str:

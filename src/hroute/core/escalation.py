@@ -46,6 +46,7 @@ class Tasks:
 
     def __init__(self) -> None:
         self._tasks: dict[str, TaskState] = {}
+        self.changes = 0  # bumped on every change: the state saver compares this, not 10k tasks
 
     def record(self, task: str, reason: str, now: float, ttl_s: float) -> TaskState:
         """Count one failure of `task`."""
@@ -56,18 +57,26 @@ class Tasks:
         state.reasons = (state.reasons + [reason])[-50:]
         state.last_at = now
         self._tasks[task] = state
+        self.changes += 1
         return state
 
     def get(self, task: str, now: float, ttl_s: float) -> TaskState | None:
         state = self._tasks.get(task)
         if state is not None and now - state.last_at > ttl_s:
             del self._tasks[task]
+            self.changes += 1
             return None
         return state
 
     def expire(self, now: float, ttl_s: float) -> None:
-        for task in [t for t, s in self._tasks.items() if now - s.last_at > ttl_s]:
+        # Oldest first (record() re-inserts at the end): stop at the first live one, so a
+        # report costs the same with 10 tasks or 10,000.
+        while self._tasks:
+            task, state = next(iter(self._tasks.items()))
+            if now - state.last_at <= ttl_s:
+                return
             del self._tasks[task]
+            self.changes += 1
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -76,4 +85,6 @@ class Tasks:
         return dict(self._tasks)
 
     def load(self, tasks: dict[str, TaskState]) -> None:
-        self._tasks.update(tasks)
+        merged = {**self._tasks, **tasks}
+        self._tasks = dict(sorted(merged.items(), key=lambda item: item[1].last_at))
+        self.changes += 1

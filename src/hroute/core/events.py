@@ -12,6 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 from hroute.core.clock import Clock
+from hroute.core.sanitize import clean
+
+# Events go to the log, the journal, /v1/events and metrics: every string in one is made
+# safe here, whatever its source. The operator's own config error may keep its lines.
+FIELD_CHARS = {"detail": 2000}
+_MULTILINE = {"config_rejected"}
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -32,7 +38,13 @@ class EventLog:
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         """Record an event and hand it to every sink; fields that are None or "" are left out."""
         record = {"id": next(self._ids), "ts": round(self._clock.wall(), 3), "event": event}
-        record.update({k: v for k, v in fields.items() if v is not None and v != ""})
+        keep_lines = event in _MULTILINE
+        for key, value in fields.items():
+            if value is None or value == "":
+                continue
+            if isinstance(value, str):
+                value = clean(value, FIELD_CHARS.get(key, 300), keep_lines=keep_lines)
+            record[key] = value
         self._ring.append(record)
         for sink in self._sinks:
             sink(record)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from hroute.core.cooldowns import Scope
 from hroute.core.reasons import Reason
@@ -72,3 +73,18 @@ class Transition:
     scope: str = Scope.SERVER
     model: str | None = None
     seen_by: str | None = None  # another host, for a cooldown shared through the cluster
+
+
+def policy_for(config: Any, name: str) -> Policy:
+    """The thresholds of backend `name` under `config` (its probe and cooldown settings)."""
+    probe, cooldown = config.probe_for(name), config.cooldown_for(name)
+    rules = {reason: rule.threshold for reason, rule in config.fallback_rules.items()}
+    return Policy(
+        fall=probe.fall,
+        rise=probe.rise,
+        base_s=cooldown.base_s,
+        max_s=cooldown.max_s,
+        jitter=cooldown.jitter,
+        local=config.backends[name].tier_name == "local",
+        switch_after=rules,
+    )

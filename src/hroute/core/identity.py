@@ -9,7 +9,8 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_LOOPBACK_NAMES = {"localhost", "ip6-localhost", "::1", "[::1]"}
+_LOOPBACK_NAMES = {"localhost"}
+_LOOPBACK_V6 = {"::1", "ip6-localhost"}
 
 API_MODES = {
     "llama-server": "chat_completions",
@@ -35,6 +36,10 @@ def normalize_base_url(url: str) -> str:
     host = (parts.hostname or "").lower()
     if host in _LOOPBACK_NAMES:
         host = "127.0.0.1"
+    elif host in _LOOPBACK_V6:
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
     try:
         port = parts.port
     except ValueError:
@@ -50,7 +55,7 @@ def normalize_base_url(url: str) -> str:
 def is_loopback(url: str) -> bool:
     """True when the URL names this machine (a local inference server)."""
     host = normalize_base_url(url).split("://", 1)[1].split("/", 1)[0]
-    return host.split(":", 1)[0] in {"127.0.0.1"} or host.startswith("127.")
+    return host.startswith(("127.", "[::1]"))
 
 
 class BackendIdentity(NamedTuple):

@@ -64,6 +64,9 @@ _BY_NAME = (
             "multimodal_tool_content_unsupported",
             "oauth_long_context_beta_forbidden",
             "llama_cpp_grammar_pattern",
+            "role_alternation",
+            "reasoning_mandatory",
+            "image_corrupt",
         ),
         Reason.FORMAT_ERROR,
     )
@@ -72,6 +75,9 @@ _BY_NAME = (
         "image_too_large": Reason.PAYLOAD_TOO_LARGE,
         "ssl_cert_verification": Reason.CONNECTION,
         "long_context_tier": Reason.CONTEXT_OVERFLOW,
+        "incomplete_response": Reason.INVALID_RESPONSE,
+        "upstream_blocked": Reason.CONNECTION,  # a WAF or proxy in front refuses us
+        "model_entitlement": Reason.AUTH,  # this key may not use the model: that key only
     }
 )
 
@@ -80,3 +86,12 @@ def parse_reason(text: str) -> Reason:
     """Map a reason string (ours or Hermes' FailoverReason, any case) to a `Reason`."""
     key = str(text).strip().lower().removeprefix("failoverreason.")
     return _BY_NAME.get(key, Reason.UNKNOWN)
+
+
+def is_reason(text: str) -> bool:
+    """True when `text` names a reason hroute knows (ours or one of Hermes' finer names);
+    anything else is refused at the API, so labels and logs only ever carry known names."""
+    return str(text).strip().lower().removeprefix("failoverreason.") in _BY_NAME
+
+
+REASON_NAMES: tuple[str, ...] = tuple(sorted(_BY_NAME))

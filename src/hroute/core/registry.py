@@ -15,12 +15,14 @@ from typing import Any
 
 from hroute.config.model import Config
 from hroute.core.clock import Clock
-from hroute.core.cooldowns import beyond_bounds
+from hroute.core.cooldowns import make_room
 from hroute.core.events import EventLog, EventSink
 from hroute.core.health import AUTH_REASONS, Health, Policy, ProbeOutcome, Report, Transition
+from hroute.core.health_values import policy_for
 from hroute.core.identity import BackendIdentity, normalize_base_url
 from hroute.core.routing import Router
 from hroute.core.sharing import Shared, apply_shared, shareable
+from hroute.core.tombstones import Tombstones
 from hroute.core.verdict import Verdict
 from hroute.core.views import backend_view, snapshot
 from hroute.errors import UnknownBackendError
@@ -59,6 +61,7 @@ class Registry:
         self._by_identity: dict[BackendIdentity, Health] = {}
         self._entries: dict[str, Entry] = {}
         self._by_url: dict[str, str] = {}
+        self.tombstones = Tombstones()  # removed identities' health, for when they come back
         self.router = Router(self)
         self._index(config)
 
@@ -67,11 +70,20 @@ class Registry:
     def _index(self, config: Config) -> None:
         health = {}
         entries = {}
+        now = self.clock.now()
         for name, backend in config.backends.items():
             ident = backend.identity
-            record = health.get(ident) or self._by_identity.get(ident) or Health()
+            record = (
+                health.get(ident)
+                or self._by_identity.get(ident)
+                or self.tombstones.revive(ident, now)
+                or Health()
+            )
             health[ident] = record
             entries[name] = Entry(name, ident, record, backend.model)
+        for ident, record in self._by_identity.items():
+            if ident not in health:
+                self.tombstones.bury(ident, record, now)
         self._by_identity, self._entries = health, entries
         self._policies: dict[str, Policy] = {}
         # Indexes, so no per-request or per-change work grows with the fleet.
@@ -103,16 +115,20 @@ class Registry:
         self._index(config)
 
     def records(self) -> dict[BackendIdentity, Health]:
-        """Every health record by identity (for saving)."""
-        return dict(self._by_identity)
+        """Every health record by identity, removed ones still kept included (for saving)."""
+        return self.tombstones.records() | self._by_identity
 
     def restore(self, records: dict[BackendIdentity, Health]) -> int:
-        """Adopt saved records for the identities configured now; return how many."""
+        """Adopt saved records for the identities configured now (keeping the others as
+        tombstones, for when they come back); return how many were adopted."""
         restored = 0
+        now = self.clock.now()
         for ident, record in records.items():
             if ident in self._by_identity:
                 self._by_identity[ident] = record
                 restored += 1
+            else:
+                self.tombstones.bury(ident, record, now)
         for entry in self._entries.values():
             entry.health = self._by_identity[entry.identity]
         self.changed()
@@ -152,21 +168,8 @@ class Registry:
         """The thresholds of `name` (computed once per configuration)."""
         policy = self._policies.get(name)
         if policy is None:
-            policy = self._policies[name] = self._make_policy(name)
+            policy = self._policies[name] = policy_for(self.config, name)
         return policy
-
-    def _make_policy(self, name: str) -> Policy:
-        probe, cooldown = self.config.probe_for(name), self.config.cooldown_for(name)
-        rules = {reason: rule.threshold for reason, rule in self.config.fallback_rules.items()}
-        return Policy(
-            fall=probe.fall,
-            rise=probe.rise,
-            base_s=cooldown.base_s,
-            max_s=cooldown.max_s,
-            jitter=cooldown.jitter,
-            local=self.config.backends[name].tier_name == "local",
-            switch_after=rules,
-        )
 
     @property
     def names(self) -> list[str]:
@@ -236,8 +239,7 @@ class Registry:
             self._publish(name, ended)
         if report.model is None and entry.model:
             report = dataclasses.replace(report, model=entry.model)
-        if beyond_bounds(entry.health, report, policy):
-            return []
+        make_room(entry.health, report, policy, now)
         before = entry.health.mark()
         changes = entry.health.on_report(report, now, policy, self._jitter())
         self._publish(name, changes, visible=entry.health.mark() != before)
@@ -284,6 +286,7 @@ class Registry:
     def expire(self) -> float | None:
         """Drop run-out cooldowns; return the next deadline to call again at."""
         now = self.clock.now()
+        self.tombstones.expire(now)
         deadlines = []
         seen = set()
         for name, entry in self._entries.items():

@@ -6,8 +6,7 @@ from typing import Any
 
 from hroute.core.health import Report
 from hroute.core.reasons import Reason, parse_reason
-
-DETAIL_CHARS = 300
+from hroute.core.sanitize import DETAIL_CHARS, clean
 
 
 def parse_report(data: dict[str, Any]) -> Report:
@@ -19,6 +18,6 @@ def parse_report(data: dict[str, Any]) -> Report:
         reason=reason,
         retry_after_s=data.get("retry_after_s"),
         credential=data.get("credential"),
-        detail=(data.get("detail") or "")[:DETAIL_CHARS],
+        detail=clean(data.get("detail") or "", DETAIL_CHARS),
         model=data.get("model") or None,
     )

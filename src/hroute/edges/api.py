@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hroute import __version__
 from hroute.core.clients import Clients
+from hroute.core.credentials import FINGERPRINT_FORM, FINGERPRINT_PATTERN, is_fingerprint
 from hroute.core.escalation import TASK_REASONS
 from hroute.core.needs import parse_needs
+from hroute.core.reasons import is_reason, parse_reason
 from hroute.core.registry import Registry
 from hroute.core.reports import DETAIL_CHARS, parse_report
+from hroute.core.sanitize import clean
 from hroute.edges.http import (
     Handler,
     HttpServer,
@@ -30,6 +34,7 @@ from hroute.errors import HrouteError, NotSupervisedError, UnknownBackendError, 
 log = logging.getLogger("hroute.api")
 
 MAX_BODY_BYTES = 64 * 1024
+TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,127}$"
 
 
 @dataclass
@@ -69,11 +74,21 @@ class ReportBody(BaseModel):
     model: str | None = None
     outcome: Literal["failure", "success"]
     reason: str | None = Field(None, max_length=64)
-    status_code: int | None = Field(None, ge=100, le=599)
-    retry_after_s: float | None = Field(None, ge=0, le=86400)
-    credential: str | None = Field(None, max_length=128)
+    # Strict: `true` is not 1 second, "30" is not a number.
+    status_code: int | None = Field(None, ge=100, le=599, strict=True)
+    retry_after_s: float | None = Field(None, ge=0, le=86400, strict=True, allow_inf_nan=False)
+    # Only a fingerprint: a raw key sent here would be logged, shown and written to disk.
+    credential: str | None = Field(None, pattern=FINGERPRINT_PATTERN)
     detail: str | None = Field(None, max_length=2000)
     client: ClientBody | None = None
+
+    @field_validator("reason")
+    @classmethod
+    def _known_reason(cls, value: str | None) -> str | None:
+        # A free string here would become a Prometheus label and a log word: only names.
+        if value is not None and not is_reason(value):
+            raise ValueError("not a reason hroute knows (Hermes' FailoverReason names)")
+        return value
 
 
 class TaskFailureBody(BaseModel):
@@ -104,7 +119,7 @@ class _BadRequest(HrouteError):
     """A request hroute cannot act on: 400 with this message."""
 
 
-def make_api(deps: Deps) -> HttpServer:
+def make_api(deps: Deps, *, max_connections: int = 512) -> HttpServer:
     """The socket API: a router of framework-free handlers on the small HTTP server.
 
     Handlers translate request → registry call → JSON. They answer synchronously (the
@@ -141,7 +156,10 @@ def make_api(deps: Deps) -> HttpServer:
             )
         if name is None:
             raise UnknownBackendError(backend, reg.names)
-        return json_response(reg.usable(name, query.get("credential"), model))
+        credential = query.get("credential")
+        if credential is not None and not is_fingerprint(credential):
+            raise _BadRequest(f"credential must be {FINGERPRINT_FORM}")
+        return json_response(reg.usable(name, credential, model))
 
     def backends(request: Request) -> Response:
         body: dict[str, Any] = {"backends": reg.views()}
@@ -164,6 +182,9 @@ def make_api(deps: Deps) -> HttpServer:
             needs = parse_needs(query.get("needs"))
         except ValueError as exc:
             raise _BadRequest(str(exc)) from None
+        credential = query.get("credential") or None
+        if credential is not None and not is_fingerprint(credential):
+            raise _BadRequest(f"credential must be {FINGERPRINT_FORM}")
         allow_paid = any(
             query.get(k, "").lower() in ("1", "true", "yes") for k in ("allow_paid", "confirm")
         )
@@ -173,7 +194,7 @@ def make_api(deps: Deps) -> HttpServer:
             task=query.get("task") or None,
             needs=needs,
             allow_paid=allow_paid,
-            credential=query.get("credential") or None,
+            credential=credential,
         )
         if answer["backend"] is None:
             headers = {}
@@ -196,7 +217,8 @@ def make_api(deps: Deps) -> HttpServer:
         if client is not None and deps.clients is not None and deps.now is not None:
             deps.clients.record(client, deps.now())
         name = name_from(body)
-        deps.metrics.reports.inc(name, data.outcome, data.reason or "")
+        label = str(parse_reason(data.reason)) if data.reason else ""
+        deps.metrics.reports.inc(name, data.outcome, label)
         reg.record_report(name, parse_report(body))
         deps.on_report(name, body)
         view = reg.view(name)
@@ -209,7 +231,9 @@ def make_api(deps: Deps) -> HttpServer:
             data = TaskFailureBody.model_validate_json(request.body or b"{}")
         except ValidationError as exc:
             return error_response(400, "bad_request", _problems(exc))
-        answer = reg.record_task_failure(task, data.reason, (data.detail or "")[:DETAIL_CHARS])
+        if not re.match(TASK_ID_PATTERN, task):
+            raise _BadRequest("task ids are 1-128 of A-Z a-z 0-9 _ . : @ / + = -")
+        answer = reg.record_task_failure(task, data.reason, clean(data.detail or "", DETAIL_CHARS))
         return json_response(answer, 202)
 
     def usage(request: Request) -> Response:
@@ -295,6 +319,7 @@ def make_api(deps: Deps) -> HttpServer:
         routes=find,
         allowed=allowed,
         max_body=MAX_BODY_BYTES,
+        max_connections=max_connections,
         on_crash=lambda exc: log.error("request failed", exc_info=exc),
     )
 

@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, unquote
 log = logging.getLogger("hroute.http")
 
 MAX_HEAD_BYTES = 16 * 1024
+ACCEPT_BATCH = 16  # connections accepted per wake-up; well under the fds kept in reserve
 REASONS = {
     200: "OK",
     202: "Accepted",
@@ -77,6 +78,15 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> Respon
 Handler = Callable[[Request], Response | Awaitable[Response]]
 
 
+_BUSY_BODY = b'{"error":{"code":"busy","message":"too many client connections"}}'
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\nRetry-After: 1\r\n"
+    + f"Content-Length: {len(_BUSY_BODY)}\r\n\r\n".encode()
+    + _BUSY_BODY
+)
+
+
 def _encode(response: Response, keep_alive: bool) -> bytes:
     head = [
         f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}",
@@ -111,7 +121,9 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         if not self._server.admit(self):
-            transport.close()  # over the cap: fds are kept for probes and files
+            # Over the cap and every client mid-request: fds are kept for probes and files.
+            transport.write(BUSY)  # type: ignore[attr-defined]
+            transport.close()
             return
         self._arm_idle()
 
@@ -129,6 +141,16 @@ class HttpProtocol(asyncio.Protocol):
         self._arm_idle()
         if not self._busy:
             self._process()
+
+    @property
+    def busy(self) -> bool:
+        """In the middle of a request: bytes of it arrived, or its handler is running."""
+        return self._busy or bool(self._buf)
+
+    def abort(self) -> None:
+        """Let the connection go at once (its descriptor is freed on the next loop turn)."""
+        if self._transport is not None:
+            self._transport.abort()
 
     # --- internals --------------------------------------------------------------------
 
@@ -234,19 +256,28 @@ class HttpServer:
     allowed: Callable[[str], list[str]] = lambda path: []
     max_body: int = 64 * 1024
     max_connections: int = 512
-    idle_timeout_s: float = 60.0
+    idle_timeout_s: float = 10.0  # an idle kept connection holds a descriptor
+    backlog: int = 4096
     on_crash: Callable[[BaseException], None] = lambda exc: None
-    _connections: set[HttpProtocol] = field(default_factory=set)
+    evicted: int = 0  # idle clients closed to make room
+    # In order of arrival (a dict keeps it): the oldest idle one makes room first.
+    _connections: dict[HttpProtocol, None] = field(default_factory=dict)
     _servers: list[asyncio.AbstractServer] = field(default_factory=list)
 
     def admit(self, conn: HttpProtocol) -> bool:
+        """Take `conn`; at the cap, close the oldest idle connection to make room."""
         if len(self._connections) >= self.max_connections:
-            return False
-        self._connections.add(conn)
+            idle = next((c for c in self._connections if not c.busy), None)
+            if idle is None:
+                return False
+            del self._connections[idle]  # now: its connection_lost comes a loop turn later
+            idle.abort()
+            self.evicted += 1
+        self._connections[conn] = None
         return True
 
     def release(self, conn: HttpProtocol) -> None:
-        self._connections.discard(conn)
+        self._connections.pop(conn, None)
 
     @property
     def connections(self) -> int:
@@ -275,10 +306,18 @@ class HttpServer:
     async def serve(self, sock: socket.socket) -> None:
         """Serve on a listening socket (Unix or TCP) until cancelled."""
         loop = asyncio.get_running_loop()
+        # asyncio's `backlog` is both what it passes to listen() and how many connections it
+        # accepts in one go, before any can be refused: keep the batch small (under the fds
+        # reserved for probes and files), then ask the kernel for the real backlog.
         if sock.family == socket.AF_UNIX:
-            server = await loop.create_unix_server(lambda: HttpProtocol(self), sock=sock)
+            server = await loop.create_unix_server(
+                lambda: HttpProtocol(self), sock=sock, backlog=ACCEPT_BATCH
+            )
         else:
-            server = await loop.create_server(lambda: HttpProtocol(self), sock=sock)
+            server = await loop.create_server(
+                lambda: HttpProtocol(self), sock=sock, backlog=ACCEPT_BATCH
+            )
+        sock.listen(self.backlog)
         self._servers.append(server)
 
     async def aclose(self) -> None:

@@ -14,14 +14,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import anyio.to_thread
 
 from hroute.config.model import BackendConfig
 from hroute.core.classify import classify_exception, classify_response
 from hroute.core.health import ProbeOutcome
 from hroute.core.identity import normalize_base_url
 from hroute.core.reasons import Reason
+from hroute.core.sanitize import clean
 
 HANG_CHECK_MAX_S = 1.0  # llama.cpp #27388: /health stays 200 while inference hangs; /slots does not
+# A probe reads at most this much of an answer: a 15 MB model listing once took RSS to
+# 232 MB and the loop for 450 ms. Past it, a 2xx answer still says "up" (the listing is not
+# checked); bodies past OFF_LOOP_BYTES are parsed in a worker thread.
+MAX_BODY_BYTES = 2 * 1024 * 1024
+OFF_LOOP_BYTES = 128 * 1024
 
 
 class _Failed(Exception):
@@ -56,7 +63,7 @@ async def probe_backend(
         c = classify_exception(exc)
         outcome = ProbeOutcome(reason=c.reason, detail=_exc_detail(exc, c.detail))
     latency_ms = (time.perf_counter() - started) * 1000
-    return dataclasses.replace(outcome, latency_ms=latency_ms)
+    return dataclasses.replace(outcome, detail=clean(outcome.detail), latency_ms=latency_ms)
 
 
 class _Http:
@@ -83,7 +90,9 @@ class _Http:
             async with self.session.get(
                 url, headers=headers or {}, timeout=timeout, allow_redirects=False
             ) as resp:
-                body = await resp.read()
+                body = await resp.content.read(MAX_BODY_BYTES + 1)
+                while len(body) <= MAX_BODY_BYTES and not resp.content.at_eof():
+                    body += await resp.content.read(MAX_BODY_BYTES + 1 - len(body))
                 status, resp_headers = resp.status, resp.headers
         except TimeoutError as exc:
             raise _Failed(
@@ -106,7 +115,11 @@ class _Http:
             raise _Failed(
                 ProbeOutcome(Reason.INVALID_RESPONSE, detail=f"GET {path}: HTTP {status}")
             )
+        if len(body) > MAX_BODY_BYTES:
+            return status, None  # answered, too big to look into: up, listing unchecked
         try:
+            if len(body) > OFF_LOOP_BYTES:
+                return status, await anyio.to_thread.run_sync(json.loads, body)
             return status, json.loads(body) if body else None
         except ValueError as exc:
             raise _Failed(

@@ -61,10 +61,12 @@ class Prober:
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        """Probe until cancelled. Started at once: the HTTP client loads in a worker thread
+        meanwhile (systemd hears READY=1 without waiting for it), then probing begins."""
+        task_status.started()
         async with self._open_sessions(), anyio.create_task_group() as tg:
             self._tg = tg
             self.sync(self._registry.config)
-            task_status.started()
             await anyio.sleep_forever()
 
     @asynccontextmanager
@@ -88,6 +90,8 @@ class Prober:
 
     def sync(self, config: Config) -> None:
         """Probe exactly the backends `config` names: start new ones, stop removed ones."""
+        if self._tg is None:
+            return  # not probing yet: run() syncs with the configuration in force then
         wanted = {name for name, b in config.backends.items() if b.probe.enabled}
         # Two names for one server share a record: probe it once, under the first name.
         seen, owners = set(), set()

@@ -23,6 +23,11 @@ from hroute.errors import ConfigError
 log = logging.getLogger("hroute")
 
 DEBOUNCE_MS = 50  # editors write a file in several steps; one reload per burst
+# A reload reads the file only once it has stopped changing: an in-place save (truncate,
+# then write) or a slow writer must not be applied half way. Its (inode, size, mtime) must
+# hold still for SETTLE_S; a file that never settles is read after SETTLE_MAX_S anyway.
+SETTLE_S = 0.2
+SETTLE_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class Reloader:
     apply: list[Applier] = field(default_factory=list)  # called in order, without awaiting
     on_result: Callable[[ReloadResult, str], None] = lambda result, trigger: None
     on_start: Callable[[], None] = lambda: None  # systemd: RELOADING=1
+    sleep: Callable[[float], Any] = anyio.sleep  # a fake clock's, in tests
 
     def __post_init__(self) -> None:
         self._lock = anyio.Lock()
@@ -121,9 +127,20 @@ class Reloader:
         """Read, validate and apply the file; on any error keep the running configuration."""
         async with self._lock:
             self.on_start()
+            await self._settled()
             result = self._reload()
             self.on_result(result, trigger)
             return result
+
+    async def _settled(self) -> None:
+        last, waited = _stat_key(self.path), 0.0
+        while waited < SETTLE_MAX_S:
+            await self.sleep(SETTLE_S)
+            waited += SETTLE_S
+            now = _stat_key(self.path)
+            if now == last:
+                return
+            last = now
 
     def _reload(self) -> ReloadResult:
         digest = self._attempted = _digest(self.path)
@@ -170,6 +187,14 @@ class Reloader:
         p = Path(changed)
         target = self.path.absolute()
         return p == target or p == target.resolve() or p.name == target.name
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _digest(path: Path) -> str | None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import stat
 from pathlib import Path
 
 from hroute.errors import HrouteError, SocketInUseError
+from hroute.paths import untrusted_dir
 
 SD_LISTEN_FDS_START = 3
 
@@ -32,9 +34,13 @@ def inherited_socket(env: dict[str, str] | None = None) -> socket.socket | None:
     return None
 
 
-def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 512) -> socket.socket:
-    """Bind a listening socket at `path`, replacing a stale one, refusing a live one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 4096) -> socket.socket:
+    """Bind a listening socket at `path`, replacing a stale one, refusing a live one.
+
+    The directory must be ours (or root's) and writable by nobody else: in a directory
+    another user owns or can write, that user could swap the socket for their own.
+    """
+    prepare_socket_dir(path)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise HrouteError(f"{path}: exists and is not a socket; refusing to replace it")
@@ -56,6 +62,57 @@ def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 512) -> socke
         sock.close()
         raise HrouteError(f"{path}: cannot listen: {exc.strerror or exc}") from exc
     return sock
+
+
+def prepare_socket_dir(path: Path) -> None:
+    """Make the socket's directory (0700) and check that nobody else can write it."""
+    for directory in [*reversed(path.parent.parents), path.parent]:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)  # every directory made here is private, not just the last
+    problem = untrusted_dir(path.parent)
+    if problem is not None:
+        raise HrouteError(f"refusing to serve in {problem}")
+
+
+def lock_socket_path(path: Path) -> int:
+    """Hold `<socket>.lock` for the daemon's life; SocketInUseError if another daemon does.
+
+    A socket file deleted under a running daemon once let a second daemon start on the same
+    path: two registries, each with its own state. The lock outlives the file.
+    """
+    prepare_socket_dir(path)
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SocketInUseError(str(path)) from None
+    return fd
+
+
+def keep_lock(path: Path, fd: int) -> int:
+    """`fd` if it still locks the lock file at `path`'s side, else a lock on a new one (the
+    directory was emptied): SocketInUseError if another daemon took the path meanwhile."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        same = False
+    if same:
+        return fd
+    new = lock_socket_path(path)
+    os.close(fd)
+    return new
+
+
+def socket_inode(path: Path) -> int | None:
+    """The inode of the socket file at `path` (None when it is gone or not a socket)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_ino if stat.S_ISSOCK(st.st_mode) else None
 
 
 def _is_live(path: Path) -> bool:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hroute.core.clock import Clock
 from hroute.core.cooldowns import ANY_MODEL, Held
+from hroute.core.credentials import is_fingerprint
 from hroute.core.escalation import TaskState
 from hroute.core.health import Cooldown, Health, State
 from hroute.core.identity import BackendIdentity
@@ -135,7 +136,7 @@ def encode_state(
         )
     doc: dict[str, Any] = {"format": STATE_FORMAT, "saved_at": round(wall, 3), "backends": out}
     doc["tasks"] = {
-        t: {"reasons": st.reasons, "last_wall": round(wall - (now - st.last_at), 3)}
+        t: {"reasons": list(st.reasons), "last_wall": round(wall - (now - st.last_at), 3)}
         for t, st in (tasks or {}).items()
     }
     if spend is not None:
@@ -176,10 +177,11 @@ def decode_saved(data: Any, now: float, wall: float) -> Saved:
         h.server = Held(live(r.cooldown), r.ejections, now)
         h.block = r.blocked
         h.models = {m: x for m, d in r.models.items() if (x := held(d)) is not None}
+        # Only fingerprints: a raw key an older version stored is dropped, not kept on disk.
         keyed = [((fp, ANY_MODEL), d) for fp, d in r.credentials.items()] + [
             ((fp, m), d) for fp, by in r.key_models.items() for m, d in by.items()
         ]
-        h.keys = {k: x for k, d in keyed if (x := held(d)) is not None}
+        h.keys = {k: x for k, d in keyed if is_fingerprint(k[0]) and (x := held(d)) is not None}
         records[BackendIdentity(*r.identity)] = h
     tasks = {
         t: TaskState(list(v.reasons), now - (wall - v.last_wall)) for t, v in doc.tasks.items()
@@ -198,7 +200,9 @@ def load_state(path: Path, clock: Clock) -> Saved:
         log.warning("cannot read saved state %s (%s); starting fresh", path, exc)
         return Saved()
     try:
-        return decode_saved(json.loads(raw), clock.now(), clock.wall())
+        return decode_saved(
+            json.loads(raw, parse_constant=_no_constants), clock.now(), clock.wall()
+        )
     except (ValueError, RecursionError) as exc:  # JSON/Unicode errors are ValueErrors; "[[[[..."
         aside = path.with_name(f"{path.name}.bad-{int(clock.wall())}")
         try:
@@ -211,13 +215,20 @@ def load_state(path: Path, clock: Clock) -> Saved:
         return Saved()
 
 
+def _no_constants(name: str) -> Any:
+    # NaN and Infinity are not JSON; a NaN deadline would never run out (NaN <= now is False).
+    raise ValueError(f"{name} is not a number hroute writes")
+
+
 class StateSaver:
     """Owns the state file: saves soon after a change (coalesced) and at shutdown."""
 
     def __init__(self, registry: Registry, clock: Clock, path: Path) -> None:
         self._registry, self._clock, self.path = registry, clock, path
         self._dirty = anyio.Event()
-        self._saved_key: Any = None
+        # Built after the restore: what was just restored is already on disk. (Taken here,
+        # not when run() starts: the socket serves, and reports change state, before that.)
+        self._saved_key: Any = self._key()
         registry.add_listener(lambda: self._dirty.set())
 
     def _key(self) -> Any:
@@ -234,12 +245,7 @@ class StateSaver:
                 sorted(_held_key(k, x) for k, x in h.models.items() if x.cooldown),
             )
             for i, h in self._registry.records().items()
-        ] + [
-            sorted(
-                (t, tuple(st.reasons), st.last_at) for t, st in self._registry.tasks.dump().items()
-            ),
-            self._registry.spend.dump(),
-        ]
+        ] + [self._registry.tasks.changes, self._registry.spend.dump()]
 
     async def save_if_changed(self) -> bool:
         key = self._key()
@@ -249,21 +255,21 @@ class StateSaver:
         doc = encode_state(
             reg.records(), self._clock.now(), self._clock.wall(), reg.tasks.dump(), reg.spend.dump()
         )
-        data = json.dumps(doc, indent=1).encode()
         try:
-            await anyio.to_thread.run_sync(self._write, data)
+            # Serialising 10,000 tasks takes tens of ms: not on the loop that answers agents.
+            await anyio.to_thread.run_sync(self._write, doc)
         except OSError as exc:
             log.warning("cannot save state to %s: %s", self.path, exc)
             return False
         self._saved_key = key
         return True
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, doc: dict[str, Any]) -> None:
+        data = json.dumps(doc, indent=1).encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path, data, mode=0o600, durable=True)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        self._saved_key = self._key()  # what was just restored is already on disk
         task_status.started()
         try:
             while True:

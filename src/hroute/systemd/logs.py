@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 from hroute.systemd.journal import JournalHandler, stderr_is_journal
@@ -33,10 +34,45 @@ def setup_logging(level: str = "info") -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     if stderr_is_journal():
         handler = JournalHandler(fallback=handler)
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class RepeatFilter(logging.Filter):
+    """At most `burst` lines of one kind (logger and format string) per `window_s`.
+
+    An error that repeats on every accept or every probe (no descriptors left, a disk
+    full) once wrote 10 MB of log in 15 s. The rest of a window's lines are counted, and
+    the next line of that kind says how many were left out.
+    """
+
+    def __init__(self, burst: int = 10, window_s: float = 10.0) -> None:
+        super().__init__()
+        self.burst, self.window_s = burst, window_s
+        self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [window start, n, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or hasattr(record, "hroute_event"):
+            return True  # events are already one per change; info lines are not errors
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is None or now - seen[0] >= self.window_s:
+            dropped = 0 if seen is None else int(seen[2])
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            self._seen[key] = [now, 1, 0]
+            if dropped:
+                record.msg = f"{record.msg} ({dropped} more like this left out)"
+            return True
+        seen[1] += 1
+        if seen[1] > self.burst:
+            seen[2] += 1
+            return False
+        return True
 
 
 def describe(event: dict[str, Any]) -> str:

@@ -1,0 +1,88 @@
+"""Backends that answer badly: huge bodies, hostile error text, IPv6 addresses."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import Daemon, wait_until
+from tests.support.fakebackend import Behavior, FakeBackend
+from tests.support.faults import config, still_answers
+
+pytestmark = [pytest.mark.faults, pytest.mark.system]
+
+
+def probed(url: str, kind: str = "openai", model: str | None = None, timeout_s: float = 0.5) -> str:
+    extra = f", model: {model}" if model else ""
+    probe = f"{{interval_s: 0.2, timeout_s: {timeout_s}}}"
+    return f"{{kind: {kind}, base_url: '{url}', probe: {probe}{extra}}}"
+
+
+def test_ipv6_loopback_backend_is_probed_on_ipv6(tmp_path: Path) -> None:
+    with (
+        FakeBackend(kind="openai", host="::1") as fb,
+        Daemon(tmp_path, config({"v6": probed(fb.base_url + "/v1")})) as d,
+    ):
+        assert fb.base_url.startswith("http://[::1]:")
+        assert d.wait_state("v6", "healthy")["usable"] is True
+        assert fb.count("GET", "/v1/models") >= 1
+        still_answers(d)
+
+
+def test_ipv6_literal_keeps_its_brackets(tmp_path: Path) -> None:
+    text = config({"far": "{kind: openai, base_url: 'http://[2001:db8::7]:8080/v1'}"})
+    with Daemon(tmp_path, text) as d:
+        status, body = d.get("/v1/usable?base_url=http://[2001:db8::7]:8080/v1/")
+        assert status == 200 and body["backend"] == "far"
+        detail = d.wait_state("far", "unhealthy")["detail"]
+        assert "invalid url" not in detail.lower(), detail
+        still_answers(d)
+
+
+def test_hostile_error_body_cannot_forge_log_lines(tmp_path: Path) -> None:
+    with FakeBackend(kind="openai") as fb:
+        body = {"error": {"message": "nope\nCRITICAL hroute: forged\x1b[31m red", "code": 500}}
+        fb.set_behavior("/v1/models", Behavior(status=500, body=body))
+        with Daemon(tmp_path, config({"x": probed(fb.base_url)})) as d:
+            d.wait_state("x", "unhealthy")
+            assert not any(ln.startswith("CRITICAL") for ln in d.lines)
+            assert "\x1b" not in d.log
+            assert "\x1b" not in d.backend("x")["detail"]
+            still_answers(d)
+
+
+def test_a_15_mb_model_listing_neither_blocks_nor_bloats(tmp_path: Path) -> None:
+    big = {
+        "object": "list",
+        "data": [{"id": f"model-{i:07d}", "object": "model"} for i in range(300_000)],
+    }
+    with FakeBackend(kind="openai") as fb:
+        # Encoded once: the fake shares the machine with the daemon under test.
+        fb.set_behavior("/v1/models", Behavior(body=json.dumps(big).encode()))
+        # A slow machine must not turn this into a timeout case: it is about size.
+        spec = probed(fb.base_url, model="model-0000001", timeout_s=10)
+        with Daemon(tmp_path, config({"big": spec})) as d:
+            fb.wait_for_requests(3, "/v1/models", timeout_s=20)
+            assert d.backend("big")["usable"] is True
+            waits = []
+            until = time.monotonic() + 1.5  # several probes, each fetching the listing
+            while time.monotonic() < until:
+                t = time.perf_counter()
+                still_answers(d)
+                waits.append(time.perf_counter() - t)
+                time.sleep(0.01)  # the sampling rate, not a synchronisation
+            waits.sort()
+            shown = [round(w * 1000) for w in waits[-5:]]
+            assert waits[-2] < 0.15, f"plain requests waited up to {shown} ms"
+            rss_kb = int(
+                next(
+                    ln.split()[1]
+                    for ln in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines()
+                    if ln.startswith("VmRSS")
+                )
+            )
+            assert rss_kb < 150_000, f"RSS {rss_kb} kB"
+            wait_until(lambda: d.proc.poll() is None, 1)

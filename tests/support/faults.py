@@ -1,0 +1,71 @@
+"""Helpers for the fault matrix: a daemon to abuse, raw requests, and "does it still answer?"."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from tests.support.daemon import Daemon
+
+HEAD = """defaults:
+  probe: {interval_s: 30, timeout_s: 0.5, fall: 1, rise: 1, jitter: 0}
+  cooldown: {base_s: 30, max_s: 300}
+"""
+
+
+def config(backends: dict[str, str], profiles: dict[str, list[str]] | None = None) -> str:
+    """A config with `backends` (name -> flow mapping) and optional profiles."""
+    lines = [HEAD, "backends:"] + [f"  {n}: {spec}" for n, spec in backends.items()]
+    if profiles:
+        lines.append("profiles:")
+        lines += [f"  {p}: {{chain: [{', '.join(c)}]}}" for p, c in profiles.items()]
+    return "\n".join(lines) + "\n"
+
+
+def unprobed(port: int) -> str:
+    return f"{{kind: openai, base_url: 'http://127.0.0.1:{port}', probe: {{enabled: false}}}}"
+
+
+def still_answers(d: Daemon) -> None:
+    """The case's second half: the daemon is alive and answers a plain request at once."""
+    assert d.proc is not None and d.proc.poll() is None, f"daemon died:\n{d.log[-4000:]}"
+    status, body = d.client(budget_s=2.0).request("GET", "/v1/version")
+    assert status == 200 and "version" in body
+
+
+def raw_request(sock_path: Path, data: bytes, timeout_s: float = 5.0) -> bytes:
+    """Send bytes as they are (garbage included); return whatever comes back."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout_s)
+        s.connect(str(sock_path))
+        s.sendall(data)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return b"".join(chunks)
+
+
+def post_raw_json(d: Daemon, path: str, text: str) -> tuple[int, Any]:
+    """POST a JSON text exactly as given (NaN, `true` where a number goes ...)."""
+    body = text.encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    raw = raw_request(d.socket, head + body)
+    head_part, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head_part.split()[1]), json.loads(payload) if payload else None
+
+
+def files_text(d: Daemon) -> str:
+    """Everything the daemon wrote that a secret must never reach: state, snapshot, log."""
+    parts = [d.log]
+    for path in (d.state_dir / "state.json", d.socket.with_suffix(".snapshot")):
+        if path.exists():
+            parts.append(path.read_text())
+    return "\n".join(parts)
