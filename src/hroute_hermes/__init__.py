@@ -21,10 +21,15 @@ library and hroute's standard-library client.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from hroute.client import Client
 
+from .escalation import Settings, load_settings
+from .escalator import FAILURE_BUDGET_S, Escalator
 from .gate import Gate, HealthView
 from .reports import (
     Reporter,
@@ -35,7 +40,7 @@ from .reports import (
     usage_report,
 )
 from .status import Status, hermes_version, isolation
-from .wiring import Wiring
+from .wiring import ESCALATION, GROUPS, Wiring
 
 __all__ = ["HermesPlugin", "register"]
 
@@ -51,12 +56,20 @@ log = logging.getLogger("hroute_hermes")
 class HermesPlugin:
     """The hooks, the gate and the report queue of one Hermes process."""
 
-    def __init__(self, client: Client | None = None, queue_size: int = 256) -> None:
+    def __init__(
+        self,
+        client: Client | None = None,
+        queue_size: int = 256,
+        settings: Settings | None = None,
+    ) -> None:
         self.client = client if client is not None else Client(budget_s=USABLE_BUDGET_S)
         self.status = Status()
         self.reporter = Reporter(self._send, maxsize=queue_size)
         self.gate = Gate(HealthView(self.client.usable), report=self._report)
         self.wiring = Wiring(self.gate, self.status)
+        self.settings = settings if settings is not None else Settings()
+        if self.settings.enabled:
+            self.gate.escalator = Escalator(_FailureClient(self.client), self.settings)
 
     def install(self) -> list[str]:
         """Wrap Hermes' restore, fallback and auxiliary functions; the names wrapped.
@@ -67,7 +80,8 @@ class HermesPlugin:
         if isolation() == "host":
             self.status.in_plugin_host()
             return []
-        return self.wiring.install()
+        groups = GROUPS + ((ESCALATION,) if self.gate.escalator is not None else ())
+        return self.wiring.install(groups)
 
     def uninstall(self) -> None:
         self.wiring.uninstall()
@@ -113,9 +127,44 @@ class HermesPlugin:
         self.client.request("POST", path, body, budget_s=REPORT_BUDGET_S)
 
 
+class _FailureClient:
+    """The client, with a longer budget for failure reports (made after a turn ended)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def task_failure(self, task: str, reason: str, *, detail: str | None = None) -> Any:
+        body = {"reason": reason, **({"detail": detail[:2000]} if detail else {})}
+        try:
+            status, answer = self._client.request(
+                "POST",
+                f"/v1/tasks/{quote(task, safe='')}/failures",
+                body,
+                budget_s=FAILURE_BUDGET_S,
+            )
+        except Exception:  # noqa: BLE001 - fail open
+            return None
+        return answer if status == 202 else None
+
+    def route(self, profile: str | None, **kwargs: Any) -> Any:
+        return self._client.route(profile, **kwargs) if profile else None
+
+
+def hermes_config() -> dict[str, Any]:
+    """Hermes' config.yaml (`$HERMES_HOME`, default ~/.hermes) as a dict; {} if unreadable."""
+    try:
+        import yaml  # Hermes depends on PyYAML; the plugin does not
+
+        home = Path(os.environ.get("HERMES_HOME") or Path.home() / ".hermes")
+        loaded = yaml.safe_load((home / "config.yaml").read_text())
+    except Exception:  # noqa: BLE001 - no config, no yaml: escalation stays off
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def register(ctx: Any) -> None:
     """Hermes' plugin entry point."""
-    plugin = HermesPlugin()
+    plugin = HermesPlugin(settings=load_settings(hermes_config()))
     plugin.status.version = hermes_version()
     ctx.register_hook("api_request_error", plugin.on_api_request_error)
     ctx.register_hook("post_api_request", plugin.on_post_api_request)
@@ -126,3 +175,12 @@ def register(ctx: Any) -> None:
         plugin.client.socket_path,
         ", ".join(wrapped) or "nothing",
     )
+    if plugin.settings.enabled:
+        log.info(
+            "hroute: escalation on for profile %s (paid past budget: %s%s)",
+            plugin.settings.profile,
+            plugin.settings.paid,
+            f", turn limit {plugin.settings.turn_timeout_s:g}s"
+            if plugin.settings.turn_timeout_s
+            else "",
+        )

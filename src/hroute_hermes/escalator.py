@@ -1,0 +1,206 @@
+"""Escalation in a Hermes process: report failed local attempts, and keep an escalated task on
+its cloud fallback (see `escalation` for the definitions; this module does the I/O).
+
+Two stand-ins feed it: `run_conversation` (one turn: the user's words, the result, its
+duration) and the per-turn restore of the primary (`Gate.restore_primary`), where an escalated
+task is moved to, or kept on, the fallback hroute routes it to. A session that never reported a
+failure costs nothing: hroute is asked only about sessions that did.
+
+Every decision is one `hroute_hermes` line in Hermes' log; hroute logs the matching
+`task_failure` and `escalation` events itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .escalation import Decision, Settings, decide, failed_attempt
+from .reports import normalized_url
+
+log = logging.getLogger("hroute_hermes")
+
+# The answer to a failure report decides the next turn; the turn that failed already ended.
+FAILURE_BUDGET_S = 0.5
+_MAX_SESSIONS = 256
+
+
+def approval_callback() -> Callable[..., Any] | None:
+    """Hermes' interactive approval prompt on this thread (the CLI's), or None."""
+    try:
+        from tools.terminal_tool import _get_approval_callback  # type: ignore[import-not-found]
+    except Exception:  # noqa: BLE001 - no Hermes, or a Hermes without it: nobody to ask
+        return None
+    try:
+        return _get_approval_callback()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class Escalator:
+    """Per-process state: which sessions failed locally, what was said, what the user allowed."""
+
+    def __init__(
+        self,
+        client: Any,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+        ask: Callable[[], Callable[..., Any] | None] = approval_callback,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self._clock = clock
+        self._ask = ask
+        self._lock = threading.Lock()
+        self.failed: dict[str, int] = {}  # session id -> failed local attempts reported
+        self.confirmed: set[str] = set()
+        self._said: dict[str, str] = {}  # session id -> the last decision logged
+        self._last_response: dict[str, str] = {}
+
+    # --- a turn --------------------------------------------------------------------------
+
+    def turn(self, agent: Any, user_message: Any, run: Callable[[], Any]) -> Any:
+        """Stand-in for `run_conversation(agent, user_message, ...)`: runs it, then reports the
+        turn to hroute if it was a failed local attempt."""
+        session = _session(agent)
+        asked = None
+        if session is not None:
+            asked = failed_attempt(None, 0.0, self.settings, user_message=user_message)
+            if asked is not None and not _on_fallback(agent):
+                self._report(agent, session, asked)  # before the turn: it runs escalated
+        started = self._clock()
+        result = run()
+        session = _session(agent)
+        if session is None or asked is not None or _on_fallback(agent):
+            return result
+        previous = self._last_response.get(session)
+        failure = failed_attempt(
+            result, self._clock() - started, self.settings, previous_response=previous
+        )
+        response = result.get("final_response") if isinstance(result, dict) else None
+        if isinstance(response, str) and response.strip():
+            self._last_response[session] = response
+        if failure is not None:
+            self._report(agent, session, failure)
+        return result
+
+    def _report(self, agent: Any, session: str, failure: Any) -> None:
+        with self._lock:
+            if session not in self.failed and len(self.failed) >= _MAX_SESSIONS:
+                self.failed.pop(next(iter(self.failed)))
+            self.failed[session] = self.failed.get(session, 0) + 1
+        answer = self.client.task_failure(session, failure.reason, detail=failure.detail)
+        profile = self.settings.profile
+        if not isinstance(answer, dict):
+            log.info(
+                "hroute: task %s: local attempt on %s failed (%s: %s); hroute did not answer",
+                session, getattr(agent, "model", "?"), failure.reason, failure.detail,
+            )  # fmt: skip
+            return
+        escalated = (answer.get("escalated") or {}).get(profile)
+        log.info(
+            "hroute: task %s: local attempt on %s failed (%s: %s); %d failure(s) reported, %s",
+            session, getattr(agent, "model", "?"), failure.reason, failure.detail,
+            answer.get("failures", 0),
+            f"escalated for profile {profile}: the next turn runs on the cloud"
+            if escalated else f"not escalated for profile {profile}",
+        )  # fmt: skip
+
+    # --- the start of a turn -------------------------------------------------------------
+
+    def restore(self, agent: Any, restore: Callable[[], Any]) -> tuple[bool, Any]:
+        """Before Hermes' restore of the primary: (handled, result). Not handled (False) means
+        the usual gate and Hermes decide; handled means this turn runs on the fallback hroute
+        routes the escalated task to."""
+        session = _session(agent)
+        if session is None or session not in self.failed:
+            return False, None
+        decision = self._decision(agent, session, confirmed=session in self.confirmed)
+        if decision.action == "ask":
+            if self._confirm(agent, session, decision):
+                self.confirmed.add(session)
+                decision = self._decision(agent, session, confirmed=True)
+            else:
+                decision = Decision("local", f"{decision.why}, but the user did not allow paid use")
+        if decision.action in ("none", "local"):
+            if decision.why:
+                self._say(session, f"hroute: task {session}: {decision.why}; staying local")
+            return False, None
+        if decision.action == "stay":
+            self._say(session, f"hroute: task {session}: {decision.why}; staying on {agent.model}")
+            return True, False
+        result = restore()
+        agent._fallback_index = decision.index
+        switched = agent._try_activate_fallback()
+        if not switched or normalized_url(getattr(agent, "base_url", None)) != decision.url:
+            self._say(
+                session,
+                f"hroute: task {session}: {decision.why}, but Hermes could not switch to "
+                f"{decision.url}; staying on {getattr(agent, 'model', '?')}",
+            )
+            return True, result
+        self._say(
+            session,
+            f"hroute: task {session}: {decision.why}; running the rest of it on "
+            f"{agent.model} at {decision.url}",
+        )
+        return True, result
+
+    def _decision(self, agent: Any, session: str, *, confirmed: bool) -> Decision:
+        allow = self.settings.paid == "allow" or confirmed
+        answer = self.client.route(self.settings.profile, task=session, allow_paid=allow)
+        chain = getattr(agent, "_fallback_chain", None) or []
+        urls = [normalized_url(e.get("base_url")) if isinstance(e, dict) else None for e in chain]
+        return decide(
+            answer,
+            urls,
+            normalized_url(getattr(agent, "base_url", None)),
+            bool(getattr(agent, "_fallback_activated", False)),
+            self.settings,
+            confirmed=confirmed,
+        )
+
+    def _confirm(self, agent: Any, session: str, decision: Decision) -> bool:
+        """Ask the user through Hermes' approval prompt; no prompt (gateway, cron) is a no."""
+        callback = self._ask()
+        if callback is None:
+            self._say(
+                session,
+                f"hroute: task {session}: {decision.why}; paid use needs confirmation and "
+                "Hermes has no approval prompt here: staying local",
+            )
+            return False
+        try:
+            choice = callback(
+                f"hroute: escalate task {session} to a paid model past its budget",
+                f"{decision.why}; {' '.join(decision.help)}",
+                allow_permanent=False,
+            )
+        except Exception:  # noqa: BLE001 - a failing prompt is a no, as Hermes treats it
+            return False
+        allowed = str(choice).lower() in ("once", "session", "always", "yes", "true")
+        log.info(
+            "hroute: task %s: the user %s paid escalation", session,
+            "allowed" if allowed else "refused",
+        )  # fmt: skip
+        return allowed
+
+    def _say(self, session: str, line: str) -> None:
+        """Log a decision once per session (a turn that repeats it says nothing new)."""
+        with self._lock:
+            if self._said.get(session) == line:
+                return
+            self._said[session] = line
+        log.info("%s", line)
+
+
+def _session(agent: Any) -> str | None:
+    session = getattr(agent, "session_id", None)
+    return session if isinstance(session, str) and session else None
+
+
+def _on_fallback(agent: Any) -> bool:
+    return bool(getattr(agent, "_fallback_activated", False))
