@@ -212,7 +212,7 @@ def decide(
         reasons = "; ".join(
             f"{c.get('backend')}: {c.get('reason')}"
             for c in answer.get("chain") or ()
-            if isinstance(c, Mapping) and not c.get("usable")
+            if isinstance(c, Mapping) and not c.get("usable") and c.get("reason") != why
         )
         if paid_blocked and settings.paid == "deny":
             reasons += "; paid backends past their budget need hroute.paid: allow (or confirm)"

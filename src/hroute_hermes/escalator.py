@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .escalation import Decision, Settings, decide, failed_attempt
+from .escalation import Decision, Failure, Settings, decide, failed_attempt, user_request
 from .reports import normalized_url
 
 log = logging.getLogger("hroute_hermes")
@@ -68,7 +68,8 @@ class Escalator:
         session = _session(agent)
         asked = None
         if session is not None:
-            asked = failed_attempt(None, 0.0, self.settings, user_message=user_message)
+            words = user_request(user_message, self.settings)
+            asked = Failure("user_request", f"the user asked for it ({words!r})") if words else None
             if asked is not None and not _on_fallback(agent):
                 self._report(agent, session, asked)  # before the turn: it runs escalated
         started = self._clock()
@@ -105,8 +106,7 @@ class Escalator:
             "hroute: task %s: local attempt on %s failed (%s: %s); %d failure(s) reported, %s",
             session, getattr(agent, "model", "?"), failure.reason, failure.detail,
             answer.get("failures", 0),
-            f"escalated for profile {profile}: the next turn runs on the cloud"
-            if escalated else f"not escalated for profile {profile}",
+            f"escalated for profile {profile}" if escalated else f"not escalated for profile {profile}",
         )  # fmt: skip
 
     # --- the start of a turn -------------------------------------------------------------
@@ -152,6 +152,8 @@ class Escalator:
     def _decision(self, agent: Any, session: str, *, confirmed: bool) -> Decision:
         allow = self.settings.paid == "allow" or confirmed
         answer = self.client.route(self.settings.profile, task=session, allow_paid=allow)
+        if isinstance(answer, dict):
+            answer = {**answer, "base_url": normalized_url(answer.get("base_url"))}
         chain = getattr(agent, "_fallback_chain", None) or []
         urls = [normalized_url(e.get("base_url")) if isinstance(e, dict) else None for e in chain]
         return decide(

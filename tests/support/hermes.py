@@ -83,6 +83,7 @@ def write_hermes_home(
     *,
     plugin: bool,
     isolation: str | None = None,
+    extra: str = "",
 ) -> Path:
     """A HERMES_HOME whose config.yaml names the primary and enables the plugin (or not).
 
@@ -101,6 +102,7 @@ def write_hermes_home(
         "plugins:\n"
         f"  enabled: [{'hroute' if plugin else ''}]\n"
         + (f"  isolation: {isolation}\n" if isolation else "")
+        + extra
     )
     return home
 
@@ -122,10 +124,12 @@ class HermesAgent:
         flush_reports: bool = True,
         isolation: str | None = None,
         remove: tuple[str, ...] = (),
+        extra_config: str = "",
     ) -> None:
         self.home = write_hermes_home(
-            home, primary_url, model, api_key, plugin=plugin, isolation=isolation
-        )
+            home, primary_url, model, api_key, plugin=plugin, isolation=isolation,
+            extra=extra_config,
+        )  # fmt: skip
         spec = {
             "base_url": primary_url,
             "api_key": api_key,
@@ -187,6 +191,10 @@ class HermesAgent:
 
     def turn(self, text: str = "hi", timeout_s: float = 60.0) -> dict[str, Any]:
         return self._ask(f"turn {text}", timeout_s)
+
+    def new_session(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Start a new session in the same agent, as Hermes' `/new` does."""
+        return self._ask("new", timeout_s)
 
     def title(self, timeout_s: float = 30.0) -> dict[str, Any]:
         return self._ask("title", timeout_s)

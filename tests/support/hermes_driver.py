@@ -10,6 +10,7 @@ each answer one JSON line on stdout:
 
     turn TEXT    run_conversation(TEXT) -> {"turn", "response", "model", "base_url",
                  "fallback_active", "seconds", "failed"}
+    new          a new session in the same agent, as `/new` does -> {"session_id"}
     title        generate_title() with the primary's runtime -> {"title", "error", "seconds"}
     quit         exit 0
 
@@ -125,10 +126,17 @@ def main() -> int:
                     "model": agent.model,
                     "base_url": str(agent.base_url),
                     "fallback_active": bool(getattr(agent, "_fallback_activated", False)),
+                    "session_id": getattr(agent, "session_id", None),
                     "seconds": round(time.perf_counter() - started, 3),
                     "reports_dropped": reports.dropped if reports is not None else None,
                 }
             )
+        elif cmd == "new":
+            old = agent.session_id
+            agent.session_id = f"{old}-new{turns}"
+            with contextlib.suppress(Exception):
+                agent.reset_session_state()
+            emit({"session_id": agent.session_id, "old": old})
         elif cmd == "title":
             from agent.title_generator import generate_title
 
