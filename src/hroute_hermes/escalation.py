@@ -214,9 +214,10 @@ def decide(
             for c in answer.get("chain") or ()
             if isinstance(c, Mapping) and not c.get("usable") and c.get("reason") != why
         )
+        why = f"{why}, but no cloud backend may be used ({reasons})"
         if paid_blocked and settings.paid == "deny":
-            reasons += "; paid backends past their budget need hroute.paid: allow (or confirm)"
-        return Decision("local", f"{why}, but no cloud backend may be used ({reasons})", help=helps)
+            why += "; past its budget a paid model needs hroute.paid: allow (or confirm)"
+        return Decision("local", why, help=helps)
     url = answer.get("base_url")
     if url not in chain_urls:
         return Decision(

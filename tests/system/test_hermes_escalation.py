@@ -164,6 +164,6 @@ def test_past_the_budget_and_without_allow_paid_an_escalated_session_stays_local
         log = agent.agent_log
         assert "escalated for profile coding" in log
         assert "but no cloud backend may be used (cloud: budget_exhausted" in log, log
-        assert "need hroute.paid: allow (or confirm); staying local" in log, log
+        assert "a paid model needs hroute.paid: allow (or confirm); staying local" in log, log
         escalations = events(daemon, "escalation")
         assert [e["backend"] for e in escalations] == ["none"], escalations
