@@ -151,13 +151,22 @@ class _FailureClient:
 
 
 def hermes_config() -> dict[str, Any]:
-    """Hermes' config.yaml (`$HERMES_HOME`, default ~/.hermes) as a dict; {} if unreadable."""
+    """Hermes' config.yaml as a dict, read with Hermes' own YAML reader (0.22 has no PyYAML)
+    from Hermes' home (`$HERMES_HOME`, a profile, or ~/.hermes); {} if unreadable."""
     try:
-        import yaml  # Hermes depends on PyYAML; the plugin does not
+        try:
+            from hermes_constants import get_hermes_home  # type: ignore[import-not-found]
 
-        home = Path(os.environ.get("HERMES_HOME") or Path.home() / ".hermes")
-        loaded = yaml.safe_load((home / "config.yaml").read_text())
-    except Exception:  # noqa: BLE001 - no config, no yaml: escalation stays off
+            home = Path(get_hermes_home())
+        except ImportError:
+            home = Path(os.environ.get("HERMES_HOME") or Path.home() / ".hermes")
+        text = (home / "config.yaml").read_text()
+        try:
+            from utils import fast_safe_load  # type: ignore[import-not-found]
+        except ImportError:
+            from yaml import safe_load as fast_safe_load  # type: ignore[import-untyped]
+        loaded = fast_safe_load(text)
+    except Exception:  # noqa: BLE001 - no config, no reader: escalation stays off
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
