@@ -184,6 +184,15 @@ def register(ctx: Any) -> None:
         plugin.client.socket_path,
         ", ".join(wrapped) or "nothing",
     )
+    if plugin.gate.escalator is not None and hasattr(ctx, "register_command"):
+        try:
+            ctx.register_command(
+                "escalate",
+                plugin.gate.escalator.request,
+                description="hroute: run the rest of this task on the cloud model",
+            )
+        except Exception:  # noqa: BLE001 - the phrase and /escalate in a message still work
+            log.info("hroute: could not register /escalate; type it at the start of a message")
     if plugin.settings.enabled:
         log.info(
             "hroute: escalation on for profile %s (paid past budget: %s%s)",

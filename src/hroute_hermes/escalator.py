@@ -18,7 +18,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .escalation import Decision, Failure, Settings, decide, failed_attempt, user_request
+from .escalation import (
+    ESCALATE_COMMAND,
+    Decision,
+    Failure,
+    Settings,
+    decide,
+    failed_attempt,
+    user_request,
+)
 from .reports import normalized_url
 
 log = logging.getLogger("hroute_hermes")
@@ -59,6 +67,16 @@ class Escalator:
         self.confirmed: set[str] = set()
         self._said: dict[str, str] = {}  # session id -> the last decision logged
         self._last_response: dict[str, str] = {}
+        self._requested: str | None = None  # `/escalate` typed since the last turn
+
+    def request(self, raw_args: str = "") -> str:
+        """Hermes' `/escalate` slash command: the next turn of this process escalates its
+        session (the command runs outside any turn, so it cannot know the session yet)."""
+        self._requested = f"{ESCALATE_COMMAND} {raw_args}".strip()
+        return (
+            f"hroute: the next turn asks hroute (profile {self.settings.profile}) to run this "
+            "task on the cloud model"
+        )
 
     # --- a turn --------------------------------------------------------------------------
 
@@ -68,7 +86,10 @@ class Escalator:
         session = _session(agent)
         asked = None
         if session is not None:
-            words = user_request(user_message, self.settings)
+            words, self._requested = (
+                self._requested or user_request(user_message, self.settings),
+                None,
+            )
             asked = Failure("user_request", f"the user asked for it ({words!r})") if words else None
             if asked is not None and not _on_fallback(agent):
                 self._report(agent, session, asked)  # before the turn: it runs escalated

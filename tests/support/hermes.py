@@ -192,6 +192,10 @@ class HermesAgent:
     def turn(self, text: str = "hi", timeout_s: float = 60.0) -> dict[str, Any]:
         return self._ask(f"turn {text}", timeout_s)
 
+    def slash(self, command: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Run a plugin's slash command (`/escalate`) the way Hermes' CLI does, between turns."""
+        return self._ask(f"slash {command.lstrip('/')}", timeout_s)
+
     def new_session(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Start a new session in the same agent, as Hermes' `/new` does."""
         return self._ask("new", timeout_s)

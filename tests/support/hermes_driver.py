@@ -10,6 +10,7 @@ each answer one JSON line on stdout:
 
     turn TEXT    run_conversation(TEXT) -> {"turn", "response", "model", "base_url",
                  "fallback_active", "seconds", "failed"}
+    slash NAME ARGS  a plugin's slash command, as the CLI runs it -> {"output"}
     new          a new session in the same agent, as `/new` does -> {"session_id"}
     title        generate_title() with the primary's runtime -> {"title", "error", "seconds"}
     quit         exit 0
@@ -131,6 +132,12 @@ def main() -> int:
                     "reports_dropped": reports.dropped if reports is not None else None,
                 }
             )
+        elif cmd == "slash":
+            from hermes_cli.plugins import get_plugin_command_handler
+
+            name, _, args = arg.partition(" ")
+            handler = get_plugin_command_handler(name)
+            emit({"output": handler(args) if handler else None})
         elif cmd == "new":
             old = agent.session_id
             agent.session_id = f"{old}-new{turns}"

@@ -167,3 +167,25 @@ def test_past_the_budget_and_without_allow_paid_an_escalated_session_stays_local
         assert "a paid model needs hroute.paid: allow (or confirm); staying local" in log, log
         escalations = events(daemon, "escalation")
         assert [e["backend"] for e in escalations] == ["none"], escalations
+
+
+def test_escalate_typed_by_the_user_runs_the_next_turn_on_the_cloud(
+    python: str, hermes: Hermes, tmp_path: Path, local: FakeBackend, cloud: FakeBackend
+) -> None:
+    local.clear_behaviors()  # the local model is fine; the user wants the cloud anyway
+    with (
+        hroute_daemon(tmp_path, hroute_config(local, cloud)) as daemon,
+        agent_for(python, tmp_path, local, cloud, daemon) as agent,
+    ):
+        daemon.wait_state("local", "healthy")
+        assert agent.turn("hello")["response"] == "from local"
+        assert "next turn" in (agent.slash("/escalate")["output"] or ""), agent.stderr
+        answer = agent.turn("do the hard part")
+        assert answer["response"] == "from cloud", (answer, agent.stderr)
+        answer = agent.turn("use the cloud model for this one too")  # phrase: already there
+        assert answer["response"] == "from cloud", (answer, agent.stderr)
+        failures = events(daemon, "task_failure")
+        assert [(e["task"], e["reason"]) for e in failures] == [
+            (answer["session_id"], "user_request")
+        ], failures
+        assert "escalated: user_request; running the rest of it on cloud-model" in agent.agent_log

@@ -429,3 +429,14 @@ def test_the_plugin_wraps_turns_only_when_a_profile_is_named() -> None:
     assert HermesPlugin(client=FakeHroute(), settings=Settings()).gate.escalator is None  # type: ignore[arg-type]
     plugin = HermesPlugin(client=FakeHroute(), settings=ON)  # type: ignore[arg-type]
     assert plugin.gate.escalator is not None and plugin.gate.escalator.settings == ON
+
+
+def test_the_escalate_slash_command_escalates_the_next_turn_once() -> None:
+    router = FakeRouter(max_local=3)
+    agent, escalator, _ = escalating(router)
+    assert "next turn" in escalator.request("")
+    assert turn(escalator, agent, "do it")["final_response"] == "answer on fb2"
+    assert router.failures == {"s1": ["user_request"]}
+    agent.session_id = "s2"
+    assert turn(escalator, agent, "next task")["final_response"] == "answer on gemma"
+    assert "s2" not in router.failures
