@@ -9,7 +9,10 @@ Registered through the `hermes_agent.plugins` entry point as `hroute`; Hermes lo
 - keeps the agent on its fallback while hroute says the primary is down, instead of spending
   a request on it at the start of every turn, and starts a turn on the first usable fallback
   when the primary is already known down; skips fallbacks hroute says are down;
-- keeps titles, compression and other auxiliary calls off a backend hroute says is down.
+- keeps titles, compression and other auxiliary calls off a backend hroute says is down;
+- with an hroute profile named (`hroute: {profile: P}` in config.yaml, or `HROUTE_PROFILE`),
+  reports turns the local model failed as task failures of the session and runs an escalated
+  session on its cloud fallback (`escalation`, `escalator`).
 
 Whatever goes wrong (no daemon, a hung one, a Hermes version without the functions it wraps,
 a bug in the plugin) Hermes behaves exactly as without the plugin, and what is off is said
