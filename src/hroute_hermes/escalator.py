@@ -65,6 +65,7 @@ class Escalator:
         self._lock = threading.Lock()
         self.failed: dict[str, int] = {}  # session id -> failed local attempts reported
         self.confirmed: set[str] = set()
+        self.asked: set[str] = set()  # sessions whose user asked for the cloud
         self._said: dict[str, str] = {}  # session id -> the last decision logged
         self._last_response: dict[str, str] = {}
         self._requested: str | None = None  # `/escalate` typed since the last turn
@@ -91,7 +92,8 @@ class Escalator:
                 None,
             )
             asked = Failure("user_request", f"the user asked for it ({words!r})") if words else None
-            if asked is not None and not _on_fallback(agent):
+            if asked is not None and session not in self.asked:
+                self.asked.add(session)  # once is enough: it escalates the whole task
                 self._report(agent, session, asked)  # before the turn: it runs escalated
         started = self._clock()
         result = run()
@@ -104,16 +106,20 @@ class Escalator:
         )
         response = result.get("final_response") if isinstance(result, dict) else None
         if isinstance(response, str) and response.strip():
+            self._last_response.pop(session, None)
             self._last_response[session] = response
+            _bound(self._last_response)
         if failure is not None:
             self._report(agent, session, failure)
         return result
 
     def _report(self, agent: Any, session: str, failure: Any) -> None:
         with self._lock:
-            if session not in self.failed and len(self.failed) >= _MAX_SESSIONS:
-                self.failed.pop(next(iter(self.failed)))
-            self.failed[session] = self.failed.get(session, 0) + 1
+            self.failed[session] = self.failed.pop(session, 0) + 1
+            for gone in _bound(self.failed):  # a long-lived gateway sees many sessions
+                self.confirmed.discard(gone)
+                self.asked.discard(gone)
+                self._said.pop(gone, None)
         answer = self.client.task_failure(session, failure.reason, detail=failure.detail)
         profile = self.settings.profile
         if not isinstance(answer, dict):
@@ -218,6 +224,14 @@ class Escalator:
                 return
             self._said[session] = line
         log.info("%s", line)
+
+
+def _bound(sessions: dict[str, Any]) -> list[str]:
+    """Drop the least recently seen sessions past `_MAX_SESSIONS`; the ids dropped."""
+    gone = list(sessions)[: max(0, len(sessions) - _MAX_SESSIONS)]
+    for session in gone:
+        del sessions[session]
+    return gone
 
 
 def _session(agent: Any) -> str | None:

@@ -440,3 +440,24 @@ def test_the_escalate_slash_command_escalates_the_next_turn_once() -> None:
     agent.session_id = "s2"
     assert turn(escalator, agent, "next task")["final_response"] == "answer on gemma"
     assert "s2" not in router.failures
+
+
+def test_asking_on_a_fallback_counts_and_asking_twice_is_reported_once() -> None:
+    router = FakeRouter(max_local=3)
+    agent, escalator, _ = escalating(router)
+    agent._try_activate_fallback()  # Hermes left a dead primary last turn
+    assert turn(escalator, agent, "/escalate")["final_response"] == "answer on fb2"
+    turn(escalator, agent, "please use the cloud model")
+    assert router.failures == {"s1": ["user_request"]}
+
+
+def test_a_long_lived_process_forgets_old_sessions() -> None:
+    from hroute_hermes import escalator as module
+
+    router = FakeRouter(max_local=99)
+    agent, escalator, _ = escalating(router)
+    for n in range(module._MAX_SESSIONS + 10):
+        agent.session_id = f"s{n}"
+        turn(escalator, agent, answer=result(""))
+    assert len(escalator.failed) == module._MAX_SESSIONS
+    assert "s0" not in escalator.failed and f"s{module._MAX_SESSIONS + 9}" in escalator.failed
