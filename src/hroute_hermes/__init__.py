@@ -196,12 +196,3 @@ def register(ctx: Any) -> None:
             )
         except Exception:  # noqa: BLE001 - the phrase and /escalate in a message still work
             log.info("hroute: could not register /escalate; type it at the start of a message")
-    if plugin.settings.enabled:
-        log.info(
-            "hroute: escalation on for profile %s (paid past budget: %s%s)",
-            plugin.settings.profile,
-            plugin.settings.paid,
-            f", turn limit {plugin.settings.turn_timeout_s:g}s"
-            if plugin.settings.turn_timeout_s
-            else "",
-        )

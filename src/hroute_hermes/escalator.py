@@ -69,6 +69,20 @@ class Escalator:
         self._said: dict[str, str] = {}  # session id -> the last decision logged
         self._last_response: dict[str, str] = {}
         self._requested: str | None = None  # `/escalate` typed since the last turn
+        self._announced = False
+
+    def announce(self) -> None:
+        """Say once that escalation is on, at the first turn: Hermes' log exists by then."""
+        if self._announced:
+            return
+        self._announced = True
+        limit = self.settings.turn_timeout_s
+        log.info(
+            "hroute: escalation on for profile %s (paid past budget: %s%s)",
+            self.settings.profile,
+            self.settings.paid,
+            f", turn limit {limit:g}s" if limit else "",
+        )
 
     def request(self, raw_args: str = "") -> str:
         """Hermes' `/escalate` slash command: the next turn of this process escalates its
@@ -84,6 +98,7 @@ class Escalator:
     def turn(self, agent: Any, user_message: Any, run: Callable[[], Any]) -> Any:
         """Stand-in for `run_conversation(agent, user_message, ...)`: runs it, then reports the
         turn to hroute if it was a failed local attempt."""
+        self.announce()
         session = _session(agent)
         asked = None
         if session is not None:

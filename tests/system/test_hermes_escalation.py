@@ -132,6 +132,7 @@ def test_a_session_that_keeps_failing_locally_continues_on_the_cloud_and_the_nex
         assert answer["response"] == "from cloud" and posts(local) == before, answer
 
         log = agent.agent_log
+        assert "hroute: escalation on for profile coding (paid past budget: deny)" in log
         assert f"task {session}: local attempt on local-model failed (repeated_tool_failure" in log
         assert "escalated for profile coding" in log
         assert f"task {session}: escalated: {MAX_LOCAL_ATTEMPTS} local failures" in log
