@@ -125,6 +125,7 @@ class HermesAgent:
         isolation: str | None = None,
         remove: tuple[str, ...] = (),
         extra_config: str = "",
+        approve: str | None = None,
     ) -> None:
         self.home = write_hermes_home(
             home, primary_url, model, api_key, plugin=plugin, isolation=isolation,
@@ -137,6 +138,7 @@ class HermesAgent:
             "fallback": fallbacks,
             "flush_reports": flush_reports,
             "remove": list(remove),
+            "approve": approve,
         }
         self.spec_path = home / "driver-spec.json"
         self.spec_path.write_text(json.dumps(spec))

@@ -3,7 +3,8 @@
     python hermes_driver.py SPEC.json
 
 SPEC: {"base_url", "api_key", "model", "fallback": [{"provider", "model", "base_url",
-"api_key"}], "max_iterations"?, "remove"?: ["module:attr", ...]}. `remove` deletes those
+"api_key"}], "max_iterations"?, "remove"?: ["module:attr", ...], "approve"?: "once"|"deny"}. `approve`
+installs an approval prompt (as the CLI does) that answers so and records what it was asked. `remove` deletes those
 attributes before Hermes loads its plugins, as a Hermes release without them would be. `HERMES_HOME` must name a directory whose config.yaml
 enables (or not) the plugin. One AIAgent is built; then each stdin line is a command and
 each answer one JSON line on stdout:
@@ -100,6 +101,15 @@ def main() -> int:
             }
         )
         return 1
+    prompts: list[str] = []
+    if spec.get("approve"):  # the CLI's approval prompt, answering as the user would
+        from tools.terminal_tool import set_approval_callback
+
+        def approve(command: str, description: str, **_: object) -> str:
+            prompts.append(f"{command} | {description}")
+            return spec["approve"]
+
+        set_approval_callback(approve)
     emit({"ready": True, "plugin": plugin_state()})
     reports = reporter()
     turns = 0
@@ -128,6 +138,7 @@ def main() -> int:
                     "base_url": str(agent.base_url),
                     "fallback_active": bool(getattr(agent, "_fallback_activated", False)),
                     "session_id": getattr(agent, "session_id", None),
+                    "prompts": list(prompts),
                     "seconds": round(time.perf_counter() - started, 3),
                     "reports_dropped": reports.dropped if reports is not None else None,
                 }

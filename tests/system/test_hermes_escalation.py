@@ -72,7 +72,14 @@ def hroute_config(local: FakeBackend, cloud: FakeBackend, budget: str = "") -> s
 
 
 def agent_for(
-    python: str, tmp_path: Path, local: FakeBackend, cloud: FakeBackend, daemon: Daemon
+    python: str,
+    tmp_path: Path,
+    local: FakeBackend,
+    cloud: FakeBackend,
+    daemon: Daemon,
+    *,
+    paid: str = "deny",
+    approve: str | None = None,
 ) -> HermesAgent:
     return HermesAgent(
         python,
@@ -88,7 +95,8 @@ def agent_for(
             }
         ],
         socket=daemon.socket,
-        extra_config="hroute:\n  profile: coding\n",
+        extra_config=f"hroute:\n  profile: coding\n  paid: {paid}\n",
+        approve=approve,
     )
 
 
@@ -168,6 +176,36 @@ def test_past_the_budget_and_without_allow_paid_an_escalated_session_stays_local
         assert "a paid model needs hroute.paid: allow (or confirm); staying local" in log, log
         escalations = events(daemon, "escalation")
         assert [e["backend"] for e in escalations] == ["none"], escalations
+
+
+@pytest.mark.parametrize("choice", ["once", "deny"])
+def test_past_the_budget_confirm_asks_the_user_through_hermes_approval_prompt(
+    python: str,
+    hermes: Hermes,
+    tmp_path: Path,
+    local: FakeBackend,
+    cloud: FakeBackend,
+    choice: str,
+) -> None:
+    config = hroute_config(local, cloud, budget="budgets: {daily_usd: 0}\n")
+    with (
+        hroute_daemon(tmp_path, config) as daemon,
+        agent_for(python, tmp_path, local, cloud, daemon, paid="confirm", approve=choice) as agent,
+    ):
+        daemon.wait_state("local", "healthy")
+        for n in range(1, MAX_LOCAL_ATTEMPTS + 1):
+            assert agent.turn(f"what is the weather, attempt {n}")["prompts"] == []
+        answer = agent.turn("and now?")
+        assert len(answer["prompts"]) == 1, answer
+        assert "past its budget" in answer["prompts"][0], answer
+        if choice == "once":
+            assert answer["response"] == "from cloud", (answer, agent.stderr)
+            assert "the user allowed paid escalation" in agent.agent_log
+            answer = agent.turn("more")  # asked once per task
+            assert answer["response"] == "from cloud" and len(answer["prompts"]) == 1
+        else:
+            assert posts(cloud) == 0 and not answer["fallback_active"], answer
+            assert "but the user did not allow paid use; staying local" in agent.agent_log
 
 
 def test_escalate_typed_by_the_user_runs_the_next_turn_on_the_cloud(
