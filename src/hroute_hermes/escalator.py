@@ -34,6 +34,7 @@ log = logging.getLogger("hroute_hermes")
 # The answer to a failure report decides the next turn; the turn that failed already ended.
 FAILURE_BUDGET_S = 0.5
 _MAX_SESSIONS = 256
+_FORKS = frozenset({"background_review", "side_question"})
 
 
 def approval_callback() -> Callable[..., Any] | None:
@@ -99,6 +100,8 @@ class Escalator:
         """Stand-in for `run_conversation(agent, user_message, ...)`: runs it, then reports the
         turn to hroute if it was a failed local attempt."""
         self.announce()
+        if not _user_facing(agent):
+            return run()
         session = _session(agent)
         asked = None
         if session is not None:
@@ -158,7 +161,7 @@ class Escalator:
         the usual gate and Hermes decide; handled means this turn runs on the fallback hroute
         routes the escalated task to."""
         session = _session(agent)
-        if session is None or session not in self.failed:
+        if session is None or session not in self.failed or not _user_facing(agent):
             return False, None
         decision = self._decision(agent, session, confirmed=session in self.confirmed)
         if decision.action == "ask":
@@ -247,6 +250,15 @@ def _bound(sessions: dict[str, Any]) -> list[str]:
     for session in gone:
         del sessions[session]
     return gone
+
+
+def _user_facing(agent: Any) -> bool:
+    """False for the forks Hermes runs beside the user's agent (memory/skill review, curator,
+    `/btw` side questions): they share the user's session id but are not the user's task, so
+    their turns neither count nor move. Named by what they are, so that the main agent's own
+    marker (`assistant_tool` in 0.18-0.22) may change without switching escalation off."""
+    origin = getattr(agent, "_memory_write_origin", None)
+    return not (isinstance(origin, str) and origin in _FORKS)
 
 
 def _session(agent: Any) -> str | None:

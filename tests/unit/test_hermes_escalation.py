@@ -461,3 +461,16 @@ def test_a_long_lived_process_forgets_old_sessions() -> None:
         turn(escalator, agent, answer=result(""))
     assert len(escalator.failed) == module._MAX_SESSIONS
     assert "s0" not in escalator.failed and f"s{module._MAX_SESSIONS + 9}" in escalator.failed
+
+
+def test_hermes_background_review_agents_neither_count_nor_move() -> None:
+    router = FakeRouter(max_local=1)
+    agent, escalator, _ = escalating(router)
+    review = SessionAgent(agent.gate)  # a fork with the user's session id
+    review._memory_write_origin = "background_review"  # type: ignore[attr-defined]
+    for _ in range(3):
+        turn(escalator, review, answer=result(""))
+    assert router.failures == {}
+    turn(escalator, agent, answer=result(""))  # the user's own turn fails: escalated
+    assert turn(escalator, review)["final_response"] == "answer on gemma"
+    assert turn(escalator, agent)["final_response"] == "answer on fb2"
