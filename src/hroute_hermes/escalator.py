@@ -71,6 +71,11 @@ class Escalator:
         self._last_response: dict[str, str] = {}
         self._requested: str | None = None  # `/escalate` typed since the last turn
         self._announced = False
+        self._aliases: dict[str, str] = {}  # a session id Hermes' compression rotated to -> task
+
+    def _task(self, session: str | None) -> str | None:
+        """The task a session id belongs to: itself, or the session it continues."""
+        return self._aliases.get(session, session) if session is not None else None
 
     def announce(self) -> None:
         """Say once that escalation is on, at the first turn: Hermes' log exists by then."""
@@ -102,7 +107,8 @@ class Escalator:
         self.announce()
         if not _user_facing(agent):
             return run()
-        session = _session(agent)
+        raw = _session(agent)
+        session = self._task(raw)
         asked = None
         if session is not None:
             words, self._requested = (
@@ -115,7 +121,13 @@ class Escalator:
                 self._report(agent, session, asked)  # before the turn: it runs escalated
         started = self._clock()
         result = run()
-        session = _session(agent)
+        after = _session(agent)
+        if session is not None and after is not None and after != raw:
+            # Hermes' compression may end the session and continue it under a new id within a
+            # turn: the same task (a new id between turns is `/new`, a new task).
+            with self._lock:
+                self._aliases[after] = session
+                _bound(self._aliases)
         if session is None or asked is not None or _on_fallback(agent):
             return result
         previous = self._last_response.get(session)
@@ -160,7 +172,7 @@ class Escalator:
         """Before Hermes' restore of the primary: (handled, result). Not handled (False) means
         the usual gate and Hermes decide; handled means this turn runs on the fallback hroute
         routes the escalated task to."""
-        session = _session(agent)
+        session = self._task(_session(agent))
         if session is None or session not in self.failed or not _user_facing(agent):
             return False, None
         decision = self._decision(agent, session, confirmed=session in self.confirmed)

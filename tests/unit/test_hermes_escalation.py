@@ -474,3 +474,20 @@ def test_hermes_background_review_agents_neither_count_nor_move() -> None:
     turn(escalator, agent, answer=result(""))  # the user's own turn fails: escalated
     assert turn(escalator, review)["final_response"] == "answer on gemma"
     assert turn(escalator, agent)["final_response"] == "answer on fb2"
+
+
+def test_a_session_continued_under_a_new_id_by_compression_is_the_same_task() -> None:
+    router = FakeRouter(max_local=2)
+    agent, escalator, _ = escalating(router)
+
+    def compressed() -> Any:
+        agent._restore_primary_runtime()
+        agent.session_id = "s1-continued"  # Hermes' legacy rotation, inside the turn
+        return result("")
+
+    turn(escalator, agent, answer=result(""))
+    escalator.turn(agent, "go", compressed)
+    assert router.failures == {"s1": ["invalid_output", "invalid_output"]}
+    assert turn(escalator, agent)["final_response"] == "answer on fb2"
+    agent.session_id = "s2"  # /new, between turns: a new task
+    assert turn(escalator, agent)["final_response"] == "answer on gemma"
