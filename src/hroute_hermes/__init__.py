@@ -9,7 +9,10 @@ Registered through the `hermes_agent.plugins` entry point as `hroute`; Hermes lo
 - keeps the agent on its fallback while hroute says the primary is down, instead of spending
   a request on it at the start of every turn, and starts a turn on the first usable fallback
   when the primary is already known down; skips fallbacks hroute says are down;
-- keeps titles, compression and other auxiliary calls off a backend hroute says is down.
+- keeps titles, compression and other auxiliary calls off a backend hroute says is down;
+- with an hroute profile named (`hroute: {profile: P}` in config.yaml, or `HROUTE_PROFILE`),
+  reports turns the local model failed as task failures of the session and runs an escalated
+  session on its cloud fallback (`escalation`, `escalator`).
 
 Whatever goes wrong (no daemon, a hung one, a Hermes version without the functions it wraps,
 a bug in the plugin) Hermes behaves exactly as without the plugin, and what is off is said
@@ -21,10 +24,15 @@ library and hroute's standard-library client.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from hroute.client import Client
 
+from .escalation import Settings, load_settings
+from .escalator import FAILURE_BUDGET_S, Escalator
 from .gate import Gate, HealthView
 from .reports import (
     Reporter,
@@ -35,7 +43,7 @@ from .reports import (
     usage_report,
 )
 from .status import Status, hermes_version, isolation
-from .wiring import Wiring
+from .wiring import ESCALATION, GROUPS, Wiring
 
 __all__ = ["HermesPlugin", "register"]
 
@@ -51,12 +59,20 @@ log = logging.getLogger("hroute_hermes")
 class HermesPlugin:
     """The hooks, the gate and the report queue of one Hermes process."""
 
-    def __init__(self, client: Client | None = None, queue_size: int = 256) -> None:
+    def __init__(
+        self,
+        client: Client | None = None,
+        queue_size: int = 256,
+        settings: Settings | None = None,
+    ) -> None:
         self.client = client if client is not None else Client(budget_s=USABLE_BUDGET_S)
         self.status = Status()
         self.reporter = Reporter(self._send, maxsize=queue_size)
         self.gate = Gate(HealthView(self.client.usable), report=self._report)
         self.wiring = Wiring(self.gate, self.status)
+        self.settings = settings if settings is not None else Settings()
+        if self.settings.enabled:
+            self.gate.escalator = Escalator(_FailureClient(self.client), self.settings)
 
     def install(self) -> list[str]:
         """Wrap Hermes' restore, fallback and auxiliary functions; the names wrapped.
@@ -67,7 +83,8 @@ class HermesPlugin:
         if isolation() == "host":
             self.status.in_plugin_host()
             return []
-        return self.wiring.install()
+        groups = GROUPS + ((ESCALATION,) if self.gate.escalator is not None else ())
+        return self.wiring.install(groups)
 
     def uninstall(self) -> None:
         self.wiring.uninstall()
@@ -113,9 +130,53 @@ class HermesPlugin:
         self.client.request("POST", path, body, budget_s=REPORT_BUDGET_S)
 
 
+class _FailureClient:
+    """The client, with a longer budget for failure reports (made after a turn ended)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def task_failure(self, task: str, reason: str, *, detail: str | None = None) -> Any:
+        body = {"reason": reason, **({"detail": detail[:2000]} if detail else {})}
+        try:
+            status, answer = self._client.request(
+                "POST",
+                f"/v1/tasks/{quote(task, safe='')}/failures",
+                body,
+                budget_s=FAILURE_BUDGET_S,
+            )
+        except Exception:  # noqa: BLE001 - fail open
+            return None
+        return answer if status == 202 else None
+
+    def route(self, profile: str | None, **kwargs: Any) -> Any:
+        return self._client.route(profile, **kwargs) if profile else None
+
+
+def hermes_config() -> dict[str, Any]:
+    """Hermes' config.yaml as a dict, read with Hermes' own YAML reader (0.22 has no PyYAML)
+    from Hermes' home (`$HERMES_HOME`, a profile, or ~/.hermes); {} if unreadable."""
+    try:
+        try:
+            from hermes_constants import get_hermes_home  # type: ignore[import-not-found]
+
+            home = Path(get_hermes_home())
+        except ImportError:
+            home = Path(os.environ.get("HERMES_HOME") or Path.home() / ".hermes")
+        text = (home / "config.yaml").read_text()
+        try:
+            from utils import fast_safe_load  # type: ignore[import-not-found]
+        except ImportError:
+            from yaml import safe_load as fast_safe_load  # type: ignore[import-untyped]
+        loaded = fast_safe_load(text)
+    except Exception:  # noqa: BLE001 - no config, no reader: escalation stays off
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def register(ctx: Any) -> None:
     """Hermes' plugin entry point."""
-    plugin = HermesPlugin()
+    plugin = HermesPlugin(settings=load_settings(hermes_config()))
     plugin.status.version = hermes_version()
     ctx.register_hook("api_request_error", plugin.on_api_request_error)
     ctx.register_hook("post_api_request", plugin.on_post_api_request)
@@ -126,3 +187,12 @@ def register(ctx: Any) -> None:
         plugin.client.socket_path,
         ", ".join(wrapped) or "nothing",
     )
+    if plugin.gate.escalator is not None and hasattr(ctx, "register_command"):
+        try:
+            ctx.register_command(
+                "escalate",
+                plugin.gate.escalator.request,
+                description="hroute: run the rest of this task on the cloud model",
+            )
+        except Exception:  # noqa: BLE001 - the phrase and /escalate in a message still work
+            log.info("hroute: could not register /escalate; type it at the start of a message")

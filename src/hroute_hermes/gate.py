@@ -81,6 +81,8 @@ class Gate:
         self._report = report
         self._wall_clock = wall_clock
         self._local = threading.local()
+        # Set by the plugin when escalation is configured (see escalator.Escalator.restore).
+        self.escalator: Any = None
 
     # --- the agent whose turn runs on this thread (to fingerprint its key in hooks) ------
 
@@ -104,6 +106,10 @@ class Gate:
         move to the first usable fallback before the turn's first request.
         """
         self._remember(agent)
+        if self.escalator is not None:
+            handled, result = self.escalator.restore(agent, restore)
+            if handled:
+                return result
         primary = getattr(agent, "_primary_runtime", None)
         if not isinstance(primary, Mapping):
             return restore()

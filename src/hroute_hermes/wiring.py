@@ -72,6 +72,8 @@ GROUPS = (
         ("_normalize_main_runtime", "_normalize_chain_label"),
     ),
 )
+# Installed only when escalation is configured (a profile is named): one turn, start to end.
+ESCALATION = Group("escalation", "agent.conversation_loop", ("run_conversation",))
 GUARDS = ("restore", "fallback", "auxiliary")
 
 Logic = Callable[[Callable[[], Any], tuple[Any, ...], dict[str, Any]], Any]
@@ -137,6 +139,13 @@ def _logics(gate: Gate, group: str, mod: ModuleType) -> dict[str, Logic]:
         return {
             "restore_primary_runtime": lambda call, a, kw: gate.restore_primary(
                 argument(a, kw, 0, "agent"), call
+            )
+        }
+    if group == "escalation":
+        escalator = gate.escalator
+        return {
+            "run_conversation": lambda call, a, kw: escalator.turn(
+                argument(a, kw, 0, "agent"), argument(a, kw, 1, "user_message"), call
             )
         }
     if group == "fallback":

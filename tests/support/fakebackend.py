@@ -92,6 +92,22 @@ def sse_body(*events: Any, done: bool = True) -> str:
     return "".join(parts)
 
 
+def tool_call_sse(name: str, arguments: str = "{}", model: str = "fake") -> str:
+    """A streamed OpenAI chat answer that only calls tool `name` (e.g. one that does not exist,
+    as a weak local model does), for ``Behavior(body=...)`` on ``/v1/chat/completions``."""
+    chunk = {"id": "chatcmpl-tool", "object": "chat.completion.chunk", "created": 0, "model": model}
+    call = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+    return sse_body(
+        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [call]}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    )
+
+
 # --------------------------------------------------------------------------- normal answers
 
 _ANTHROPIC_ERROR_TYPES = {

@@ -83,6 +83,7 @@ def write_hermes_home(
     *,
     plugin: bool,
     isolation: str | None = None,
+    extra: str = "",
 ) -> Path:
     """A HERMES_HOME whose config.yaml names the primary and enables the plugin (or not).
 
@@ -101,6 +102,7 @@ def write_hermes_home(
         "plugins:\n"
         f"  enabled: [{'hroute' if plugin else ''}]\n"
         + (f"  isolation: {isolation}\n" if isolation else "")
+        + extra
     )
     return home
 
@@ -122,10 +124,13 @@ class HermesAgent:
         flush_reports: bool = True,
         isolation: str | None = None,
         remove: tuple[str, ...] = (),
+        extra_config: str = "",
+        approve: str | None = None,
     ) -> None:
         self.home = write_hermes_home(
-            home, primary_url, model, api_key, plugin=plugin, isolation=isolation
-        )
+            home, primary_url, model, api_key, plugin=plugin, isolation=isolation,
+            extra=extra_config,
+        )  # fmt: skip
         spec = {
             "base_url": primary_url,
             "api_key": api_key,
@@ -133,6 +138,7 @@ class HermesAgent:
             "fallback": fallbacks,
             "flush_reports": flush_reports,
             "remove": list(remove),
+            "approve": approve,
         }
         self.spec_path = home / "driver-spec.json"
         self.spec_path.write_text(json.dumps(spec))
@@ -187,6 +193,14 @@ class HermesAgent:
 
     def turn(self, text: str = "hi", timeout_s: float = 60.0) -> dict[str, Any]:
         return self._ask(f"turn {text}", timeout_s)
+
+    def slash(self, command: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Run a plugin's slash command (`/escalate`) the way Hermes' CLI does, between turns."""
+        return self._ask(f"slash {command.lstrip('/')}", timeout_s)
+
+    def new_session(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Start a new session in the same agent, as Hermes' `/new` does."""
+        return self._ask("new", timeout_s)
 
     def title(self, timeout_s: float = 30.0) -> dict[str, Any]:
         return self._ask("title", timeout_s)

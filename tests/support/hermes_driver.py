@@ -3,13 +3,16 @@
     python hermes_driver.py SPEC.json
 
 SPEC: {"base_url", "api_key", "model", "fallback": [{"provider", "model", "base_url",
-"api_key"}], "max_iterations"?, "remove"?: ["module:attr", ...]}. `remove` deletes those
+"api_key"}], "max_iterations"?, "remove"?: ["module:attr", ...], "approve"?: "once"|"deny"}. `approve`
+installs an approval prompt (as the CLI does) that answers so and records what it was asked. `remove` deletes those
 attributes before Hermes loads its plugins, as a Hermes release without them would be. `HERMES_HOME` must name a directory whose config.yaml
 enables (or not) the plugin. One AIAgent is built; then each stdin line is a command and
 each answer one JSON line on stdout:
 
     turn TEXT    run_conversation(TEXT) -> {"turn", "response", "model", "base_url",
                  "fallback_active", "seconds", "failed"}
+    slash NAME ARGS  a plugin's slash command, as the CLI runs it -> {"output"}
+    new          a new session in the same agent, as `/new` does -> {"session_id"}
     title        generate_title() with the primary's runtime -> {"title", "error", "seconds"}
     quit         exit 0
 
@@ -98,6 +101,15 @@ def main() -> int:
             }
         )
         return 1
+    prompts: list[str] = []
+    if spec.get("approve"):  # the CLI's approval prompt, answering as the user would
+        from tools.terminal_tool import set_approval_callback
+
+        def approve(command: str, description: str, **_: object) -> str:
+            prompts.append(f"{command} | {description}")
+            return spec["approve"]
+
+        set_approval_callback(approve)
     emit({"ready": True, "plugin": plugin_state()})
     reports = reporter()
     turns = 0
@@ -125,10 +137,24 @@ def main() -> int:
                     "model": agent.model,
                     "base_url": str(agent.base_url),
                     "fallback_active": bool(getattr(agent, "_fallback_activated", False)),
+                    "session_id": getattr(agent, "session_id", None),
+                    "prompts": list(prompts),
                     "seconds": round(time.perf_counter() - started, 3),
                     "reports_dropped": reports.dropped if reports is not None else None,
                 }
             )
+        elif cmd == "slash":
+            from hermes_cli.plugins import get_plugin_command_handler
+
+            name, _, args = arg.partition(" ")
+            handler = get_plugin_command_handler(name)
+            emit({"output": handler(args) if handler else None})
+        elif cmd == "new":
+            old = agent.session_id
+            agent.session_id = f"{old}-new{turns}"
+            with contextlib.suppress(Exception):
+                agent.reset_session_state()
+            emit({"session_id": agent.session_id, "old": old})
         elif cmd == "title":
             from agent.title_generator import generate_title
 

@@ -1,0 +1,228 @@
+"""Local→cloud escalation in Hermes (seed 001): what counts as a failed local attempt, and
+what to do with hroute's answer. Pure: no I/O, no clock, no Hermes imports.
+
+A **task** is a Hermes session (`agent.session_id`): everything the user does in one
+conversation, until `/new` (or a new process) starts another session id. An **attempt** is one
+turn (one `run_conversation` call) that ran on the local primary. A failed attempt is reported
+to hroute once, with the first reason that applies:
+
+- `user_request`: the user's message starts with `/escalate` or contains one of the configured
+  phrases (default "use the cloud model");
+- `task_timeout`: the turn took longer than `turn_timeout_s`;
+- `repeated_tool_failure`: at least `tool_failures` tool results of the turn were errors (a tool
+  that does not exist, or a result that Hermes itself reads as an error: JSON with `error`), or
+  Hermes stopped the turn for invalid tool calls;
+- `invalid_output`: the turn ended with no answer text, or Hermes marked it failed;
+- `no_progress`: Hermes stopped the turn unfinished (iteration budget used up), or the answer
+  is word for word the previous turn's.
+
+hroute counts the reports; once the task is escalated for the profile (`max_local_attempts`,
+or one `user_request`), the rest of the session runs on the Hermes fallback whose `base_url`
+is the one hroute routes the task to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PAID_POLICIES = ("deny", "allow", "confirm")
+DEFAULT_PHRASES = ("use the cloud model",)
+ESCALATE_COMMAND = "/escalate"
+# Hermes' own text for a tool call naming a tool that does not exist (0.18-0.22).
+_UNKNOWN_TOOL_MARKERS = ("does not exist. Available tools", "Tool call rejected")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The plugin's escalation settings: `hroute:` in Hermes' config.yaml, or `HROUTE_*`."""
+
+    profile: str | None = None
+    paid: str = "deny"  # past a budget: deny (stay local), allow, or confirm (ask the user)
+    turn_timeout_s: float | None = None
+    tool_failures: int = 2
+    phrases: tuple[str, ...] = DEFAULT_PHRASES
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.profile)
+
+
+def load_settings(
+    config: Mapping[str, Any] | None, env: Mapping[str, str] = os.environ
+) -> Settings:
+    """Settings from config.yaml's `hroute:` block, each overridden by its environment variable
+    (`HROUTE_PROFILE`, `HROUTE_PAID`, `HROUTE_TURN_TIMEOUT_S`). Anything unreadable is left at
+    its default: escalation is off without a profile."""
+    block = config.get("hroute") if isinstance(config, Mapping) else None
+    block = block if isinstance(block, Mapping) else {}
+    profile = env.get("HROUTE_PROFILE") or block.get("profile")
+    paid = str(env.get("HROUTE_PAID") or block.get("paid") or "deny").strip().lower()
+    timeout = _positive(env.get("HROUTE_TURN_TIMEOUT_S") or block.get("turn_timeout_s"))
+    tool_failures = _positive(block.get("tool_failures"))
+    phrases = block.get("escalate_phrases")
+    return Settings(
+        profile=str(profile).strip() or None if profile else None,
+        paid=paid if paid in PAID_POLICIES else "deny",
+        turn_timeout_s=timeout,
+        tool_failures=int(tool_failures) if tool_failures else 2,
+        phrases=(
+            tuple(str(p).lower() for p in phrases if str(p).strip())
+            if isinstance(phrases, list)
+            else DEFAULT_PHRASES
+        ),
+    )
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+# --- triggers ------------------------------------------------------------------------------
+
+
+def user_request(message: Any, settings: Settings) -> str | None:
+    """The user's words asking for the cloud model, or None."""
+    if not isinstance(message, str):
+        return None
+    text = " ".join(message.split()).lower()
+    if text.startswith(ESCALATE_COMMAND):
+        return ESCALATE_COMMAND
+    return next((p for p in settings.phrases if p and p in text), None)
+
+
+def tool_error(message: Any) -> str | None:
+    """A short description when a tool-result message is an error, else None."""
+    if not isinstance(message, Mapping) or message.get("role") != "tool":
+        return None
+    content = message.get("content")
+    if not isinstance(content, str):
+        return None
+    if any(marker in content for marker in _UNKNOWN_TOOL_MARKERS):
+        return f"unknown tool {message.get('name') or '?'!s}"
+    try:
+        parsed = json.loads(content)
+    except ValueError:
+        return None
+    if isinstance(parsed, Mapping) and parsed.get("error"):
+        return f"{message.get('name') or 'tool'}: {str(parsed['error'])[:80]}"
+    return None
+
+
+def turn_messages(messages: Any) -> list[Mapping[str, Any]]:
+    """The messages of the latest turn: everything after the last user message."""
+    if not isinstance(messages, Sequence) or isinstance(messages, str):
+        return []
+    rows = [m for m in messages if isinstance(m, Mapping)]
+    last_user = max((i for i, m in enumerate(rows) if m.get("role") == "user"), default=-1)
+    return rows[last_user + 1 :]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed local attempt, as reported to hroute."""
+
+    reason: str
+    detail: str
+
+
+def failed_attempt(
+    result: Any,
+    seconds: float,
+    settings: Settings,
+    *,
+    user_message: Any = None,
+    previous_response: str | None = None,
+) -> Failure | None:
+    """Whether a turn (Hermes' `run_conversation` result) was a failed local attempt, and why."""
+    asked = user_request(user_message, settings)
+    if asked:
+        return Failure("user_request", f"the user asked for it ({asked!r})")
+    if settings.turn_timeout_s is not None and seconds > settings.turn_timeout_s:
+        return Failure(
+            "task_timeout", f"the turn took {seconds:.0f}s (limit {settings.turn_timeout_s:g}s)"
+        )
+    result = result if isinstance(result, Mapping) else {}
+    error = str(result.get("error") or "")
+    errors = [e for e in map(tool_error, turn_messages(result.get("messages"))) if e]
+    if len(errors) >= settings.tool_failures or "invalid tool call" in error.lower():
+        shown = "; ".join(dict.fromkeys(errors)) or error
+        return Failure("repeated_tool_failure", f"{len(errors)} tool errors this turn ({shown})")
+    response = result.get("final_response")
+    text = response.strip() if isinstance(response, str) else ""
+    if not text or result.get("failed"):
+        return Failure("invalid_output", error[:200] or "the turn ended without an answer")
+    if result.get("completed") is False:
+        return Failure("no_progress", error[:200] or "Hermes stopped the turn unfinished")
+    if previous_response is not None and text == previous_response.strip():
+        return Failure("no_progress", "the same answer as the previous turn")
+    return None
+
+
+# --- decisions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do at the start of a turn of an escalated task.
+
+    `action`: `switch` (activate fallback `index`), `stay` (already on it), `local` (stay on
+    the local primary: nothing usable past it, or no matching fallback), `ask` (a paid backend
+    needs the user's confirmation first), `none` (not escalated: Hermes as usual).
+    """
+
+    action: str
+    why: str = ""
+    index: int | None = None
+    url: str | None = None
+    help: tuple[str, ...] = field(default=())
+
+
+def decide(
+    answer: Mapping[str, Any] | None,
+    chain_urls: Sequence[str | None],
+    current_url: str | None,
+    on_fallback: bool,
+    settings: Settings,
+    *,
+    confirmed: bool = False,
+) -> Decision:
+    """From hroute's answer to `route(profile, task=session)`, what the agent does this turn.
+
+    `chain_urls` are the normalised `base_url`s of Hermes' fallback entries, `current_url` the
+    agent's, `confirmed` says the user already allowed paid backends for this task.
+    """
+    if not isinstance(answer, Mapping) or not answer.get("escalated"):
+        note = str(answer.get("note") or "") if isinstance(answer, Mapping) else ""
+        return Decision("none", note)
+    why = str(answer["escalated"])
+    chosen = answer.get("backend")
+    if chosen is None:
+        helps = tuple(str(h) for h in answer.get("help") or ())
+        paid_blocked = any("allow_paid" in h for h in helps)
+        if paid_blocked and settings.paid == "confirm" and not confirmed:
+            return Decision("ask", why, help=helps)
+        reasons = "; ".join(
+            f"{c.get('backend')}: {c.get('reason')}"
+            for c in answer.get("chain") or ()
+            if isinstance(c, Mapping) and not c.get("usable") and c.get("reason") != why
+        )
+        why = f"{why}, but no cloud backend may be used ({reasons})"
+        if paid_blocked and settings.paid == "deny":
+            why += "; past its budget a paid model needs hroute.paid: allow (or confirm)"
+        return Decision("local", why, help=helps)
+    url = answer.get("base_url")
+    if url not in chain_urls:
+        return Decision(
+            "local", f"{why}, but no Hermes fallback has hroute's base_url {url} for {chosen}"
+        )
+    if on_fallback and current_url == url:
+        return Decision("stay", why, chain_urls.index(url), url)
+    return Decision("switch", why, chain_urls.index(url), url)

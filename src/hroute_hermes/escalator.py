@@ -1,0 +1,282 @@
+"""Escalation in a Hermes process: report failed local attempts, and keep an escalated task on
+its cloud fallback (see `escalation` for the definitions; this module does the I/O).
+
+Two stand-ins feed it: `run_conversation` (one turn: the user's words, the result, its
+duration) and the per-turn restore of the primary (`Gate.restore_primary`), where an escalated
+task is moved to, or kept on, the fallback hroute routes it to. A session that never reported a
+failure costs nothing: hroute is asked only about sessions that did.
+
+Every decision is one `hroute_hermes` line in Hermes' log; hroute logs the matching
+`task_failure` and `escalation` events itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .escalation import (
+    ESCALATE_COMMAND,
+    Decision,
+    Failure,
+    Settings,
+    decide,
+    failed_attempt,
+    user_request,
+)
+from .reports import normalized_url
+
+log = logging.getLogger("hroute_hermes")
+
+# The answer to a failure report decides the next turn; the turn that failed already ended.
+FAILURE_BUDGET_S = 0.5
+_MAX_SESSIONS = 256
+_FORKS = frozenset({"background_review", "side_question"})
+
+
+def approval_callback() -> Callable[..., Any] | None:
+    """Hermes' interactive approval prompt on this thread (the CLI's), or None."""
+    try:
+        from tools.terminal_tool import _get_approval_callback  # type: ignore[import-not-found]
+    except Exception:  # noqa: BLE001 - no Hermes, or a Hermes without it: nobody to ask
+        return None
+    try:
+        return _get_approval_callback()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class Escalator:
+    """Per-process state: which sessions failed locally, what was said, what the user allowed."""
+
+    def __init__(
+        self,
+        client: Any,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+        ask: Callable[[], Callable[..., Any] | None] = approval_callback,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self._clock = clock
+        self._ask = ask
+        self._lock = threading.Lock()
+        self.failed: dict[str, int] = {}  # session id -> failed local attempts reported
+        self.confirmed: set[str] = set()
+        self.asked: set[str] = set()  # sessions whose user asked for the cloud
+        self._said: dict[str, str] = {}  # session id -> the last decision logged
+        self._last_response: dict[str, str] = {}
+        self._requested: str | None = None  # `/escalate` typed since the last turn
+        self._announced = False
+        self._aliases: dict[str, str] = {}  # a session id Hermes' compression rotated to -> task
+
+    def _task(self, session: str | None) -> str | None:
+        """The task a session id belongs to: itself, or the session it continues."""
+        return self._aliases.get(session, session) if session is not None else None
+
+    def announce(self) -> None:
+        """Say once that escalation is on, at the first turn: Hermes' log exists by then."""
+        if self._announced:
+            return
+        self._announced = True
+        limit = self.settings.turn_timeout_s
+        log.info(
+            "hroute: escalation on for profile %s (paid past budget: %s%s)",
+            self.settings.profile,
+            self.settings.paid,
+            f", turn limit {limit:g}s" if limit else "",
+        )
+
+    def request(self, raw_args: str = "") -> str:
+        """Hermes' `/escalate` slash command: the next turn of this process escalates its
+        session (the command runs outside any turn, so it cannot know the session yet)."""
+        self._requested = f"{ESCALATE_COMMAND} {raw_args}".strip()
+        return (
+            f"hroute: the next turn asks hroute (profile {self.settings.profile}) to run this "
+            "task on the cloud model"
+        )
+
+    # --- a turn --------------------------------------------------------------------------
+
+    def turn(self, agent: Any, user_message: Any, run: Callable[[], Any]) -> Any:
+        """Stand-in for `run_conversation(agent, user_message, ...)`: runs it, then reports the
+        turn to hroute if it was a failed local attempt."""
+        self.announce()
+        if not _user_facing(agent):
+            return run()
+        raw = _session(agent)
+        session = self._task(raw)
+        asked = None
+        if session is not None:
+            words, self._requested = (
+                self._requested or user_request(user_message, self.settings),
+                None,
+            )
+            asked = Failure("user_request", f"the user asked for it ({words!r})") if words else None
+            if asked is not None and session not in self.asked:
+                self.asked.add(session)  # once is enough: it escalates the whole task
+                self._report(agent, session, asked)  # before the turn: it runs escalated
+        started = self._clock()
+        result = run()
+        after = _session(agent)
+        if session is not None and after is not None and after != raw:
+            # Hermes' compression may end the session and continue it under a new id within a
+            # turn: the same task (a new id between turns is `/new`, a new task).
+            with self._lock:
+                self._aliases[after] = session
+                _bound(self._aliases)
+        if session is None or asked is not None or _on_fallback(agent):
+            return result
+        previous = self._last_response.get(session)
+        failure = failed_attempt(
+            result, self._clock() - started, self.settings, previous_response=previous
+        )
+        response = result.get("final_response") if isinstance(result, dict) else None
+        if isinstance(response, str) and response.strip():
+            self._last_response.pop(session, None)
+            self._last_response[session] = response
+            _bound(self._last_response)
+        if failure is not None:
+            self._report(agent, session, failure)
+        return result
+
+    def _report(self, agent: Any, session: str, failure: Any) -> None:
+        with self._lock:
+            self.failed[session] = self.failed.pop(session, 0) + 1
+            for gone in _bound(self.failed):  # a long-lived gateway sees many sessions
+                self.confirmed.discard(gone)
+                self.asked.discard(gone)
+                self._said.pop(gone, None)
+        answer = self.client.task_failure(session, failure.reason, detail=failure.detail)
+        profile = self.settings.profile
+        if not isinstance(answer, dict):
+            log.info(
+                "hroute: task %s: local attempt on %s failed (%s: %s); hroute did not answer",
+                session, getattr(agent, "model", "?"), failure.reason, failure.detail,
+            )  # fmt: skip
+            return
+        escalated = (answer.get("escalated") or {}).get(profile)
+        log.info(
+            "hroute: task %s: local attempt on %s failed (%s: %s); %d failure(s) reported, %s",
+            session, getattr(agent, "model", "?"), failure.reason, failure.detail,
+            answer.get("failures", 0),
+            f"escalated for profile {profile}" if escalated else f"not escalated for profile {profile}",
+        )  # fmt: skip
+
+    # --- the start of a turn -------------------------------------------------------------
+
+    def restore(self, agent: Any, restore: Callable[[], Any]) -> tuple[bool, Any]:
+        """Before Hermes' restore of the primary: (handled, result). Not handled (False) means
+        the usual gate and Hermes decide; handled means this turn runs on the fallback hroute
+        routes the escalated task to."""
+        session = self._task(_session(agent))
+        if session is None or session not in self.failed or not _user_facing(agent):
+            return False, None
+        decision = self._decision(agent, session, confirmed=session in self.confirmed)
+        if decision.action == "ask":
+            if self._confirm(agent, session, decision):
+                self.confirmed.add(session)
+                decision = self._decision(agent, session, confirmed=True)
+            else:
+                decision = Decision("local", f"{decision.why}, but the user did not allow paid use")
+        if decision.action in ("none", "local"):
+            if decision.why:
+                self._say(session, f"hroute: task {session}: {decision.why}; staying local")
+            return False, None
+        if decision.action == "stay":
+            self._say(session, f"hroute: task {session}: {decision.why}; staying on {agent.model}")
+            return True, False
+        result = restore()
+        agent._fallback_index = decision.index
+        switched = agent._try_activate_fallback()
+        if not switched or normalized_url(getattr(agent, "base_url", None)) != decision.url:
+            self._say(
+                session,
+                f"hroute: task {session}: {decision.why}, but Hermes could not switch to "
+                f"{decision.url}; staying on {getattr(agent, 'model', '?')}",
+            )
+            return True, result
+        self._say(
+            session,
+            f"hroute: task {session}: {decision.why}; running the rest of it on "
+            f"{agent.model} at {decision.url}",
+        )
+        return True, result
+
+    def _decision(self, agent: Any, session: str, *, confirmed: bool) -> Decision:
+        allow = self.settings.paid == "allow" or confirmed
+        answer = self.client.route(self.settings.profile, task=session, allow_paid=allow)
+        if isinstance(answer, dict):
+            answer = {**answer, "base_url": normalized_url(answer.get("base_url"))}
+        chain = getattr(agent, "_fallback_chain", None) or []
+        urls = [normalized_url(e.get("base_url")) if isinstance(e, dict) else None for e in chain]
+        return decide(
+            answer,
+            urls,
+            normalized_url(getattr(agent, "base_url", None)),
+            bool(getattr(agent, "_fallback_activated", False)),
+            self.settings,
+            confirmed=confirmed,
+        )
+
+    def _confirm(self, agent: Any, session: str, decision: Decision) -> bool:
+        """Ask the user through Hermes' approval prompt; no prompt (gateway, cron) is a no."""
+        callback = self._ask()
+        if callback is None:
+            self._say(
+                session,
+                f"hroute: task {session}: {decision.why}; paid use needs confirmation and "
+                "Hermes has no approval prompt here: staying local",
+            )
+            return False
+        try:
+            choice = callback(
+                f"hroute: escalate task {session} to a paid model past its budget",
+                f"{decision.why}; {' '.join(decision.help)}",
+                allow_permanent=False,
+            )
+        except Exception:  # noqa: BLE001 - a failing prompt is a no, as Hermes treats it
+            return False
+        allowed = str(choice).lower() in ("once", "session", "always", "yes", "true")
+        log.info(
+            "hroute: task %s: the user %s paid escalation", session,
+            "allowed" if allowed else "refused",
+        )  # fmt: skip
+        return allowed
+
+    def _say(self, session: str, line: str) -> None:
+        """Log a decision once per session (a turn that repeats it says nothing new)."""
+        with self._lock:
+            if self._said.get(session) == line:
+                return
+            self._said[session] = line
+        log.info("%s", line)
+
+
+def _bound(sessions: dict[str, Any]) -> list[str]:
+    """Drop the least recently seen sessions past `_MAX_SESSIONS`; the ids dropped."""
+    gone = list(sessions)[: max(0, len(sessions) - _MAX_SESSIONS)]
+    for session in gone:
+        del sessions[session]
+    return gone
+
+
+def _user_facing(agent: Any) -> bool:
+    """False for the forks Hermes runs beside the user's agent (memory/skill review, curator,
+    `/btw` side questions): they share the user's session id but are not the user's task, so
+    their turns neither count nor move. Named by what they are, so that the main agent's own
+    marker (`assistant_tool` in 0.18-0.22) may change without switching escalation off."""
+    origin = getattr(agent, "_memory_write_origin", None)
+    return not (isinstance(origin, str) and origin in _FORKS)
+
+
+def _session(agent: Any) -> str | None:
+    session = getattr(agent, "session_id", None)
+    return session if isinstance(session, str) and session else None
+
+
+def _on_fallback(agent: Any) -> bool:
+    return bool(getattr(agent, "_fallback_activated", False))

@@ -1,0 +1,493 @@
+"""Escalation in the Hermes plugin: the seed's triggers read from a turn, the decision made
+from hroute's route answer, and the escalator on a stand-in AIAgent (no Hermes, no sockets)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from hroute_hermes import HermesPlugin
+from hroute_hermes.escalation import (
+    Failure,
+    Settings,
+    decide,
+    failed_attempt,
+    load_settings,
+    tool_error,
+    turn_messages,
+    user_request,
+)
+from hroute_hermes.escalator import Escalator
+from hroute_hermes.gate import Gate, HealthView
+from hroute_hermes.reports import normalized_url
+from hroute_hermes.status import Status
+from hroute_hermes.wiring import ESCALATION, Wiring
+from tests.unit.test_hermes_plugin import CHAIN, FB1, FB2, PRIMARY, Agent, Clock, FakeHroute
+
+ON = Settings(profile="coding")
+URLS = [normalized_url(FB1), normalized_url(FB2)]
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def test_settings_come_from_the_hroute_block_and_the_environment_wins() -> None:
+    config = {"hroute": {"profile": "coding", "paid": "confirm", "turn_timeout_s": 300}}
+    assert load_settings(config, env={}) == Settings("coding", "confirm", 300.0)
+    env = {"HROUTE_PROFILE": "cheap", "HROUTE_PAID": "allow"}
+    assert load_settings(config, env=env) == Settings("cheap", "allow", 300.0)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [None, {}, {"hroute": "coding"}, {"hroute": {"paid": "yes please", "turn_timeout_s": "x"}}],
+)
+def test_without_a_readable_profile_escalation_is_off_and_paid_use_denied(config: Any) -> None:
+    settings = load_settings(config, env={})
+    assert not settings.enabled
+    assert settings.paid == "deny" and settings.turn_timeout_s is None
+
+
+# --- triggers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "asked"),
+    [
+        ("/escalate", "/escalate"),
+        ("  /ESCALATE please", "/escalate"),
+        ("this is hard, Use the\ncloud model", "use the cloud model"),
+        ("what does /escalate do?", None),
+        ("use the local model", None),
+        (None, None),
+        ([{"type": "text", "text": "/escalate"}], None),
+    ],
+)
+def test_the_user_asks_with_a_command_or_a_phrase(text: Any, asked: str | None) -> None:
+    assert user_request(text, ON) == asked
+
+
+def test_phrases_are_configurable() -> None:
+    settings = load_settings({"hroute": {"profile": "p", "escalate_phrases": ["Ask GPT"]}}, {})
+    assert user_request("please ask gpt about it", settings) == "ask gpt"
+    assert user_request("use the cloud model", settings) is None
+
+
+def tool(content: Any, name: str = "terminal") -> dict[str, Any]:
+    return {"role": "tool", "name": name, "tool_call_id": "c", "content": content}
+
+
+def test_tool_errors_as_hermes_writes_them() -> None:
+    missing = "Tool 'fetch_weather' does not exist. Available tools: read_file"
+    assert tool_error(tool(missing, "fetch_weather")) == "unknown tool fetch_weather"
+    assert tool_error(tool("Tool call rejected: the tool name was empty.", "")) == "unknown tool ?"
+    assert tool_error(tool(json.dumps({"error": "No such file"}))) == "terminal: No such file"
+    assert tool_error(tool(json.dumps({"output": "ok", "error": None}))) is None
+    assert tool_error(tool("plain text output")) is None
+    assert tool_error({"role": "assistant", "content": json.dumps({"error": "x"})}) is None
+
+
+def test_only_the_latest_turn_counts() -> None:
+    old = [{"role": "user", "content": "a"}, tool(json.dumps({"error": "old"}))]
+    new = [{"role": "user", "content": "b"}, {"role": "assistant", "content": ""}]
+    assert turn_messages(old + new) == new[1:]
+    assert turn_messages(None) == [] and turn_messages("text") == []
+
+
+def result(response: Any = "done", *messages: dict[str, Any], **over: Any) -> dict[str, Any]:
+    return {
+        "final_response": response,
+        "messages": [{"role": "user", "content": "q"}, *messages],
+        "completed": True,
+        **over,
+    }
+
+
+BAD = json.dumps({"error": "bad arguments"})
+
+
+@pytest.mark.parametrize(
+    ("turn", "reason"),
+    [
+        (result("done"), None),
+        (result("done", tool(BAD)), None),  # one failing tool call is not "repeated"
+        (result("done", tool(BAD), tool(BAD)), "repeated_tool_failure"),
+        (
+            result(
+                "Model generated invalid tool call: x",
+                completed=False,
+                partial=True,
+                error="Model generated invalid tool call: x",
+            ),
+            "repeated_tool_failure",
+        ),
+        (result(""), "invalid_output"),
+        (result(None), "invalid_output"),
+        (result("text", failed=True, error="Empty response from model"), "invalid_output"),
+        (result("I ran out of steps", completed=False), "no_progress"),
+        ("not a dict", "invalid_output"),
+    ],
+)
+def test_a_turn_is_a_failed_attempt_for_the_first_reason_that_applies(
+    turn: Any, reason: str | None
+) -> None:
+    failure = failed_attempt(turn, 1.0, ON)
+    assert (failure.reason if failure else None) == reason
+
+
+def test_the_same_answer_twice_is_no_progress() -> None:
+    failure = failed_attempt(result("Let me check. "), 1.0, ON, previous_response="Let me check.")
+    assert failure == Failure("no_progress", "the same answer as the previous turn")
+    assert failed_attempt(result("Here it is."), 1.0, ON, previous_response="Let me check.") is None
+
+
+def test_a_turn_over_its_time_limit_is_a_task_timeout_whatever_it_answered() -> None:
+    settings = Settings(profile="coding", turn_timeout_s=60)
+    assert failed_attempt(result("done"), 59.0, settings) is None
+    failure = failed_attempt(result("done"), 61.0, settings)
+    assert failure is not None and failure.reason == "task_timeout" and "61s" in failure.detail
+    assert failed_attempt(result("done"), 10_000.0, ON) is None  # no limit set: never
+
+
+def test_asking_for_the_cloud_comes_first() -> None:
+    failure = failed_attempt(result(""), 999.0, ON, user_message="/escalate")
+    assert failure is not None and failure.reason == "user_request"
+
+
+# --- decisions -------------------------------------------------------------------------------
+
+
+def route_answer(backend: str | None, base_url: str | None = None, **over: Any) -> dict:
+    answer: dict[str, Any] = {
+        "profile": "coding",
+        "backend": backend,
+        "escalated": "escalated: 3 local failures (repeated_tool_failure)",
+        "chain": [
+            {"backend": "qwen", "usable": False, "reason": "escalated: 3 local failures (…)"},
+            {"backend": "gpt", "usable": backend is not None, "reason": None},
+        ],
+    }
+    if base_url:
+        answer["base_url"] = normalized_url(base_url)
+    return {**answer, **over}
+
+
+def test_not_escalated_or_no_answer_means_hermes_as_usual() -> None:
+    assert decide(None, URLS, None, False, ON).action == "none"
+    plain = {"profile": "coding", "backend": "qwen", "chain": []}
+    assert decide(plain, URLS, None, False, ON).action == "none"
+    note = {**plain, "note": "escalated: …, but profile coding has no cloud tier: staying local"}
+    assert "no cloud tier" in decide(note, URLS, None, False, ON).why
+
+
+def test_escalated_switches_to_the_fallback_with_hroutes_url_then_stays() -> None:
+    answer = route_answer("gpt", FB2)
+    switch = decide(answer, URLS, normalized_url(PRIMARY), False, ON)
+    assert (switch.action, switch.index, switch.url) == ("switch", 1, normalized_url(FB2))
+    assert decide(answer, URLS, normalized_url(FB2), True, ON).action == "stay"
+    assert decide(answer, URLS, normalized_url(FB1), True, ON).action == "switch"
+
+
+def test_escalated_to_a_backend_hermes_has_no_fallback_for_stays_local() -> None:
+    decision = decide(route_answer("gpt", "https://api.openai.com/v1"), URLS, None, False, ON)
+    assert decision.action == "local" and "no Hermes fallback" in decision.why
+
+
+BUDGET = dict(
+    chain=[
+        {"backend": "qwen", "usable": False, "reason": "escalated: 3 local failures (x)"},
+        {"backend": "gpt", "usable": False, "reason": "budget_exhausted: $5.00 of $5.00 today"},
+    ],
+    escalated="escalated: 3 local failures (x)",
+    help=["confirm=1 (or allow_paid=1) routes to gpt past its budget"],
+)
+
+
+def test_past_the_budget_deny_stays_local_and_says_how_to_allow_it() -> None:
+    decision = decide(route_answer(None, **BUDGET), URLS, None, False, ON)
+    assert decision.action == "local"
+    assert "(gpt: budget_exhausted: $5.00 of $5.00 today)" in decision.why
+    assert "qwen" not in decision.why  # the local tier's own skip is not a reason
+    assert "needs hroute.paid: allow (or confirm)" in decision.why
+
+
+def test_past_the_budget_confirm_asks_once() -> None:
+    confirm = Settings(profile="coding", paid="confirm")
+    assert decide(route_answer(None, **BUDGET), URLS, None, False, confirm).action == "ask"
+    after = decide(route_answer(None, **BUDGET), URLS, None, False, confirm, confirmed=True)
+    assert after.action == "local" and "hroute.paid" not in after.why
+
+
+def test_everything_down_is_not_a_budget_question() -> None:
+    down = dict(BUDGET, help=[], chain=[{"backend": "gpt", "usable": False, "reason": "down"}])
+    confirm = Settings(profile="coding", paid="confirm")
+    decision = decide(route_answer(None, **down), URLS, None, False, confirm)
+    assert decision.action == "local" and "gpt: down" in decision.why
+
+
+# --- the escalator on a stand-in agent -------------------------------------------------------
+
+
+class FakeRouter:
+    """Answers like hroute's task API: `max_local_attempts` failures escalate the task."""
+
+    def __init__(self, max_local: int = 2, budget_spent: bool = False) -> None:
+        self.max_local = max_local
+        self.budget_spent = budget_spent
+        self.failures: dict[str, list[str]] = {}
+        self.calls: list[tuple[str, Any]] = []
+
+    def task_failure(self, task: str, reason: str, *, detail: str | None = None) -> dict:
+        self.calls.append(("task_failure", (task, reason)))
+        reasons = self.failures.setdefault(task, [])
+        reasons.append(reason)
+        return {"task": task, "failures": len(reasons), "escalated": {"coding": self._on(task)}}
+
+    def _on(self, task: str) -> bool:
+        reasons = self.failures.get(task, [])
+        return "user_request" in reasons or len(reasons) >= self.max_local
+
+    def route(self, profile: str, *, task: str, allow_paid: bool = False) -> dict:
+        self.calls.append(("route", (task, allow_paid)))
+        if not self._on(task):
+            return {"profile": profile, "backend": "qwen", "chain": [], "base_url": PRIMARY}
+        if self.budget_spent and not allow_paid:
+            return route_answer(None, **BUDGET)
+        return route_answer("gpt", FB2)
+
+
+class SessionAgent(Agent):
+    def __init__(self, gate: Gate) -> None:
+        super().__init__(gate, [dict(e) for e in CHAIN])
+        self.session_id = "s1"
+
+
+def escalating(
+    router: FakeRouter, settings: Settings = ON, **kw: Any
+) -> tuple[SessionAgent, Escalator, Clock]:
+    clock = Clock()
+    gate = Gate(HealthView(FakeHroute().usable))
+    gate.escalator = Escalator(router, settings, clock=clock, **kw)
+    return SessionAgent(gate), gate.escalator, clock
+
+
+def turn(escalator: Escalator, agent: SessionAgent, text: str = "go", answer: Any = None) -> Any:
+    def run() -> Any:
+        agent._restore_primary_runtime()
+        return answer if answer is not None else result(f"answer on {agent.model}")
+
+    return escalator.turn(agent, text, run)
+
+
+def test_failed_local_turns_move_the_session_to_the_cloud_then_a_new_session_starts_local(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = FakeRouter(max_local=2)
+    agent, escalator, _ = escalating(router)
+    caplog.set_level(logging.INFO, "hroute_hermes")
+    bad = result("", tool(BAD), tool(BAD), completed=False)
+    for _ in range(2):
+        turn(escalator, agent, answer=bad)
+        assert agent.model == "gemma" and not agent._fallback_activated
+    assert router.failures == {"s1": ["repeated_tool_failure"] * 2}
+
+    assert turn(escalator, agent)["final_response"] == "answer on fb2"  # hroute's FB2, not FB1
+    assert turn(escalator, agent)["final_response"] == "answer on fb2"  # not restored
+    assert router.failures == {"s1": ["repeated_tool_failure"] * 2}  # cloud turns: no reports
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("running the rest of it on fb2" in line for line in lines) == 1
+    assert sum("staying on fb2" in line for line in lines) == 1
+
+    agent.session_id = "s2"  # /new: the next task
+    assert turn(escalator, agent)["final_response"] == "answer on gemma"
+    assert not agent._fallback_activated
+
+
+def test_a_session_that_never_failed_costs_no_question_to_hroute() -> None:
+    router = FakeRouter()
+    agent, escalator, _ = escalating(router)
+    for n in range(5):
+        turn(escalator, agent, answer=result(f"answer {n}"))
+    assert router.calls == []
+
+
+def test_escalate_command_runs_this_very_turn_on_the_cloud() -> None:
+    router = FakeRouter(max_local=3)
+    agent, escalator, _ = escalating(router)
+    assert turn(escalator, agent, "/escalate")["final_response"] == "answer on fb2"
+    assert router.failures == {"s1": ["user_request"]}
+
+
+def test_a_slow_turn_counts_when_a_limit_is_set() -> None:
+    router = FakeRouter(max_local=1)
+    agent, escalator, clock = escalating(router, Settings(profile="coding", turn_timeout_s=30))
+
+    def slow() -> Any:
+        clock.t += 31
+        return result("finally")
+
+    escalator.turn(agent, "go", slow)
+    assert router.failures == {"s1": ["task_timeout"]}
+
+
+def test_past_the_budget_the_session_stays_local_and_the_log_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = FakeRouter(max_local=1, budget_spent=True)
+    agent, escalator, _ = escalating(router)
+    caplog.set_level(logging.INFO, "hroute_hermes")
+    turn(escalator, agent, answer=result(""))
+    assert turn(escalator, agent)["final_response"] == "answer on gemma"
+    assert ("route", ("s1", False)) in router.calls
+    assert any("needs hroute.paid: allow" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("choice", "model"), [("once", "fb2"), ("deny", "gemma")])
+def test_confirm_asks_through_hermes_approval_prompt(choice: str, model: str) -> None:
+    asked: list[tuple[str, str]] = []
+
+    def prompt(command: str, description: str, *, allow_permanent: bool = True) -> str:
+        asked.append((command, description))
+        return choice
+
+    router = FakeRouter(max_local=1, budget_spent=True)
+    settings = Settings(profile="coding", paid="confirm")
+    agent, escalator, _ = escalating(router, settings, ask=lambda: prompt)
+    turn(escalator, agent, answer=result(""))
+    assert turn(escalator, agent)["final_response"] == f"answer on {model}"
+    assert len(asked) == 1 and "past its budget" in asked[0][1]
+    if choice == "once":
+        assert ("route", ("s1", True)) in router.calls
+        turn(escalator, agent)
+        assert len(asked) == 1  # asked once per task
+
+
+def test_confirm_without_a_prompt_stays_local() -> None:
+    router = FakeRouter(max_local=1, budget_spent=True)
+    agent, escalator, _ = escalating(router, Settings(profile="coding", paid="confirm"))
+    escalator._ask = lambda: None
+    turn(escalator, agent, answer=result(""))
+    assert turn(escalator, agent)["final_response"] == "answer on gemma"
+
+
+def test_without_hroute_escalation_changes_nothing() -> None:
+    class Gone:
+        def task_failure(self, *a: Any, **kw: Any) -> None:
+            return None
+
+        def route(self, *a: Any, **kw: Any) -> None:
+            return None
+
+    agent, escalator, _ = escalating(Gone())  # type: ignore[arg-type]
+    for _ in range(4):
+        turn(escalator, agent, answer=result(""))
+    assert agent.model == "gemma" and not agent._fallback_activated
+
+
+# --- wiring: the turn stand-in never breaks a turn -------------------------------------------
+
+
+class Broken:
+    def task_failure(self, *a: Any, **kw: Any) -> Any:
+        raise RuntimeError("hroute bug")
+
+    def route(self, *a: Any, **kw: Any) -> Any:
+        raise RuntimeError("hroute bug")
+
+
+def test_a_failing_escalator_leaves_hermes_turn_and_result_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import types
+
+    mod = types.ModuleType("fake_conversation_loop")
+
+    def run_conversation(agent: Any, user_message: Any, *rest: Any, **kw: Any) -> dict:
+        return result("", rest=rest, kw=kw)
+
+    mod.run_conversation = run_conversation  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__("sys").modules, "fake_conversation_loop", mod)
+    gate = Gate(HealthView(FakeHroute().usable))
+    gate.escalator = Escalator(Broken(), ON)
+    status = Status()
+    wiring = Wiring(gate, status)
+    group = type(ESCALATION)("escalation", "fake_conversation_loop", ("run_conversation",))
+    assert wiring.install((group,)) == ["escalation"]
+    agent = SessionAgent(gate)
+    out = mod.run_conversation(agent, "/escalate", "system", task_id="t", new_kwarg=1)
+    assert out["rest"] == ("system",) and out["kw"] == {"task_id": "t", "new_kwarg": 1}
+    out = mod.run_conversation(agent, "hi")
+    assert out["final_response"] == ""
+    assert status.guards["escalation"] == "failing"
+    wiring.uninstall()
+    assert mod.run_conversation is run_conversation
+
+
+def test_the_plugin_wraps_turns_only_when_a_profile_is_named() -> None:
+    assert HermesPlugin(client=FakeHroute(), settings=Settings()).gate.escalator is None  # type: ignore[arg-type]
+    plugin = HermesPlugin(client=FakeHroute(), settings=ON)  # type: ignore[arg-type]
+    assert plugin.gate.escalator is not None and plugin.gate.escalator.settings == ON
+
+
+def test_the_escalate_slash_command_escalates_the_next_turn_once() -> None:
+    router = FakeRouter(max_local=3)
+    agent, escalator, _ = escalating(router)
+    assert "next turn" in escalator.request("")
+    assert turn(escalator, agent, "do it")["final_response"] == "answer on fb2"
+    assert router.failures == {"s1": ["user_request"]}
+    agent.session_id = "s2"
+    assert turn(escalator, agent, "next task")["final_response"] == "answer on gemma"
+    assert "s2" not in router.failures
+
+
+def test_asking_on_a_fallback_counts_and_asking_twice_is_reported_once() -> None:
+    router = FakeRouter(max_local=3)
+    agent, escalator, _ = escalating(router)
+    agent._try_activate_fallback()  # Hermes left a dead primary last turn
+    assert turn(escalator, agent, "/escalate")["final_response"] == "answer on fb2"
+    turn(escalator, agent, "please use the cloud model")
+    assert router.failures == {"s1": ["user_request"]}
+
+
+def test_a_long_lived_process_forgets_old_sessions() -> None:
+    from hroute_hermes import escalator as module
+
+    router = FakeRouter(max_local=99)
+    agent, escalator, _ = escalating(router)
+    for n in range(module._MAX_SESSIONS + 10):
+        agent.session_id = f"s{n}"
+        turn(escalator, agent, answer=result(""))
+    assert len(escalator.failed) == module._MAX_SESSIONS
+    assert "s0" not in escalator.failed and f"s{module._MAX_SESSIONS + 9}" in escalator.failed
+
+
+def test_hermes_background_review_agents_neither_count_nor_move() -> None:
+    router = FakeRouter(max_local=1)
+    agent, escalator, _ = escalating(router)
+    review = SessionAgent(agent.gate)  # a fork with the user's session id
+    review._memory_write_origin = "background_review"  # type: ignore[attr-defined]
+    for _ in range(3):
+        turn(escalator, review, answer=result(""))
+    assert router.failures == {}
+    turn(escalator, agent, answer=result(""))  # the user's own turn fails: escalated
+    assert turn(escalator, review)["final_response"] == "answer on gemma"
+    assert turn(escalator, agent)["final_response"] == "answer on fb2"
+
+
+def test_a_session_continued_under_a_new_id_by_compression_is_the_same_task() -> None:
+    router = FakeRouter(max_local=2)
+    agent, escalator, _ = escalating(router)
+
+    def compressed() -> Any:
+        agent._restore_primary_runtime()
+        agent.session_id = "s1-continued"  # Hermes' legacy rotation, inside the turn
+        return result("")
+
+    turn(escalator, agent, answer=result(""))
+    escalator.turn(agent, "go", compressed)
+    assert router.failures == {"s1": ["invalid_output", "invalid_output"]}
+    assert turn(escalator, agent)["final_response"] == "answer on fb2"
+    agent.session_id = "s2"  # /new, between turns: a new task
+    assert turn(escalator, agent)["final_response"] == "answer on gemma"
