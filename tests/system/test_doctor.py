@@ -237,11 +237,13 @@ def test_against_a_real_hermes_every_guard_is_active(
 
     Only read, never reinstalled: which checkout's plugin the cached venv holds does not
     matter to what doctor checks (importable, registered, what it would wrap)."""
-    from tests.support.hermes import HERMES_VERSION, hermes_venv
+    from tests.support.hermes import VERSIONS, hermes_venv
 
-    python = hermes_venv() / "bin" / "python"
-    if not (hermes_venv() / ".hermes-installed").exists():
-        why = f"no Hermes Agent venv at {hermes_venv()}: run `make hermes-venv`"
+    hermes = next(h for h in VERSIONS if (h.package, h.version) == ("hermes-agent", "0.19.0"))
+    HERMES_VERSION = hermes.version  # noqa: N806
+    python = hermes_venv(hermes) / "bin" / "python"
+    if not (hermes_venv(hermes) / ".hermes-installed").exists():
+        why = f"no Hermes Agent venv at {hermes_venv(hermes)}: run `make hermes-venv`"
         if os.environ.get("HROUTE_REQUIRE_HERMES") == "1":
             pytest.fail(why)
         pytest.skip(why)
