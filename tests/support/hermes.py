@@ -75,6 +75,18 @@ def hermes_python(hermes: Hermes = VERSIONS[1]) -> tuple[str | None, str]:
     return proc.stdout.strip(), ""
 
 
+def require_hermes_python(hermes: Hermes = VERSIONS[1]) -> str:
+    """The Hermes venv's python; skip without it, or fail when HROUTE_REQUIRE_HERMES=1 (CI)."""
+    import pytest
+
+    path, why = hermes_python(hermes)
+    if path is None:
+        if os.environ.get("HROUTE_REQUIRE_HERMES") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    return path
+
+
 def write_hermes_home(
     home: Path,
     primary_url: str,

@@ -8,7 +8,6 @@ HROUTE_REQUIRE_HERMES=1, as CI sets.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -19,7 +18,13 @@ import pytest
 from hroute_hermes.reports import credential_fingerprint
 from tests.support.daemon import Daemon, wait_until
 from tests.support.fakebackend import Behavior, FakeBackend
-from tests.support.hermes import API_MAX_RETRIES, VERSIONS, Hermes, HermesAgent, hermes_python
+from tests.support.hermes import (
+    API_MAX_RETRIES,
+    VERSIONS,
+    Hermes,
+    HermesAgent,
+    require_hermes_python,
+)
 
 pytestmark = [pytest.mark.system, pytest.mark.hermes, pytest.mark.timeout(150)]
 
@@ -34,12 +39,7 @@ def hermes(request: pytest.FixtureRequest) -> Hermes:
 
 @pytest.fixture(scope="module")
 def python(hermes: Hermes) -> str:
-    path, why = hermes_python(hermes)
-    if path is None:
-        if os.environ.get("HROUTE_REQUIRE_HERMES") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
-    return path
+    return require_hermes_python(hermes)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ its venv. Fake backends on loopback only.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from hroute_hermes.reports import normalized_url
 from tests.support.daemon import Daemon
 from tests.support.fakebackend import Behavior, FakeBackend, tool_call_sse
-from tests.support.hermes import VERSIONS, Hermes, HermesAgent, hermes_python
+from tests.support.hermes import VERSIONS, Hermes, HermesAgent, require_hermes_python
 
 pytestmark = [pytest.mark.system, pytest.mark.hermes, pytest.mark.timeout(150)]
 
@@ -31,12 +30,7 @@ def hermes(request: pytest.FixtureRequest) -> Hermes:
 
 @pytest.fixture(scope="module")
 def python(hermes: Hermes) -> str:
-    path, why = hermes_python(hermes)
-    if path is None:
-        if os.environ.get("HROUTE_REQUIRE_HERMES") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
-    return path
+    return require_hermes_python(hermes)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ HROUTE_REQUIRE_HERMES=1, as CI sets.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from tests.support.daemon import Daemon
 from tests.support.fakebackend import Behavior, FakeBackend
-from tests.support.hermes import API_MAX_RETRIES, HermesAgent, hermes_python
+from tests.support.hermes import API_MAX_RETRIES, HermesAgent, require_hermes_python
 
 pytestmark = [pytest.mark.system, pytest.mark.hermes, pytest.mark.timeout(150)]
 
@@ -30,12 +29,7 @@ PROBE_INTERVAL_S = 0.5
 
 @pytest.fixture(scope="module")
 def python() -> str:
-    path, why = hermes_python()
-    if path is None:
-        if os.environ.get("HROUTE_REQUIRE_HERMES") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
-    return path
+    return require_hermes_python()
 
 
 @pytest.fixture
