@@ -42,13 +42,19 @@ class HealthView:
         self._quiet_s = quiet_s
         self._quiet_until = float("-inf")
 
-    def down(self, base_url: object, credential: str | None = None) -> str | None:
-        """Why the backend must not be used now, or None (usable, unknown, or no answer)."""
+    def down(
+        self, base_url: object, credential: str | None = None, model: object = None
+    ) -> str | None:
+        """Why the backend must not be used now, or None (usable, unknown, or no answer).
+
+        `model` is the model Hermes would ask for there: several models of one server (two
+        of one Ollama) are told apart by it, each with its own verdict."""
         url = normalized_url(base_url)
         if url is None or self._clock() < self._quiet_until:
             return None
+        extra = {"model": model} if isinstance(model, str) and model.strip() else {}
         try:
-            answer = self._usable(base_url=url, credential=credential)
+            answer = self._usable(base_url=url, credential=credential, **extra)
         except Exception:  # noqa: BLE001 - the client fails open already; so do we
             return None
         if getattr(answer, "source", None) == "fail-open":
@@ -113,10 +119,10 @@ class Gate:
         primary = getattr(agent, "_primary_runtime", None)
         if not isinstance(primary, Mapping):
             return restore()
-        url = primary.get("base_url")
+        url, model = primary.get("base_url"), primary.get("model")
         credential = credential_fingerprint(primary.get("api_key"))
         if getattr(agent, "_fallback_activated", False):
-            why = self.view.down(url, credential)
+            why = self.view.down(url, credential, model)
             if why:
                 log.info(
                     "hroute: primary %s is not usable (%s); staying on %s this turn",
@@ -130,11 +136,13 @@ class Gate:
         chain = getattr(agent, "_fallback_chain", None)
         if getattr(agent, "_fallback_activated", False) or not chain:
             return result
-        why = self.view.down(url, credential)
+        why = self.view.down(url, credential, model)
         if not why:
             return result
         entries = [e for e in chain if isinstance(e, Mapping)]
-        if entries and all(self.view.down(e.get("base_url"), entry_credential(e)) for e in entries):
+        if entries and all(
+            self.view.down(e.get("base_url"), entry_credential(e), e.get("model")) for e in entries
+        ):
             log.info(
                 "hroute: primary %s is down (%s) but so is every fallback; trying it anyway",
                 normalized_url(url),
@@ -188,7 +196,7 @@ class Gate:
         down = {
             entry_key(e): why
             for e in remaining
-            if (why := self.view.down(e.get("base_url"), entry_credential(e)))
+            if (why := self.view.down(e.get("base_url"), entry_credential(e), e.get("model")))
         }
         if not down or len(down) >= len({entry_key(e) for e in remaining}):
             return activate()
@@ -225,7 +233,9 @@ class Gate:
         provider = str(runtime.get("provider") or "")
         url = runtime.get("base_url")
         if provider and url:
-            why = self.view.down(url, credential_fingerprint(runtime.get("api_key")))
+            why = self.view.down(
+                url, credential_fingerprint(runtime.get("api_key")), runtime.get("model")
+            )
             if why:
                 names = {provider}
                 if provider == "custom" or provider.startswith("custom:"):
@@ -259,7 +269,7 @@ class Gate:
         """Stand-in for `auxiliary_client._resolve_fallback_entry(entry)` (0.18, 0.19): an
         entry hroute says is down resolves to no client, so the auxiliary chain moves on."""
         if isinstance(entry, Mapping):
-            why = self.view.down(entry.get("base_url"), entry_credential(entry))
+            why = self.view.down(entry.get("base_url"), entry_credential(entry), entry.get("model"))
             if why:
                 log.info(
                     "hroute: auxiliary fallback %s skipped (%s)",

@@ -210,18 +210,32 @@ class FakeHroute:
     """Answers like `Client.usable`: listed URLs are down, anything else usable."""
 
     def __init__(self, down: dict[str, str] | None = None, reachable: bool = True) -> None:
-        self.down = {normalized_url(u): why for u, why in (down or {}).items()}
+        # "URL" is down whatever the model; "URL model" only for that model
+        self.down = {_down_key(u): why for u, why in (down or {}).items()}
         self.reachable = reachable
         self.asked: list[tuple[str, str | None]] = []
+        self.models: list[str | None] = []
 
     def usable(
-        self, backend: str | None = None, *, base_url: str, credential: str | None = None
+        self,
+        backend: str | None = None,
+        *,
+        base_url: str,
+        credential: str | None = None,
+        model: str | None = None,
     ) -> Usable:
         self.asked.append((base_url, credential))
+        self.models.append(model)
         if not self.reachable:
             return Usable(True, None, "unknown", "hroute_unavailable", None, "fail-open")
-        why = self.down.get(normalized_url(base_url))
+        url = normalized_url(base_url)
+        why = self.down.get(url) or self.down.get(f"{url} {model}")
         return Usable(why is None, "b", "unhealthy" if why else "healthy", why)
+
+
+def _down_key(spec: str) -> str:
+    url, _, model = spec.partition(" ")
+    return f"{normalized_url(url)} {model}" if model else str(normalized_url(url))
 
 
 class Clock:
@@ -605,7 +619,9 @@ class BrokenView(HealthView):
     def __init__(self) -> None:
         super().__init__(FakeHroute().usable)
 
-    def down(self, base_url: object, credential: str | None = None) -> str | None:
+    def down(
+        self, base_url: object, credential: str | None = None, model: object = None
+    ) -> str | None:
         raise RuntimeError("a bug in hroute")
 
 
@@ -773,3 +789,15 @@ def test_status_goes_to_the_daemon_when_it_changes_or_every_minute() -> None:
     assert status.client()["guards"]["restore"] == "failing"
     clock.t += 61
     assert status.client() is not None
+
+
+def test_the_restore_check_names_the_model_hermes_would_use() -> None:
+    """Two models on one server: hroute's verdict for the primary's own model decides."""
+    agent, hroute = make_agent({f"{PRIMARY} gemma": "model_not_found"})
+    agent._restore_primary_runtime()
+    assert hroute.models[0] == "gemma"
+    assert agent._fallback_activated and agent.model == "fb1"  # gemma is the one missing
+    agent2, hroute2 = make_agent({f"{PRIMARY} another-model": "model_not_found"})
+    agent2._restore_primary_runtime()
+    assert not agent2._fallback_activated and agent2.model == "gemma"
+    assert hroute2.models[0] == "gemma"
