@@ -27,28 +27,9 @@ class Verdict(NamedTuple):
 USABLE = Verdict(True, None, None)
 
 
-def decide(
-    now: float,
-    *,
-    block: str | None,
-    until: float | None,
-    until_reason: str | None,
-    credentials: Mapping[str, Mapping[str, Sequence[Any]]],
-    credential: str | None = None,
-    models: Mapping[str, Sequence[Any]] = _NONE,
-    model: str | None = None,
-) -> Verdict:
-    """Unknown counts as usable: hroute fails open. See `decide_scoped`."""
-    return decide_scoped(
-        now,
-        block=block,
-        until=until,
-        until_reason=until_reason,
-        credentials=credentials,
-        credential=credential,
-        models=models,
-        model=model,
-    )[0]
+def decide(now: float, **question: Any) -> Verdict:
+    """Unknown counts as usable: hroute fails open. `decide_scoped` without the scope."""
+    return decide_scoped(now, **question)[0]
 
 
 def decide_scoped(

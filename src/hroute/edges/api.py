@@ -108,6 +108,16 @@ class UsageBody(BaseModel):
     output_tokens: int = Field(0, ge=0, le=10**9)
 
 
+def credential_of(query: Any, *, empty_is_none: bool = False) -> str | None:
+    """The query's `credential`, which must be a fingerprint (a raw key is never taken)."""
+    credential = query.get("credential")
+    if empty_is_none and not credential:
+        return None
+    if credential is not None and not is_fingerprint(credential):
+        raise _BadRequest(f"credential must be {FINGERPRINT_FORM}")
+    return credential
+
+
 def _problems(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
@@ -156,10 +166,7 @@ def make_api(deps: Deps, *, max_connections: int = 512) -> HttpServer:
             )
         if name is None:
             raise UnknownBackendError(backend, reg.names)
-        credential = query.get("credential")
-        if credential is not None and not is_fingerprint(credential):
-            raise _BadRequest(f"credential must be {FINGERPRINT_FORM}")
-        return json_response(reg.usable(name, credential, model))
+        return json_response(reg.usable(name, credential_of(query), model))
 
     def backends(request: Request) -> Response:
         body: dict[str, Any] = {"backends": reg.views()}
@@ -182,9 +189,7 @@ def make_api(deps: Deps, *, max_connections: int = 512) -> HttpServer:
             needs = parse_needs(query.get("needs"))
         except ValueError as exc:
             raise _BadRequest(str(exc)) from None
-        credential = query.get("credential") or None
-        if credential is not None and not is_fingerprint(credential):
-            raise _BadRequest(f"credential must be {FINGERPRINT_FORM}")
+        credential = credential_of(query, empty_is_none=True)
         allow_paid = any(
             query.get(k, "").lower() in ("1", "true", "yes") for k in ("allow_paid", "confirm")
         )
