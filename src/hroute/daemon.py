@@ -93,7 +93,12 @@ async def run_daemon(
             registry, clock, config.cluster, config.cluster.host or socket.gethostname()
         )
         metrics.cluster = cluster.view
-    supervision = Supervision(registry, clock, poke=lambda name: prober.poke(name))
+    supervision = Supervision(
+        registry,
+        clock,
+        poke=lambda name: prober.poke(name),
+        probe=lambda name: prober.probe_once(name),
+    )
     prober = Prober(
         registry,
         clock,

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument("--hang-after-s", type=float, default=None, help="then never answer")
     p.add_argument("--print-lines", type=int, default=0, help="lines to stdout and stderr")
+    p.add_argument("--bind-after-ms", type=int, default=0, help="connections refused until then")
+    p.add_argument("--log-health", action="store_true", help="a line per GET /health answered")
+    p.add_argument("--say", action="append", default=[], help="a line to stderr at start")
     return p.parse_known_args(argv)
 
 
@@ -68,6 +71,9 @@ class State:
         self.ready_at = started_at + args.ready_after_ms / 1000
         self.hang_at = None if args.hang_after_s is None else started_at + args.hang_after_s
         self.never = threading.Event()  # wedged requests wait on this forever
+        self.log_health = args.log_health
+        self.health_asked = 0
+        self.lock = threading.Lock()
 
     def loading(self) -> bool:
         return time.monotonic() < self.ready_at
@@ -96,6 +102,10 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                 self.send_json(503, LOADING)
             elif path == "/health":
                 self.send_json(200, {"status": "ok"})
+                if state.log_health:
+                    with state.lock:
+                        state.health_asked += 1
+                        log(f"fake_llama: GET /health #{state.health_asked} -> 200")
             elif path == "/slots":
                 self.send_json(200, [{"id": 0, "is_processing": False}])
             else:
@@ -129,10 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: log("fake_llama: ignoring SIGTERM"))
     else:
         signal.signal(signal.SIGTERM, lambda *_: exit_now(0, "received SIGTERM"))
+    for line in args.say:
+        log(line)
     for i in range(args.print_lines):
         print(f"fake_llama stdout line {i}", flush=True)
         log(f"fake_llama stderr line {i}")
 
+    if args.bind_after_ms:
+        time.sleep(args.bind_after_ms / 1000)  # a big model loading before the port is bound
     state = State(args, started_at)
     ThreadingHTTPServer.daemon_threads = True
     try:

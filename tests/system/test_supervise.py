@@ -121,6 +121,30 @@ def test_server_is_started_watched_until_ready_and_its_output_tagged(tmp_path: P
         assert refused.returncode == 1 and "not supervised" in refused.stderr
 
 
+def test_a_server_binding_late_is_starting_not_down_and_ready_at_the_next_poll(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    command = fake(port, "--bind-after-ms", "2000", "--log-health")
+    # Probes every 30 s: only the supervisor's own readiness poll can see it ready in time.
+    with Daemon(tmp_path, config(port, command, probe={**FAST_PROBE, "interval_s": 30})) as d:
+        p = wait_process(d, state="running")
+        d.wait_for_log(f"loc: pid {p['pid']} ready after")
+        # Refused for 2 s while binding: starting all along, never a false alarm.
+        order = [
+            e["event"]
+            for e in events(d)
+            if e.get("backend") == "loc" and e["event"] not in ("fallback", "route")
+        ]
+        assert order[:2] == ["starting", "process_started"], order
+        assert sorted(order[2:]) == ["backend_up", "process_ready"], order
+        assert "-> unhealthy" not in d.log and "connection refused" not in d.log, d.log
+        # The first poll after the port was bound found it ready: usable one poll later.
+        d.wait_for_log("fake_llama: GET /health #1 -> 200")
+        assert "GET /health #2" not in d.log
+        assert d.backend("loc")["usable"] is True
+
+
 def test_crash_is_seen_at_once_logged_with_its_code_and_restarted(tmp_path: Path) -> None:
     port = free_port()
     command = first_run_then(port, tmp_path, ["--exit-after-s", "2", "--exit-code", "3"])

@@ -176,3 +176,33 @@ def test_block_is_immediate() -> None:
     h.on_probe(OK, 0, P)
     [t] = h.block_for("exited", "exit code 137")
     assert t.new == "unhealthy" and h.verdict(0)[:2] == (False, "exited")
+
+
+def test_a_spawned_server_refusing_connections_is_starting_not_down() -> None:
+    """A server its supervisor just spawned has not bound its port yet: no false alarm."""
+    h = Health()
+    h.on_probe(OK, 0, P)
+    h.block_for("exited", "exit code 1")
+    [t] = h.started("pid 7 spawned; waiting for /health")
+    assert t.new == "starting"
+    for at in range(1, 10):
+        assert h.on_probe(REFUSED, at, P) == []  # no backend_down, however many
+    assert h.state is State.STARTING and h.verdict(10)[:2] == (False, "starting")
+    assert "refused" in h.detail
+    [up] = h.on_probe(OK, 11, P)
+    assert up.event == "backend_up"
+    # Once ready, a refused connection is an outage again.
+    h.on_probe(REFUSED, 12, P)
+    h.on_probe(REFUSED, 13, P)
+    [down] = h.on_probe(REFUSED, 14, P)
+    assert down.event == "backend_down"
+
+
+def test_a_server_seen_loading_then_refusing_is_down() -> None:
+    """Unsupervised: 'loading model' then refused means it died while loading."""
+    h = Health()
+    h.on_probe(ProbeOutcome(starting=True), 0, P)
+    h.on_probe(REFUSED, 1, P)
+    h.on_probe(REFUSED, 2, P)
+    [down] = h.on_probe(REFUSED, 3, P)
+    assert down.event == "backend_down"

@@ -65,21 +65,24 @@ def running(machine: ChildMachine, pid: int = 100, at: float = 0.0) -> None:
     assert machine.state is ProcState.RUNNING
 
 
-def test_start_spawns_then_waits_for_health_with_growing_pokes() -> None:
+def test_start_spawns_then_polls_health_every_50_ms_until_ready() -> None:
     m = ChildMachine("loc", settings())
     assert m.start(0.0) == [Spawn(None)]
     actions = m.handle(Spawned(100), 0.0)
     assert isinstance(actions[0], MarkStarting) and tells(actions) == [("process_started", None)]
     assert m.state is ProcState.STARTING and m.wake_at == pytest.approx(0.05)
     pokes, now = [], 0.0
-    for _ in range(20):
+    while now < 1.99:  # a server that binds after 2 s (a big model loading)
         now = m.wake_at
         if m.tick(now) == [Poke()]:
             pokes.append(now)
+    # A local /health is cheap: the poll keeps its pace, so readiness is seen within 50 ms.
+    assert len(pokes) == 40
     gaps = [b - a for a, b in zip(pokes, pokes[1:], strict=False)]
-    assert all(b >= a for a, b in zip(gaps, gaps[1:], strict=False)) and max(gaps) <= 1.0
-    assert tells(m.handle(ok(now - 0.01), now)) == [("process_ready", None)]
-    assert m.state is ProcState.RUNNING and m.wake_at is None
+    assert max(gaps) == pytest.approx(0.05)
+    refused = Probed("connection", False, "connection refused", now - 0.001, 0.001, 5.0)
+    assert m.handle(refused, now) == [] and m.state is ProcState.STARTING
+    assert tells(m.handle(ok(now + 0.049), now + 0.05)) == [("process_ready", None)]
 
 
 def test_a_probe_sent_before_the_spawn_says_nothing_of_the_new_process() -> None:

@@ -58,6 +58,9 @@ class Health:
     # What holds the server unusable whatever its probes say, until lifted: hroute's own
     # auth verdict (until the key or config changes) or a supervisor's (exited, hang, fatal ...).
     block: str | None = None
+    # Its supervisor spawned it and it has not been ready since: a refused connection means
+    # "not bound yet" (starting), not an outage, until the supervisor's startup_timeout_s.
+    spawned: bool = False
     last_probe_at: float | None = None
     latency_ms: float | None = None
     # Per key fingerprint ("" without one): the reason reported last and how often in a row,
@@ -181,6 +184,9 @@ class Health:
         reason = outcome.reason
         if reason in HEALTH_NEUTRAL:
             return out
+        if reason is Reason.CONNECTION and self.spawned and self.state is State.STARTING:
+            self.detail = outcome.detail
+            return out
         self.consecutive_successes = 0
         if reason in AUTH_REASONS:
             if self.block != reason:
@@ -293,7 +299,8 @@ class Health:
         """A supervisor just spawned the server: lift its block and hold the server as
         starting until a probe says it is ready (unknown would count as usable)."""
         self.unblock()
-        self.consecutive_successes = 0
+        self.consecutive_successes = self.consecutive_failures = 0
+        self.spawned = True
         if self.state is State.STARTING:
             return []
         return [self._move(State.STARTING, "starting", "starting", detail)]
@@ -357,6 +364,7 @@ class Health:
     def _move(self, new: State, event: str, reason: str | None, detail: str) -> Transition:
         old = self.state
         self.state, self.reason, self.detail = new, reason, detail
+        self.spawned = self.spawned and new is State.STARTING
         if new is State.HEALTHY:
             self.consecutive_failures = 0
         return Transition(event, str(old), str(new), reason, detail=detail)

@@ -142,7 +142,12 @@ class Prober:
                 self._pokes[name] = anyio.Event()
 
     async def probe_once(self, name: str) -> None:
-        backend = self._registry.config.backends[name]
+        """Probe `name` once, now, and record the outcome. A supervisor's readiness poll
+        calls this directly; it is not subject to the probe loop's schedule."""
+        backend = self._registry.config.backends.get(name)
+        if backend is None or not self._sessions:
+            return  # removed by a reload, or the HTTP client is still loading
+
         settings = self._registry.config.probe_for(name)
         key = self._env.get(backend.key_env) if backend.key_env else None
         if backend.key_env and not key:

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -78,12 +78,15 @@ class ChildSupervisor:
         clock: Clock,
         *,
         poke: Callable[[str], None],
+        probe: Callable[[str], Awaitable[None]] | None = None,
         spawn: Callable[..., Child] = spawn_child,
         env: dict[str, str] | None = None,
     ) -> None:
         assert backend.supervise is not None
         self.name, self.backend = name, backend
         self._registry, self._clock, self._poke, self._spawn = registry, clock, poke, spawn
+        self._probe = probe  # the readiness poll while starting, apart from the prober's pace
+        self._probing = False
         inherited = os.environ if env is None else env
         self._env = {
             **{k: v for k, v in inherited.items() if k not in SYSTEMD_ONLY_FOR_HROUTE},
@@ -207,7 +210,23 @@ class ChildSupervisor:
                     action.event, backend=self.name, reason=action.reason, detail=action.detail
                 )
             elif isinstance(action, Poke):
-                self._poke(self.name)
+                self._poke_now()
+
+    def _poke_now(self) -> None:
+        """Probe now. While starting, the supervisor polls /health itself (every 50 ms: the
+        server is local), one probe at a time, whatever pace the prober keeps for others."""
+        if self._probe is None or self.machine.state is not ProcState.STARTING:
+            self._poke(self.name)
+        elif not self._probing and self._tg is not None:
+            self._probing = True
+            self._tg.start_soon(self._readiness_probe)
+
+    async def _readiness_probe(self) -> None:
+        assert self._probe is not None
+        try:
+            await self._probe(self.name)  # the outcome comes back through `observe`
+        finally:
+            self._probing = False
 
     async def _start(self) -> Event:
         settings = self.backend.supervise

@@ -8,7 +8,7 @@ stops it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -35,10 +35,11 @@ class Supervision:
         clock: Clock,
         *,
         poke: Callable[[str], None],
+        probe: Callable[[str], Awaitable[None]] | None = None,
         spawn: Callable[..., Any] = spawn_child,
         systemctl: Sequence[str] = ("systemctl",),
     ) -> None:
-        self._registry, self._clock, self._poke = registry, clock, poke
+        self._registry, self._clock, self._poke, self._probe = registry, clock, poke, probe
         self._spawn, self._systemctl = spawn, systemctl
         self._supervisors: dict[str, Supervisor] = {}
         self._backends: dict[str, BackendConfig] = {}  # what each supervisor was last given
@@ -105,7 +106,13 @@ class Supervision:
             )
         else:
             sup = ChildSupervisor(
-                name, backend, self._registry, self._clock, poke=self._poke, spawn=self._spawn
+                name,
+                backend,
+                self._registry,
+                self._clock,
+                poke=self._poke,
+                probe=self._probe,
+                spawn=self._spawn,
             )
         previous = self._done.get(name)
         scope, done = anyio.CancelScope(), anyio.Event()
