@@ -10,6 +10,7 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 
@@ -22,6 +23,7 @@ from hroute.edges.api import Deps, make_api
 from hroute.edges.clock import RealClock, wait_until
 from hroute.edges.cluster import Cluster
 from hroute.edges.fault_injection import serve_test_hooks
+from hroute.edges.gpu import GpuTelemetry
 from hroute.edges.http import HttpServer
 from hroute.edges.limits import connection_cap, raise_fd_limit
 from hroute.edges.metrics import Metrics
@@ -43,8 +45,10 @@ from hroute.systemd.logs import log_event
 from hroute.systemd.notify import Notifier, keep_status, keep_watchdog
 
 log = logging.getLogger("hroute")
+T = TypeVar("T")
 
 EXPIRY_TICK_S = 0.25
+GPU_READ_EVERY_S = 1.0  # `hroute top` and scrapes read the GPUs at most this often
 SOCKET_CHECK_S = 1.0
 
 
@@ -93,11 +97,16 @@ async def run_daemon(
             registry, clock, config.cluster, config.cluster.host or socket.gethostname()
         )
         metrics.cluster = cluster.view
+    gpu = GpuTelemetry.from_env()
+    gpus = _recent(gpu.samples, clock, GPU_READ_EVERY_S)
+    metrics.gpus = gpus
     supervision = Supervision(
         registry,
         clock,
         poke=lambda name: prober.poke(name),
         probe=lambda name: prober.probe_once(name),
+        gpu=gpu,
+        kernel_log=Path(os.environ.get("HROUTE_KMSG") or "/dev/kmsg"),
     )
     prober = Prober(
         registry,
@@ -145,6 +154,7 @@ async def run_daemon(
         clients=clients,
         now=clock.now,
         cluster=None if cluster is None else cluster.view,
+        gpus=lambda: [g.as_dict() for g in gpus()],
     )
     # Idle keep-alive clients are let go after a while: they hold descriptors.
     api = make_api(deps, max_connections=connection_cap(fd_limit))
@@ -277,3 +287,16 @@ def _tell_reload(
     first = result.error.splitlines()[1].strip() if "\n" in result.error else result.error
     registry.emit("config_rejected", reason=trigger, detail=result.error)
     notifier.ready(f"config rejected: {first}")
+
+
+def _recent(read: Callable[[], list[T]], clock: Clock, max_age_s: float) -> Callable[[], list[T]]:
+    """`read()`, called again only when its last answer is older than `max_age_s`."""
+    last: list[tuple[float, list[T]]] = []
+
+    def recent() -> list[T]:
+        now = clock.now()
+        if not last or now - last[0][0] >= max_age_s:
+            last[:] = [(now, read())]
+        return last[0][1]
+
+    return recent

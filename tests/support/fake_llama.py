@@ -133,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"fake_llama: pid={os.getpid()} args={sys.argv[1:] if argv is None else argv}")
     if extra:
         log(f"fake_llama: ignoring options {extra}")
+    for line in args.say:
+        log(line)
     if args.crash_on_start is not None:
         exit_now(args.crash_on_start, "--crash-on-start")
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, lambda *_: log("fake_llama: ignoring SIGTERM"))
     else:
         signal.signal(signal.SIGTERM, lambda *_: exit_now(0, "received SIGTERM"))
-    for line in args.say:
-        log(line)
     for i in range(args.print_lines):
         print(f"fake_llama stdout line {i}", flush=True)
         log(f"fake_llama stderr line {i}")

@@ -13,6 +13,7 @@ from hroute.core.supervisor import (
     Block,
     ChildMachine,
     Exited,
+    GpuResetSeen,
     KillGroup,
     MarkStarting,
     Poke,
@@ -235,3 +236,41 @@ def test_reconfigure_changes_the_policy_not_the_process() -> None:
     running(m)
     m.reconfigure(settings(hang_restart_after=1))
     assert m.handle(timeout(10.0), 12.0)[-1] == Stop(100, "hang")
+
+
+def test_a_gpu_out_of_memory_exit_is_gpu_oom_and_backs_off_even_the_first_time() -> None:
+    m = ChildMachine("loc", settings())
+    m.start(0.0)
+    m.handle(Spawned(100), 0.0)
+    said = "could not allocate GPU memory (asked for 13563 MiB; 1.2 GiB of 16.0 GiB free on card0)"
+    actions = m.handle(Exited(100, "exited with code 1", gpu_oom=said), 2.0)
+    [block] = [a for a in actions if isinstance(a, Block)]
+    assert block.reason == "gpu_oom" and "asked for 13563 MiB" in block.detail
+    assert "exited with code 1" in block.detail
+    assert tells(actions) == [("restart", "gpu_oom")]
+    # Starting again at once would fail the same way: the VRAM is not free yet.
+    assert m.state is ProcState.BACKOFF and m.wake_at == pytest.approx(3.0)
+    assert m.tick(3.0)[-1] == Spawn("gpu_oom")
+
+
+def test_a_gpu_reset_restarts_a_running_server_at_once() -> None:
+    m = ChildMachine("loc", settings())
+    running(m)
+    actions = m.handle(GpuResetSeen("amdgpu 0000:03:00.0: amdgpu: GPU reset begin!"), 50.0)
+    assert [a.reason for a in actions if isinstance(a, Block)] == ["gpu_reset"]
+    assert actions[-1] == Stop(100, "gpu reset") and m.state is ProcState.STOPPING
+    after = m.handle(Stopped(100), 51.0)
+    assert tells(after) == [("restart", "gpu_reset")] and after[-1] == Spawn("gpu_reset")
+    m.handle(Spawned(101), 51.0)
+    assert m.last_restart_reason == "gpu_reset" and m.restarts == 1
+
+
+def test_a_gpu_reset_while_stopped_or_backing_off_starts_nothing_new() -> None:
+    m = ChildMachine("loc", settings())
+    assert m.handle(GpuResetSeen("GPU reset begin!"), 0.0) == []
+    running(m)
+    m.handle(Exited(100, "exited with code 1"), 1.0)
+    m.handle(Spawned(101), 1.0)
+    m.handle(Exited(101, "exited with code 1"), 1.5)
+    assert m.state is ProcState.BACKOFF
+    assert m.handle(GpuResetSeen("GPU reset begin!"), 1.6) == []

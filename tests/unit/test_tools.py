@@ -80,3 +80,23 @@ def test_a_frame_is_plain_when_not_on_a_terminal() -> None:
     assert "cooldown       llama: cooling down" in frame
     coloured = render([view()], [], colour=True, now=0.0)
     assert "\x1b[31mno" in coloured and "(none yet)" in coloured
+
+
+GPU = {
+    "gpu": "card0",
+    "pci": "0000:03:00.0",
+    "vram_used_bytes": 16428357632,
+    "vram_total_bytes": 17163091968,
+    "busy_ratio": 0.87,
+    "temperature_c": 64.0,
+}
+GPU_LINE = "GPU card0 (0000:03:00.0): VRAM 15.3 of 16.0 GiB used, busy 87%, 64 °C"
+
+
+def test_status_and_top_show_the_gpus_under_the_table() -> None:
+    from hroute.tools.status import status_lines
+
+    lines = status_lines({"backends": [view()], "gpus": [GPU]})
+    assert lines[-1] == GPU_LINE
+    assert GPU_LINE in render([view()], [], colour=False, now=0.0, gpus=[GPU])
+    assert "GPU" not in "\n".join(status_lines({"backends": [view()]}))

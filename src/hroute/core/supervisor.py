@@ -20,8 +20,18 @@ from hroute.core.restart_policy import RestartPolicy
 # restart waits for readiness to be seen (a poll slowing to 1 s added up to 0.8 s to each).
 STARTUP_POLL_S = 0.05
 
-# Reasons a supervisor blocks a backend for, whatever its probes say.
-BLOCK_REASONS = ("exited", "hang", "startup_timeout", "port_in_use", "spawn_failed", "fatal")
+# Reasons a supervisor blocks a backend for, whatever its probes say. They are its own words
+# for its process, apart from `Reason` (a request's failure, in Hermes' words).
+BLOCK_REASONS = (
+    "exited",
+    "hang",
+    "startup_timeout",
+    "port_in_use",
+    "spawn_failed",
+    "fatal",
+    "gpu_oom",  # the server said it could not allocate GPU memory, then exited
+    "gpu_reset",  # the kernel reset its GPU (or lost its work): restarted at once
+)
 
 
 class ProcState(StrEnum):
@@ -51,6 +61,7 @@ class StartFailed:
 class Exited:
     pid: int
     described: str  # "exited with code 2", "was killed by SIGKILL"
+    gpu_oom: str | None = None  # its output said it could not allocate GPU memory: why, in words
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,12 @@ class RestartRequested:
     pass
 
 
-Event = Spawned | StartFailed | Exited | Stopped | Probed | RestartRequested
+@dataclass(frozen=True)
+class GpuResetSeen:
+    line: str  # the kernel's line: the server's GPU was reset; it may answer /health, not work
+
+
+Event = Spawned | StartFailed | Exited | Stopped | Probed | RestartRequested | GpuResetSeen
 
 
 # --- actions out -------------------------------------------------------------------------
@@ -141,7 +157,7 @@ class HangCount:
 class _After:
     """Why the running process is being stopped, and so what follows its stop."""
 
-    why: str  # hang | startup_timeout | manual
+    why: str  # hang | startup_timeout | gpu_reset | manual
     detail: str = ""
     ran_for_s: float = 0.0
 
@@ -220,6 +236,8 @@ class ChildMachine:
             return self._stopped(event, now)
         if isinstance(event, RestartRequested):
             return self._restart_requested(now)
+        if isinstance(event, GpuResetSeen):
+            return self._gpu_reset(event)
         return self._probed(event, now)
 
     # --- transitions ------------------------------------------------------------------
@@ -254,9 +272,12 @@ class ChildMachine:
             return []  # a process we already let go of, or one we are stopping ourselves
         ran_for = 0.0 if self._ready_at is None else now - self._ready_at
         detail = f"pid {event.pid} {event.described} after {now - self._started_at:.1f}s"
+        why = "exited"
+        if event.gpu_oom is not None:
+            why, detail = "gpu_oom", f"{detail}: {event.gpu_oom}"
         self.pid = None
-        ended = self._ended(now, "exited", detail, ran_for)
-        return [KillGroup(event.pid), Block("exited", detail), *ended]
+        ended = self._ended(now, why, detail, ran_for)
+        return [KillGroup(event.pid), Block(why, detail), *ended]
 
     def _stopped(self, event: Stopped, now: float) -> list[Action]:
         if event.pid != self.pid:
@@ -273,6 +294,12 @@ class ChildMachine:
         if self.pid is not None:
             return self._stop(_After("manual"), "restart requested")
         return self._begin(now, "manual")
+
+    def _gpu_reset(self, event: GpuResetSeen) -> list[Action]:
+        if self.pid is None or self.state not in (ProcState.STARTING, ProcState.RUNNING):
+            return []  # nothing on the GPU now: the next start gets a fresh context anyway
+        detail = f"pid {self.pid}: its GPU was reset (kernel: {event.line})"
+        return self._stop(_After("gpu_reset", detail), "gpu reset")
 
     def _probed(self, event: Probed, now: float) -> list[Action]:
         if self.pid is None or event.began_at < self._started_at:
@@ -315,6 +342,8 @@ class ChildMachine:
         """The process is gone (or never started): restart, back off, or give up."""
         if why == "manual":
             return self._begin(now, "manual")
+        if why == "gpu_reset":  # not the server's failure: start again at once, no backoff
+            return [Tell("restart", why, f"{detail}; restarting now"), *self._begin(now, why)]
         decision = self.policy.after_failure(now, ran_for)
         if decision.fatal:
             said = (
@@ -324,6 +353,8 @@ class ChildMachine:
             self.state, self.detail = ProcState.FATAL, decision.why
             return [Block("fatal", said), Tell("fatal", why, said)]
         delay = decision.delay_s
+        if why == "gpu_oom":  # at once would fail alike: whoever holds the VRAM still does
+            delay = max(delay, self.settings.restart.backoff_initial_s)
         self._reason = why
         out: list[Action] = [Tell("restart", why, f"{detail}; restarting in {delay:g}s")]
         if delay <= 0:

@@ -47,6 +47,7 @@ class Deps:
     reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
     restart: Callable[[str], Awaitable[dict[str, Any]]] | None = None
     cluster: Callable[[], dict[str, Any]] | None = None  # the cluster's state, when configured
+    gpus: Callable[[], list[dict[str, Any]]] | None = None  # the GPUs' telemetry, if any
     clients: Clients | None = None
     now: Callable[[], float] | None = None
 
@@ -172,6 +173,8 @@ def make_api(deps: Deps, *, max_connections: int = 512) -> HttpServer:
         body: dict[str, Any] = {"backends": reg.views()}
         if deps.cluster is not None:
             body["cluster"] = deps.cluster()
+        if deps.gpus is not None and (gpus := deps.gpus()):
+            body["gpus"] = gpus
         return json_response(body)
 
     def backend(request: Request, name: str) -> Response:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from hroute.core.clients import GUARD_STATES, GUARDS, ISOLATIONS, Clients
+from hroute.core.gpu import GpuSample
 from hroute.core.health import ProbeOutcome, State
 
 PROCESS_STATES = ("stopped", "starting", "running", "backoff", "stopping", "fatal")
@@ -97,6 +98,7 @@ class Metrics:
         )
         self._health = health
         self.cluster: Callable[[], dict[str, Any]] | None = None  # set when cluster: is on
+        self.gpus: Callable[[], list[GpuSample]] | None = None  # the GPUs' telemetry
 
     def on_event(self, event: dict[str, Any]) -> None:
         self.events.inc(event["event"])
@@ -122,7 +124,34 @@ def _registry_for(metrics: Metrics) -> Any:
         registry.register(_ClientsCollector(metrics._clients, metrics._now))  # type: ignore[arg-type]
     if metrics.cluster is not None:
         registry.register(_ClusterCollector(metrics.cluster))  # type: ignore[arg-type]
+    if metrics.gpus is not None:
+        registry.register(_GpuCollector(metrics.gpus))  # type: ignore[arg-type]
     return registry
+
+
+class _GpuCollector:
+    """`hroute_gpu_*{gpu}` read at scrape time; a value the platform does not give is left out."""
+
+    def __init__(self, gpus: Callable[[], list[GpuSample]]) -> None:
+        self._gpus = gpus
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        families = [
+            ("hroute_gpu_vram_used_bytes", "GPU memory in use", "vram_used_bytes"),
+            ("hroute_gpu_vram_total_bytes", "GPU memory in all", "vram_total_bytes"),
+            ("hroute_gpu_busy_ratio", "Share of time the GPU was busy (0..1)", "busy_ratio"),
+            ("hroute_gpu_temperature_celsius", "GPU temperature", "temperature_c"),
+        ]
+        samples = self._gpus()
+        for name, doc, field in families:
+            fam = GaugeMetricFamily(name, doc, labels=["gpu"])
+            for s in samples:
+                value = getattr(s, field)
+                if value is not None:
+                    fam.add_metric([s.name], float(value))
+            yield fam
 
 
 class _ClientsCollector:

@@ -22,6 +22,7 @@ import anyio
 
 from hroute.config.model import BackendConfig
 from hroute.core.clock import Clock
+from hroute.core.gpu import GpuOom, describe_oom, match_gpu_oom
 from hroute.core.health import ProbeOutcome
 from hroute.core.registry import Registry
 from hroute.core.supervisor import (
@@ -31,6 +32,7 @@ from hroute.core.supervisor import (
     ChildMachine,
     Event,
     Exited,
+    GpuResetSeen,
     KillGroup,
     MarkStarting,
     Poke,
@@ -60,6 +62,7 @@ log = logging.getLogger("hroute.supervise")
 child_log = logging.getLogger("hroute.child")
 
 OBSERVATIONS_KEPT = 64  # older probe results are dropped: the next probe brings another
+OUTPUT_DRAIN_S = 0.5  # after an exit, wait this long at most for its last lines (an OOM line)
 
 # systemd hands these to hroute alone; a server that saw them could answer for hroute.
 SYSTEMD_ONLY_FOR_HROUTE = frozenset(
@@ -81,12 +84,16 @@ class ChildSupervisor:
         probe: Callable[[str], Awaitable[None]] | None = None,
         spawn: Callable[..., Child] = spawn_child,
         env: dict[str, str] | None = None,
+        explain_oom: Callable[[GpuOom], str] | None = None,
     ) -> None:
         assert backend.supervise is not None
         self.name, self.backend = name, backend
         self._registry, self._clock, self._poke, self._spawn = registry, clock, poke, spawn
         self._probe = probe  # the readiness poll while starting, apart from the prober's pace
         self._probing = False
+        self._explain_oom = explain_oom  # what is free and who holds it (reads telemetry)
+        self._ooms: dict[int, GpuOom] = {}  # pid -> its output's out-of-GPU-memory line
+        self._gpu_resets: deque[str] = deque(maxlen=4)
         inherited = os.environ if env is None else env
         self._env = {
             **{k: v for k, v in inherited.items() if k not in SYSTEMD_ONLY_FOR_HROUTE},
@@ -95,7 +102,7 @@ class ChildSupervisor:
         self.machine = ChildMachine(name, backend.supervise)
         self.last_exit: dict[str, Any] | None = None
         self._child: Child | None = None
-        self._exits: deque[tuple[Child, int]] = deque()
+        self._exits: deque[tuple[Child, int, str | None]] = deque()
         self._probes: deque[tuple[ProbeOutcome, float]] = deque(maxlen=OBSERVATIONS_KEPT)
         self._restart_wanted = False
         self._new_backend: BackendConfig | None = None
@@ -115,6 +122,11 @@ class ChildSupervisor:
         self._restart_wanted = True
         self._wake.set()
         return self.view()
+
+    def gpu_reset(self, line: str) -> None:
+        """The kernel reset this server's GPU: restart it, whatever /health says."""
+        self._gpu_resets.append(line)
+        self._wake.set()
 
     def reconfigure(self, backend: BackendConfig) -> None:
         """New policy settings (timeouts, backoff, limits) for the same command."""
@@ -163,10 +175,10 @@ class ChildSupervisor:
         """What happened since the last turn, exits first: they are facts, the rest follows."""
         events: list[Event] = []
         while self._exits:
-            child, code = self._exits.popleft()
+            child, code, oom = self._exits.popleft()
             if child is self._child:
                 self._record_exit(child, code)
-                events.append(Exited(child.pid, describe_exit(code)))
+                events.append(Exited(child.pid, describe_exit(code), gpu_oom=oom))
         if self._new_backend is not None:
             self.backend, self._new_backend = self._new_backend, None
             assert self.backend.supervise is not None
@@ -174,6 +186,8 @@ class ChildSupervisor:
         if self._restart_wanted:
             self._restart_wanted = False
             events.append(RestartRequested())
+        while self._gpu_resets:
+            events.append(GpuResetSeen(self._gpu_resets.popleft()))
         interval = self._registry.config.probe_for(self.name).interval_s
         while self._probes:
             outcome, began_at = self._probes.popleft()
@@ -244,16 +258,44 @@ class ChildSupervisor:
             return StartFailed("spawn_failed", f"cannot start {settings.command[0]}: {exc}")
         self._child = child
         assert self._tg is not None
-        self._tg.start_soon(forward_lines, child.output_fd, self._forward)
-        self._tg.start_soon(self._watch_exit, child)
+        drained = anyio.Event()
+        self._tg.start_soon(self._forward_output, child, drained)
+        self._tg.start_soon(self._watch_exit, child, drained)
         return Spawned(child.pid)
 
-    async def _watch_exit(self, child: Child) -> None:
+    async def _forward_output(self, child: Child, drained: anyio.Event) -> None:
+        def line_of_child(line: str) -> None:
+            self._forward(line)
+            known = self._ooms.get(child.pid)
+            if known is None or known.asked_bytes is None:
+                oom = match_gpu_oom(line)
+                if oom is not None and (known is None or oom.asked_bytes is not None):
+                    self._ooms[child.pid] = oom
+
+        try:
+            await forward_lines(child.output_fd, line_of_child)
+        finally:
+            drained.set()
+
+    async def _watch_exit(self, child: Child, drained: anyio.Event) -> None:
         # Shielded: the exit is awaited even while hroute shuts down, so stop_child can rely on it.
         with anyio.CancelScope(shield=True):
             code = await child.wait()
-        self._exits.append((child, code))
+            with anyio.move_on_after(OUTPUT_DRAIN_S):
+                await drained.wait()  # its last lines may say why it died
+            oom = self._ooms.pop(child.pid, None)
+            said = None if oom is None else await self._explain(oom)
+        self._exits.append((child, code, said))
         self._wake.set()
+
+    async def _explain(self, oom: GpuOom) -> str:
+        if self._explain_oom is None:
+            return describe_oom(oom, [], [], [])
+        try:
+            return await anyio.to_thread.run_sync(self._explain_oom, oom)
+        except Exception:  # noqa: BLE001 - telemetry must never stop a restart
+            log.debug("%s: GPU telemetry failed", self.name, exc_info=True)
+            return describe_oom(oom, [], [], [])
 
     def _kill_stragglers(self, pid: int) -> None:
         if self._child is not None and self._child.pid == pid:

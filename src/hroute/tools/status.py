@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hroute.core.gpu import gpu_lines
 from hroute.tools.commands import cluster_line
 
 
@@ -32,6 +33,7 @@ def status_lines(backends: dict[str, Any], clients: Any = None) -> list[str]:
     ]
     if spend:
         out.append("spent today: " + ", ".join(f"{n} ${usd:.2f}" for n, usd in spend))
+    out.extend(gpu_lines(backends.get("gpus") or []))
     for c in clients.get("clients", []) if isinstance(clients, dict) else []:
         if c["off"] or c["isolation"] != "in_process":
             guards = ", ".join(f"{g} {c['guards'][g]}" for g in c["off"])

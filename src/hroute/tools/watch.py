@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from hroute.client import Client
+from hroute.core.gpu import gpu_lines
 from hroute.systemd.logs import describe
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -73,6 +74,7 @@ def render(
     colour: bool,
     now: float,
     problem: str | None = None,
+    gpus: list[dict[str, Any]] | None = None,
 ) -> str:
     """One frame: a heading, the table (or why there is none), the latest events."""
     stamp = time.strftime("%H:%M:%S", time.localtime(now))
@@ -91,6 +93,7 @@ def render(
         spend = [(b["name"], b["spent_today_usd"]) for b in backends if "spent_today_usd" in b]
         if spend:
             lines.append("spent today: " + ", ".join(f"{n} ${usd:.2f}" for n, usd in spend))
+        lines.extend(gpu_lines(gpus or []))
     lines.append("")
     lines.append(paint("latest events", "bold", colour))
     if not events:
@@ -102,16 +105,20 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def fetch(client: Client) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]], str | None]:
-    """The backends and recent events, or None and why the daemon did not answer."""
+Fetched = tuple[list[dict[str, Any]] | None, list[dict[str, Any]], str | None, list[dict[str, Any]]]
+
+
+def fetch(client: Client) -> Fetched:
+    """The backends, recent events, why the daemon did not answer (or None), the GPUs."""
     try:
         status, body = client.request("GET", "/v1/backends")
         if status != 200:
-            return None, [], f"HTTP {status}"
+            return None, [], f"HTTP {status}", []
         _, ev = client.request("GET", "/v1/events")
     except (OSError, TimeoutError, ValueError) as exc:
-        return None, [], f"{client.socket_path}: {exc}"
-    return body["backends"], ev.get("events", []) if isinstance(ev, dict) else [], None
+        return None, [], f"{client.socket_path}: {exc}", []
+    events = ev.get("events", []) if isinstance(ev, dict) else []
+    return body["backends"], events, None, body.get("gpus") or []
 
 
 def watch(
@@ -143,11 +150,15 @@ def _loop(
     tty = out.isatty() if colour is None else colour
     shown = 0
     while count is None or shown < count:
-        backends, events, problem = fetch(client)
+        backends, events, problem, gpus = fetch(client)
         if as_json:
-            out.write(json.dumps({"backends": backends, "events": events[-EVENTS_SHOWN:]}) + "\n")
+            shown_events = events[-EVENTS_SHOWN:]
+            out.write(json.dumps({"backends": backends, "events": shown_events, "gpus": gpus}))
+            out.write("\n")
         else:
-            frame = render(backends, events, colour=tty, now=time.time(), problem=problem)
+            frame = render(
+                backends, events, colour=tty, now=time.time(), problem=problem, gpus=gpus
+            )
             out.write((CLEAR + frame) if tty else (frame + "\n"))
         out.flush()
         shown += 1

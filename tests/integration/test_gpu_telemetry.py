@@ -1,0 +1,41 @@
+"""GPU telemetry read from a fake sysfs tree and a fake /proc (no GPU, no privileges)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hroute.core.gpu import GpuSample
+from hroute.edges.gpu import GpuTelemetry
+from tests.support.fake_gpu import VRAM_TOTAL, VRAM_USED, fake_sysfs
+
+
+def test_amdgpu_cards_are_read_from_sysfs(tmp_path: Path) -> None:
+    tel = GpuTelemetry.from_env({"HROUTE_SYSFS_ROOT": str(fake_sysfs(tmp_path / "sys"))})
+    assert tel.samples() == [GpuSample("card0", "0000:03:00.0", VRAM_USED, VRAM_TOTAL, 0.87, 64.0)]
+    assert GpuTelemetry(tmp_path / "nothing", use_nvml=False).samples() == []
+
+
+def test_vram_holders_come_from_drm_fdinfo_once_per_client(tmp_path: Path) -> None:
+    sysfs = fake_sysfs(tmp_path / "sys")
+    proc = tmp_path / "proc"
+    for pid, comm, fds in ((4857, "llama-server", 2), (99, "bash", 0)):
+        (proc / str(pid) / "fd").mkdir(parents=True)
+        (proc / str(pid) / "fdinfo").mkdir()
+        (proc / str(pid) / "comm").write_text(comm + "\n")
+        os.symlink("/dev/null", proc / str(pid) / "fd" / "0")
+        (proc / str(pid) / "fdinfo" / "0").write_text("pos:\t0\n")
+        for fd in range(3, 3 + fds):  # two fds of one DRM client: counted once
+            os.symlink("/dev/dri/renderD128", proc / str(pid) / "fd" / str(fd))
+            (proc / str(pid) / "fdinfo" / str(fd)).write_text(
+                "drm-driver:\tamdgpu\ndrm-pdev:\t0000:03:00.0\ndrm-client-id:\t7\n"
+                "drm-memory-vram:\t12582912 KiB\n"
+            )
+    tel = GpuTelemetry(sysfs, proc, use_nvml=False)
+    [holder] = tel.holders()
+    assert (holder.pid, holder.command, holder.vram_bytes, holder.gpu) == (
+        4857,
+        "llama-server",
+        12 * 1024**3,
+        "card0",
+    )
