@@ -75,6 +75,8 @@ def test_gpu_telemetry_is_in_metrics_and_status(tmp_path: Path) -> None:
         assert "GPU card0 (0000:03:00.0): VRAM 15.0 of 16.0 GiB used, busy 87%, 64 °C" in (
             status.stdout
         )
+        doctor = hroute(d, "doctor", "--config", str(d.config_path))
+        assert "gpu card0: VRAM 15.0 of 16.0 GiB used, busy 87%, 64 °C" in doctor.stdout
 
 
 def test_a_gpu_reset_in_the_kernel_log_restarts_every_supervised_server(tmp_path: Path) -> None:

@@ -100,3 +100,23 @@ def test_status_and_top_show_the_gpus_under_the_table() -> None:
     assert lines[-1] == GPU_LINE
     assert GPU_LINE in render([view()], [], colour=False, now=0.0, gpus=[GPU])
     assert "GPU" not in "\n".join(status_lines({"backends": [view()]}))
+
+
+def test_doctor_names_who_holds_vram_that_is_not_hroutes() -> None:
+    from hroute.core.gpu import GpuSample, VramHolder
+    from hroute.tools.doctor import WARN, check_gpus
+
+    gib = 1024**3
+    card = GpuSample("card0", "0000:03:00.0", int(15.3 * gib), 16 * gib, 0.1, 50.0)
+    holders = [
+        VramHolder(4857, "llama-server", 12 * gib, "card0", "0000:03:00.0"),
+        VramHolder(100, "llama-server", 3 * gib, "card0", "0000:03:00.0"),
+    ]
+    [check] = check_gpus([card], holders, ours={100})
+    assert check.status == WARN and check.check == "gpu card0"
+    assert "VRAM 15.3 of 16.0 GiB used" in check.message
+    assert "pid 4857 (llama-server, not hroute's) 12.0 GiB" in check.message
+    assert check.fix is not None and "4857" in check.fix
+    [fine] = check_gpus([card], holders[1:], ours={100})
+    assert fine.status == "ok" and "pid 100 (llama-server, hroute's)" in fine.message
+    assert check_gpus([], [], ours=set()) == []

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import yaml
 
 from hroute.client import Client
+from hroute.core.gpu import GpuSample, VramHolder, describe_holders, describe_sample
 from hroute.paths import default_socket_path, snapshot_path
 from hroute.tools import hermes_setup
 
@@ -314,6 +315,37 @@ def _check_plugin(config: dict[str, Any], explicit_python: str | None) -> list[C
     return checks
 
 
+STRANGER_VRAM_BYTES = 1024**3  # a desktop session holds a few hundred MiB: that is no problem
+
+
+def check_gpus(samples: list[GpuSample], holders: list[VramHolder], ours: set[int]) -> list[Check]:
+    """One line a GPU: its telemetry and who holds its VRAM; a warning when a process that is
+    not hroute's holds a lot of it (a stale server, another user's job)."""
+    checks = []
+    for s in samples:
+        mine = [h for h in holders if h.gpu == s.name]
+        held = describe_holders(mine, ours)
+        strangers = [h for h in mine if h.pid not in ours and h.vram_bytes >= STRANGER_VRAM_BYTES]
+        message = describe_sample(s).split(": ", 1)[1] + (f"; held by {held}" if held else "")
+        fix = None
+        if strangers:
+            pids = " ".join(str(h.pid) for h in strangers)
+            fix = f"a server hroute starts may not fit; if stale, stop it: kill {pids}"
+        checks.append(Check(f"gpu {s.name}", WARN if strangers else OK, message, fix))
+    return checks
+
+
+def _gpu_checks(backends: list[dict[str, Any]] | None) -> list[Check]:
+    from hroute.edges.gpu import GpuTelemetry
+
+    telemetry = GpuTelemetry.from_env()
+    samples = telemetry.samples()
+    if not samples:
+        return []
+    ours = {pid for b in backends or [] if (pid := (b.get("process") or {}).get("pid"))}
+    return check_gpus(samples, telemetry.holders(), ours)
+
+
 def run_checks(
     config_path: Path,
     socket_path: Path | None,
@@ -332,6 +364,7 @@ def run_checks(
     home = hermes_setup.hermes_home(hermes_home)
     checks += check_hermes(home, hermes_home is not None, hermes_python, urls, socket_path)
     checks += [describe_backend(b) for b in backends or []]
+    checks += _gpu_checks(backends)
     return checks
 
 
