@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import anyio
+import pytest
 
 from hroute.supervise.process import (
     MAX_LINE_BYTES,
@@ -159,3 +160,28 @@ async def wait_for_port(port: int, timeout_s: float = 10) -> None:
     with anyio.fail_after(timeout_s):
         while not await port_listener("127.0.0.1", port):
             await anyio.sleep(0.02)
+
+
+SPAWN_AND_SHOW_CAPS = """
+import os, sys, time
+from hroute.supervise.process import spawn_child
+child = spawn_child(["grep", "^CapAmb", "/proc/self/status"], dict(os.environ), None, 0.0)
+child.popen.wait()
+print("child", os.read(child.output_fd, 4096).decode().strip())
+print("parent", [l for l in open("/proc/self/status") if l.startswith("CapAmb")][0].strip())
+"""
+
+
+def test_a_child_does_not_inherit_hroutes_ambient_capabilities() -> None:
+    """The GPU drop-in grants hroute CAP_SYSLOG (the kernel log) as an ambient capability."""
+    if os.geteuid() != 0 or not Path("/usr/sbin/capsh").exists():
+        pytest.skip("needs root and capsh to raise an ambient capability")
+    out = subprocess.run(
+        ["capsh", "--inh=cap_syslog", "--addamb=cap_syslog", "--", "-c",
+         f'exec {sys.executable} -c "$0"', SPAWN_AND_SHOW_CAPS],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "parent CapAmb:\t0000000400000000" in out.stdout, out.stdout + out.stderr
+    assert "child CapAmb:\t0000000000000000" in out.stdout, out.stdout + out.stderr

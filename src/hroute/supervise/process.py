@@ -23,6 +23,7 @@ import anyio
 MAX_LINE_BYTES = 4096  # a longer line is cut: a runaway child never grows hroute's memory
 READ_CHUNK_BYTES = 65536
 _PR_SET_PDEATHSIG = 1
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 
 
 @dataclass
@@ -95,6 +96,9 @@ def _die_with_parent() -> Callable[[], None]:
 
     def preexec() -> None:
         prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        # hroute may hold CAP_SYSLOG as an ambient capability (to read the kernel log for
+        # GPU resets): a server it starts must not inherit it.
+        prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
         if os.getppid() != parent:  # hroute died between fork and prctl
             os._exit(1)
 
