@@ -177,8 +177,15 @@ def test_a_child_does_not_inherit_hroutes_ambient_capabilities() -> None:
     if os.geteuid() != 0 or not Path("/usr/sbin/capsh").exists():
         pytest.skip("needs root and capsh to raise an ambient capability")
     out = subprocess.run(
-        ["capsh", "--inh=cap_syslog", "--addamb=cap_syslog", "--", "-c",
-         f'exec {sys.executable} -c "$0"', SPAWN_AND_SHOW_CAPS],  # fmt: skip
+        [
+            "capsh",
+            "--inh=cap_syslog",
+            "--addamb=cap_syslog",
+            "--",
+            "-c",
+            f'exec {sys.executable} -c "$0"',
+            SPAWN_AND_SHOW_CAPS,
+        ],
         capture_output=True,
         text=True,
         timeout=30,
