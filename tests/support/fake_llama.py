@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"fake_llama: cannot bind {args.host}:{args.port}: {exc}")
         return 1
     log(f"main: server is listening on http://{args.host}:{server.server_address[1]}")
+    if args.log_health:
+        log(f"fake_llama: bound at wall {time.time():.6f}")
 
     timers = [threading.Timer(state.ready_at - time.monotonic(), log, ("main: model loaded",))]
     if args.exit_after_s is not None:
