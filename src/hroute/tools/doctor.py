@@ -325,13 +325,12 @@ def check_gpus(samples: list[GpuSample], holders: list[VramHolder], ours: set[in
     for s in samples:
         mine = [h for h in holders if h.gpu == s.name]
         held = describe_holders(mine, ours)
-        strangers = [h for h in mine if h.pid not in ours and h.vram_bytes >= STRANGER_VRAM_BYTES]
         message = describe_sample(s).split(": ", 1)[1] + (f"; held by {held}" if held else "")
-        fix = None
-        if strangers:
-            pids = " ".join(str(h.pid) for h in strangers)
-            fix = f"a server hroute starts may not fit; if stale, stop it: kill {pids}"
-        checks.append(Check(f"gpu {s.name}", WARN if strangers else OK, message, fix))
+        big = [h.pid for h in mine if h.pid not in ours and h.vram_bytes >= STRANGER_VRAM_BYTES]
+        fix = (
+            f"a server hroute starts may not fit; if stale, stop it: kill {' '.join(map(str, big))}"
+        )
+        checks.append(Check(f"gpu {s.name}", WARN if big else OK, message, fix if big else None))
     return checks
 
 
@@ -339,11 +338,9 @@ def _gpu_checks(backends: list[dict[str, Any]] | None) -> list[Check]:
     from hroute.edges.gpu import GpuTelemetry
 
     telemetry = GpuTelemetry.from_env()
-    samples = telemetry.samples()
-    if not samples:
-        return []
     ours = {pid for b in backends or [] if (pid := (b.get("process") or {}).get("pid"))}
-    return check_gpus(samples, telemetry.holders(), ours)
+    samples = telemetry.samples()
+    return check_gpus(samples, telemetry.holders(), ours) if samples else []
 
 
 def run_checks(
