@@ -307,9 +307,15 @@ class Hroute:
 
 
 def supervised(
-    args: argparse.Namespace, command: Callable[[int], list[str]], gpus: Gpus, log: Path
+    args: argparse.Namespace,
+    command: Callable[[int], list[str]],
+    gpus: Gpus,
+    log: Path,
+    out: dict[str, Any],
+    save: Callable[[], None],
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"probe": PROBE}
+    """Fills `out` as it goes and saves after each part: a run cut short keeps what it got."""
+    out["probe"] = PROBE
     port = free_port()
     before = gpus.used()
     with tempfile.TemporaryDirectory(prefix="hroute-bench-gpu-") as tmp:
@@ -328,7 +334,8 @@ def supervised(
             pids.append(h.usable_pid())
             out["tokens_per_s"] = decode_rate(port)
             out["hroute_gpus"] = h.gpus()
-            crashes = []
+            save()
+            crashes = out["crash"] = []
             for _ in range(args.runs):
                 pid = h.usable_pid()
                 time.sleep(1.2)  # past reset_after_s: every crash is a first crash
@@ -347,8 +354,8 @@ def supervised(
                         "old_pid_holds_vram": pid in gpus.holder_pids(),
                     }
                 )
-            out["crash"] = crashes
-            hangs = []
+                save()
+            hangs = out["hang"] = []
             for _ in range(args.runs):
                 pid = h.usable_pid()
                 time.sleep(0.5)
@@ -363,7 +370,7 @@ def supervised(
                         os.kill(pid, signal.SIGKILL)
                 pids.append(h.usable_pid())
                 hangs.append({"detected_s": down["ts"] - t0, "usable_s": usable["ts"] - t0})
-            out["hang"] = hangs
+                save()
             out["vram_running"] = gpus.used()
             last = h.usable_pid()
         finally:
@@ -522,7 +529,8 @@ def main() -> int:
     save()
     print(f"bench_gpu: bare done, {left():.0f}s left", file=sys.stderr)
     if left() > 60:
-        result["supervised"] = supervised(args, command, gpus, args.out / "hroute.log")
+        result["supervised"] = {}
+        supervised(args, command, gpus, args.out / "hroute.log", result["supervised"], save)
         save()
     print(f"bench_gpu: supervised done, {left():.0f}s left", file=sys.stderr)
     if not args.no_oom and left() > 40:
