@@ -151,7 +151,8 @@ class _GpuCollector:
                 value = getattr(s, field)
                 if value is not None:
                     fam.add_metric([s.name], float(value))
-            yield fam
+            if fam.samples:  # no GPU, no family: a CPU-only host's /metrics stays as it was
+                yield fam
 
 
 class _ClientsCollector:
