@@ -266,7 +266,7 @@ async def _follow_kmsg(fd: int, on_reset: Callable[[GpuReset], None]) -> None:
             if exc.errno == errno.EPIPE:
                 continue  # records were overwritten before we read them: go on from here
             raise
-        _seen(record, on_reset)
+        _seen(record.split(b"\n", 1)[0], on_reset)  # the message; not its " KEY=value" lines
 
 
 async def _follow_file(fd: int, on_reset: Callable[[GpuReset], None], clock: Clock) -> None:
