@@ -39,3 +39,58 @@ def test_vram_holders_come_from_drm_fdinfo_once_per_client(tmp_path: Path) -> No
         12 * 1024**3,
         "card0",
     )
+
+
+class FakeNvml:
+    """The part of pynvml hroute calls, answering for one 141 GiB GPU with one process."""
+
+    NVML_TEMPERATURE_GPU = 0
+
+    class _Mem:
+        used, total = 14 * 1024**3, 141 * 1024**3
+
+    class _Util:
+        gpu = 35
+
+    class _Pci:
+        busId = b"00000000:3B:00.0"
+
+    class _Proc:
+        pid, usedGpuMemory = 4857, 13 * 1024**3
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802 - pynvml's names
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> str:  # noqa: N802
+        return f"handle{i}"
+
+    def nvmlDeviceGetPciInfo(self, h: str) -> object:  # noqa: N802
+        return self._Pci()
+
+    def nvmlDeviceGetMemoryInfo(self, h: str) -> object:  # noqa: N802
+        return self._Mem()
+
+    def nvmlDeviceGetUtilizationRates(self, h: str) -> object:  # noqa: N802
+        return self._Util()
+
+    def nvmlDeviceGetTemperature(self, h: str, sensor: int) -> int:  # noqa: N802
+        return 41
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: str) -> list[object]:  # noqa: N802
+        return [self._Proc()]
+
+
+def test_nvidia_gpus_are_read_through_nvml(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    (proc / "4857").mkdir(parents=True)
+    (proc / "4857" / "comm").write_text("llama-server\n")
+    tel = GpuTelemetry(tmp_path / "no-sysfs", proc, nvml=FakeNvml())
+    [sample] = tel.samples()
+    assert sample == GpuSample("nvidia0", "0000:3b:00.0", 14 * 1024**3, 141 * 1024**3, 0.35, 41.0)
+    [holder] = tel.holders()
+    assert (holder.pid, holder.command, holder.gpu, holder.pci) == (
+        4857,
+        "llama-server",
+        "nvidia0",
+        "0000:3b:00.0",
+    )
