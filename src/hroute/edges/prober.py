@@ -143,7 +143,8 @@ class Prober:
 
     async def probe_once(self, name: str) -> None:
         """Probe `name` once, now, and record the outcome. A supervisor's readiness poll
-        calls this directly; it is not subject to the probe loop's schedule."""
+        calls this directly, every 50 ms while its server starts: keep it free of any floor
+        on the probe loop's pace (the server is local; readiness seen late delays a restart)."""
         backend = self._registry.config.backends.get(name)
         if backend is None or not self._sessions:
             return  # removed by a reload, or the HTTP client is still loading
