@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+import pytest
 
 from hroute.core.gpu import GpuSample
 from hroute.edges.gpu import GpuTelemetry
@@ -94,3 +97,31 @@ def test_nvidia_gpus_are_read_through_nvml(tmp_path: Path) -> None:
         "nvidia0",
         "0000:3b:00.0",
     )
+
+
+class FakePynvmlModule(FakeNvml):
+    """pynvml as `import pynvml` finds it: it must be initialised before any other call."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def nvmlInit(self) -> None:  # noqa: N802
+        self.started = True
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        assert self.started, "NVML called before nvmlInit"
+        return 1
+
+
+def test_the_first_reading_through_an_imported_pynvml_has_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a real H200 the first samples() and holders() came back empty-handed: the module
+    # was looked up before it was imported and initialised, and the errors were swallowed.
+    monkeypatch.setitem(sys.modules, "pynvml", FakePynvmlModule())
+    tel = GpuTelemetry(tmp_path / "no-sysfs", tmp_path / "proc")
+    [sample] = tel.samples()
+    assert (sample.vram_used_bytes, sample.vram_total_bytes) == (14 * 1024**3, 141 * 1024**3)
+    tel = GpuTelemetry(tmp_path / "no-sysfs", tmp_path / "proc")
+    [holder] = tel.holders()
+    assert holder.pid == 4857

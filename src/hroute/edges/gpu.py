@@ -173,9 +173,10 @@ class GpuTelemetry:
         return out
 
     def _nvml_samples(self) -> list[GpuSample]:
+        devices = self._nvml_devices()  # imports and initialises NVML on the first call
         nvml = self._nvml
         out = []
-        for name, pci, handle in self._nvml_devices():
+        for name, pci, handle in devices:
             used = total = busy = temp = None
             with contextlib.suppress(Exception):
                 mem = nvml.nvmlDeviceGetMemoryInfo(handle)
@@ -188,9 +189,10 @@ class GpuTelemetry:
         return out
 
     def _nvml_holders(self) -> list[VramHolder]:
+        devices = self._nvml_devices()
         nvml = self._nvml
         out = []
-        for name, pci, handle in self._nvml_devices():
+        for name, pci, handle in devices:
             try:
                 procs = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
             except Exception:  # noqa: BLE001, S112 - a device that does not say
