@@ -217,10 +217,14 @@ class HttpProtocol(asyncio.Protocol):
     # --- internals --------------------------------------------------------------------
 
     def _touch(self, timeout_s: float) -> None:
-        """Move the deadline; the timer already set is moved only when it fires."""
+        """Move the deadline. A later one leaves the timer be (it looks again when it
+        fires: no timer is made per request); an earlier one sets it anew."""
         self._deadline = self._loop.time() + timeout_s
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._deadline, self._on_deadline)
+        if self._timer is not None:
+            if self._timer.when() <= self._deadline:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(self._deadline, self._on_deadline)
 
     def _on_deadline(self) -> None:
         self._timer = None
