@@ -125,20 +125,10 @@ class HttpProtocol(asyncio.Protocol):
     answers wait unread at the deadline is aborted, not closed (closing waits to flush).
     """
 
-    __slots__ = (
-        "_server",
-        "_loop",
-        "_parser",
-        "_transport",
-        "_busy",
-        "_closing",
-        "_lost",
-        "_write_paused",
-        "_read_paused",
-        "_deadline",
-        "_timer",
-        "_request_timed",
-    )
+    # fmt: off
+    __slots__ = ("_server", "_loop", "_parser", "_transport", "_busy", "_closing", "_lost",
+                 "_write_paused", "_read_paused", "_deadline", "_timer", "_request_timed")
+    # fmt: on
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
