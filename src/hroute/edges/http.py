@@ -231,7 +231,9 @@ class HttpProtocol(asyncio.Protocol):
             return  # the handler's answer sets the next deadline
         elif self._parser.in_request:
             self._server.timed_out += 1
-            self._write(error_response(408, "request_timeout", "request not complete"), False)
+            limit = self._server.request_timeout_s
+            message = f"request not complete {limit:g} s after its first byte"
+            self._write(error_response(408, "request_timeout", message), False)
         else:
             self._closing = True
             transport.close()
