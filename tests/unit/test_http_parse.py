@@ -73,6 +73,7 @@ CASES = [
     ("no version", b"GET /v1/version\r\n\r\n", 400),
     ("lower-case version", get(version="http/1.1"), 400),
     ("HTTP/2.0", get(version="HTTP/2.0"), 505),
+    ("HTTP/1.x", get(version="HTTP/1.x"), 400),
     ("HTTP/1.2 is served as 1.1", get(version="HTTP/1.2"), None),
     ("bad method", b"G(T /v1/version HTTP/1.1\r\n\r\n", 400),
     ("tab in the target", b"GET /v1/\tversion HTTP/1.1\r\n\r\n", 400),

@@ -26,6 +26,7 @@ the RFC leaves open:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -35,8 +36,9 @@ MAX_LENGTH_DIGITS = 18  # a body this server takes is at most a few MB: more dig
 
 # RFC 9110 §5.6.2 tchar: what a method and a field name are made of.
 _TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-# What a head may hold besides its CRLFs: HTAB, visible ASCII, space, obs-text.
-_HEAD_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+# What a head may hold: CR and LF (checked to be pairs), HTAB, visible ASCII, space, obs-text.
+_HEAD_BYTES = b"\r\n\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _TARGET_BYTES = bytes(range(0x21, 0x7F))
 
 
@@ -118,7 +120,7 @@ class RequestParser:
 
     @property
     def in_request(self) -> bool:
-        """Part of a request is here, not all of it."""
+        """Bytes of a request are here that were not handed back yet."""
         return bool(self._buf)
 
     def next_event(self) -> Event:
@@ -167,7 +169,7 @@ class RequestParser:
         crlf = head.count(b"\r\n")
         if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
             return _bad("line ends must be CRLF (a bare LF or CR is not accepted)")
-        if head.translate(None, b"\r\n" + _HEAD_BYTES):
+        if head.translate(None, _HEAD_BYTES):
             return _bad("control character in the request head")
         return self._parse_head(head, end + 4)
 
@@ -194,8 +196,8 @@ class RequestParser:
             http10 = False
         elif version == b"HTTP/1.0":
             http10 = True
-        elif len(version) == 8 and version[:5] == b"HTTP/" and version[5:6].isdigit():
-            if version[5:6] != b"1" or version[6:7] != b"." or not version[7:8].isdigit():
+        elif _VERSION.fullmatch(version):
+            if version[5:6] != b"1":
                 return ParseError(505, "http_version", "only HTTP/1.x is served here")
             http10 = False  # a later 1.x speaks 1.1 at least
         else:
