@@ -14,8 +14,8 @@ is at most 16 KiB (431), the body `max_body` bytes (413), chunked request bodies
 (411), a request must be complete `request_timeout_s` after its first byte (408), an idle
 connection is closed after `idle_timeout_s` (aborted if its answers wait unread), a
 connection is not read while its answers wait unread or a whole request waits unparsed,
-and past `max_connections` new connections take the place of idle or stalled ones, so file
-descriptors stay for probes and files.
+and past `max_connections` a new connection takes the place of the oldest one not running a
+handler (idle, partial or stalled), so file descriptors stay for probes and files.
 """
 
 from __future__ import annotations
@@ -180,11 +180,6 @@ class HttpProtocol(asyncio.Protocol):
             self._process()
 
     @property
-    def idle(self) -> bool:
-        """Between requests, with nothing unread and nothing unsent."""
-        return not self._busy and not self._parser.in_request and not self._write_paused
-
-    @property
     def evictable(self) -> bool:
         """No handler is running for it: a partial request or unread answers can be dropped."""
         return not self._busy
@@ -315,7 +310,7 @@ class HttpServer:
     evicted: int = 0  # clients dropped to make room
     timed_out: int = 0  # requests not complete by their deadline (408)
     aborted: int = 0  # connections dropped at their deadline with answers left unread
-    # In order of arrival (a dict keeps it): the oldest idle one makes room first.
+    # In order of arrival (a dict keeps it): the oldest one makes room first.
     _connections: dict[HttpProtocol, None] = field(default_factory=dict)
     _servers: list[asyncio.AbstractServer] = field(default_factory=list)
 
@@ -325,13 +320,12 @@ class HttpServer:
         return MAX_HEAD_BYTES + self.max_body
 
     def admit(self, conn: HttpProtocol) -> bool:
-        """Take `conn`; at the cap, drop the oldest idle connection to make room, else the
-        oldest with a partial request or unread answers (a slow trickle, a client that
-        does not read): only a connection whose handler runs is never dropped."""
+        """Take `conn`; at the cap, drop the oldest connection whose handler is not running
+        to make room: idle, with a partial request (a slow trickle) or with answers it does
+        not read. Idle ones are not sought first: that scan would cost every accept a pass
+        over thousands of slow clients, and a kept client reconnects at once anyway."""
         if len(self._connections) >= self.max_connections:
-            victim = next((c for c in self._connections if c.idle), None)
-            if victim is None:
-                victim = next((c for c in self._connections if c.evictable), None)
+            victim = next((c for c in self._connections if c.evictable), None)
             if victim is None:
                 return False
             del self._connections[victim]  # now: its connection_lost comes a loop turn later

@@ -5,8 +5,8 @@ descriptor for probes and state saves: healthy backends were marked down ("too m
 files") and the log grew by megabytes. So the soft limit is raised to what the hard limit
 allows, client connections are capped below it with RESERVED_FDS kept for probes, files
 and the supervised servers, and a client that comes when the cap is reached closes the
-oldest idle connection, else the oldest with a partial request or answers it does not read
-(edges/http.py): 4,096 clients trickling a header byte every 3 s once held every place
+oldest connection whose handler is not running: idle, partial or with answers it does not
+read (edges/http.py): 4,096 clients trickling a header byte every 3 s once held every place
 and every legitimate request got 503. The listen backlog asked for is the one that
 applies: asyncio would otherwise call listen() again with 100.
 
