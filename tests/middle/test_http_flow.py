@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from hroute.edges.http import HttpServer, Response
+from hroute.edges.limits import WRITE_HIGH_WATER_BYTES
 from hroute.edges.sockets import bind_unix_socket
 
 pytestmark = pytest.mark.anyio
@@ -54,7 +55,9 @@ async def test_a_client_that_never_reads_is_paused_then_aborted(tmp_path: Path) 
             queued = transport.get_write_buffer_size() + conn._parser.buffered
             # One high-water mark of answers plus one whole request unparsed, at most
             # (a read is up to 256 KiB); 5,000 answers would be 100 MB.
-            assert queued <= 64 * 1024 + len(ANSWER.body) + 256 * 1024 + server.read_bound
+            assert (
+                queued <= WRITE_HIGH_WATER_BYTES + len(ANSWER.body) + 256 * 1024 + server.read_bound
+            )
             assert answered < 100
             assert conn._read_paused
             await _poll(lambda: server.connections == 0, "the connection to be aborted")

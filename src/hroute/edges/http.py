@@ -37,7 +37,7 @@ from hroute.edges.http_parse import (
     Request,
     RequestParser,
 )
-from hroute.edges.limits import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S
+from hroute.edges.limits import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S, WRITE_HIGH_WATER_BYTES
 
 log = logging.getLogger("hroute.http")
 
@@ -153,6 +153,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.write(BUSY)  # type: ignore[attr-defined]
             transport.close()
             return
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)  # type: ignore[attr-defined]
         self._touch(self._server.idle_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
