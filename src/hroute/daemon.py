@@ -22,7 +22,7 @@ from hroute.core.registry import Registry
 from hroute.edges.api import Deps, make_api
 from hroute.edges.clock import RealClock, wait_until
 from hroute.edges.cluster import Cluster
-from hroute.edges.fault_injection import serve_test_hooks
+from hroute.edges.fault_injection import serve_test_hooks, socket_timeouts
 from hroute.edges.gpu import GpuTelemetry
 from hroute.edges.http import HttpServer
 from hroute.edges.limits import connection_cap, raise_fd_limit
@@ -157,7 +157,7 @@ async def run_daemon(
         gpus=lambda: [g.as_dict() for g in gpus()],
     )
     # Idle keep-alive clients are let go after a while: they hold descriptors.
-    api = make_api(deps, max_connections=connection_cap(fd_limit))
+    api = make_api(deps, max_connections=connection_cap(fd_limit), **socket_timeouts())
     try:
         async with anyio.create_task_group() as tg:
             # Signals first: a SIGTERM that comes as soon as the socket answers must stop

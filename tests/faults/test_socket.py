@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from hroute.client import Client
 from tests.support.daemon import Daemon, wait_until
-from tests.support.faults import config, still_answers, unprobed
+from tests.support.faults import config, raw_request, still_answers, unprobed
 from tests.support.procs import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.system]
@@ -148,3 +149,119 @@ def test_an_emptied_socket_directory_is_made_again_and_still_locked(tmp_path: Pa
         )
         assert second.returncode != 0 and "another hroute daemon" in second.stderr
         still_answers(d)
+
+
+# --- the socket's HTTP: RFC 9112 cases on the running daemon -------------------------------
+
+
+def exchange(d: Daemon, data: bytes, timeout_s: float = 3.0) -> list[tuple[int, bytes, bytes]]:
+    """Send `data` on one connection; every answer read until the daemon closes it."""
+    return answers(raw_request(d.socket, data, timeout_s=timeout_s))
+
+
+def answers(raw: bytes) -> list[tuple[int, bytes, bytes]]:
+    """(status, head, body) of each response in `raw`, in order."""
+    out = []
+    while raw:
+        head, sep, rest = raw.partition(b"\r\n\r\n")
+        assert sep, f"a cut response: {raw[:200]!r}"
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        out.append((int(head.split()[1]), head, rest[:length]))
+        raw = rest[length:]
+    return out
+
+
+VERSION = b"GET /v1/version HTTP/1.1\r\nHost: x\r\n"
+
+
+@pytest.mark.parametrize(
+    "length", ["\u00b2", "9" * 5001, "-1", "0x10"], ids=["superscript", "5001-digits", "neg", "hex"]
+)
+def test_a_bad_content_length_is_a_400_not_a_traceback(shared: Daemon, length: str) -> None:
+    data = VERSION + f"Content-Length: {length}\r\n\r\n".encode("latin-1")
+    got = exchange(shared, data)
+    assert [status for status, _, _ in got] == [400]
+    assert b"Content-Length" in got[0][2]
+    assert "Traceback" not in shared.log
+    still_answers(shared)
+
+
+def test_two_content_lengths_cannot_smuggle_the_next_request(shared: Daemon) -> None:
+    hidden = b"GET /v1/backends HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    data = VERSION + f"Content-Length: 0\r\nContent-Length: {len(hidden)}\r\n\r\n".encode()
+    got = exchange(shared, data + hidden)
+    assert [status for status, _, _ in got] == [400]  # and closed: nothing is read after it
+    still_answers(shared)
+
+
+def test_bare_lf_is_answered_at_once_not_at_the_idle_timeout(shared: Daemon) -> None:
+    got = exchange(shared, b"GET /v1/version HTTP/1.1\nHost: x\n\n", timeout_s=3)
+    assert [status for status, _, _ in got] == [400]
+    still_answers(shared)
+
+
+def test_a_17_kib_head_in_one_piece_is_431(shared: Daemon) -> None:
+    data = VERSION + b"X-Pad: " + b"a" * (17 * 1024) + b"\r\nConnection: close\r\n\r\n"
+    assert [status for status, _, _ in exchange(shared, data)] == [431]
+    still_answers(shared)
+
+
+def test_expect_100_continue_is_answered_before_the_body(shared: Daemon) -> None:
+    body = b'{"backend": "a", "outcome": "success"}'
+    head = (
+        b"POST /v1/reports HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
+        + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    )
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(3)
+        s.connect(str(shared.socket))
+        s.sendall(head)
+        interim = s.recv(65536)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        rest = b""
+        while chunk := s.recv(65536):
+            rest += chunk
+    assert [status for status, _, _ in answers(rest)] == [202]
+
+
+def test_an_http_1_0_keep_alive_answer_says_so(shared: Daemon) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(3)
+        s.connect(str(shared.socket))
+        s.sendall(b"GET /v1/version HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(65536)
+        fields = head.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")[1:]
+        assert b"connection: keep-alive" in fields
+        s.sendall(b"GET /v1/version HTTP/1.0\r\n\r\n")  # the same connection serves a second
+        rest = head
+        while chunk := s.recv(65536):
+            rest += chunk
+    assert [status for status, _, _ in answers(rest)] == [200, 200]
+
+
+RELOAD = b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_87_kb_pipelined_behind_a_reload_are_each_answered_in_order(shared: Daemon) -> None:
+    many = (VERSION + b"\r\n") * (87_000 // (len(VERSION) + 2))
+    last = VERSION + b"Connection: close\r\n\r\n"
+    got = exchange(shared, RELOAD + many + last, timeout_s=10)
+    statuses = [status for status, _, _ in got]
+    assert statuses[0] == 200 and b'"ok":true' in got[0][2], got[0]
+    assert statuses[1:] == [200] * (many.count(b"GET") + 1)
+    still_answers(shared)
+
+
+def test_a_too_large_request_behind_a_reload_gets_its_own_413(shared: Daemon) -> None:
+    big = b"POST /v1/reports HTTP/1.1\r\nHost: x\r\nContent-Length: 87000\r\n\r\n" + b"x" * 87000
+    got = exchange(shared, RELOAD + big, timeout_s=10)
+    assert [status for status, _, _ in got] == [200, 413]
+    assert b'"ok":true' in got[0][2]
+    still_answers(shared)

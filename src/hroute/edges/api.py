@@ -28,6 +28,7 @@ from hroute.edges.http import (
     error_response,
     json_response,
 )
+from hroute.edges.limits import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S
 from hroute.edges.metrics import Metrics
 from hroute.errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
 
@@ -130,7 +131,13 @@ class _BadRequest(HrouteError):
     """A request hroute cannot act on: 400 with this message."""
 
 
-def make_api(deps: Deps, *, max_connections: int = 512) -> HttpServer:
+def make_api(
+    deps: Deps,
+    *,
+    max_connections: int = 512,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+) -> HttpServer:
     """The socket API: a router of framework-free handlers on the small HTTP server.
 
     Handlers translate request → registry call → JSON. They answer synchronously (the
@@ -328,6 +335,8 @@ def make_api(deps: Deps, *, max_connections: int = 512) -> HttpServer:
         allowed=allowed,
         max_body=MAX_BODY_BYTES,
         max_connections=max_connections,
+        idle_timeout_s=idle_timeout_s,
+        request_timeout_s=request_timeout_s,
         on_crash=lambda exc: log.error("request failed", exc_info=exc),
     )
 

@@ -2,16 +2,20 @@
 
 Agents ask hroute on every turn, so the cost of one exchange is the product. A general web
 framework spends most of a request in machinery this API does not use (middleware chains,
-multidict headers, streaming bodies, per-request task objects); this server parses the
-request line, the headers it needs and a `Content-Length` body, calls a handler that
+multidict headers, streaming bodies, per-request task objects); this server hands the bytes
+to a sans-I/O parser (http_parse.py: request / need more / error), calls a handler that
 answers synchronously (the registry never awaits), and writes one response with
 `Content-Length`. A handler that must wait (reload, restart) returns an awaitable; the
-connection answers it before reading its next request, so responses keep their order.
+connection answers it before parsing its next request, so responses keep their order and
+each request gets its own.
 
 It is still HTTP/1.1, so `curl --unix-socket` and any HTTP client work. Limits: the head
-is at most 16 KiB, the body `max_body` bytes (413), chunked request bodies are refused
-(411), an idle connection is closed after `idle_timeout_s`, and past `max_connections`
-new connections are closed at once, so file descriptors stay for probes and files.
+is at most 16 KiB (431), the body `max_body` bytes (413), chunked request bodies are refused
+(411), a request must be complete `request_timeout_s` after its first byte (408), an idle
+connection is closed after `idle_timeout_s` (aborted if its answers wait unread), a
+connection is not read while its answers wait unread or a whole request waits unparsed,
+and past `max_connections` a new connection takes the place of the oldest one not running a
+handler (idle, partial or stalled), so file descriptors stay for probes and files.
 """
 
 from __future__ import annotations
@@ -24,11 +28,19 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+
+from hroute.edges.http_parse import (
+    CONTINUE,
+    MAX_HEAD_BYTES,
+    NEED_DATA,
+    ParseError,
+    Request,
+    RequestParser,
+)
+from hroute.edges.limits import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S, WRITE_HIGH_WATER_BYTES
 
 log = logging.getLogger("hroute.http")
 
-MAX_HEAD_BYTES = 16 * 1024
 ACCEPT_BATCH = 16  # connections accepted per wake-up; well under the fds kept in reserve
 REASONS = {
     200: "OK",
@@ -36,23 +48,19 @@ REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     411: "Length Required",
-    413: "Payload Too Large",
-    422: "Unprocessable Entity",
+    413: "Content Too Large",
+    417: "Expectation Failed",
+    422: "Unprocessable Content",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    501: "Not Implemented",
     503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
 }
-
-
-@dataclass
-class Request:
-    method: str
-    path: str  # decoded, without the query
-    query: dict[str, str]
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 @dataclass
@@ -87,7 +95,7 @@ BUSY = (
 )
 
 
-def _encode(response: Response, keep_alive: bool) -> bytes:
+def _encode(response: Response, keep_alive: bool, http10: bool = False) -> bytes:
     head = [
         f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}",
         f"Content-Type: {response.content_type}",
@@ -95,26 +103,46 @@ def _encode(response: Response, keep_alive: bool) -> bytes:
     ]
     if not keep_alive:
         head.append("Connection: close")
+    elif http10:
+        head.append("Connection: keep-alive")  # else an HTTP/1.0 client takes it as closing
     head += [f"{k}: {v}" for k, v in response.headers.items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
 
 
-class _Bad(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
 class HttpProtocol(asyncio.Protocol):
-    """One client connection: parse, dispatch, answer, keep alive."""
+    """One client connection: read, parse (http_parse.py), dispatch, answer, keep alive.
+
+    Flow control, after uvicorn's `FlowControl`: the transport calls `pause_writing` when
+    the answers it holds pass its high-water mark (a client that does not read); then no
+    request is parsed and the connection is not read until `resume_writing`, so neither the
+    answers nor the requests behind them pile up in the daemon. Reading also stops while
+    more than one whole request waits unparsed behind a handler that is still running.
+
+    One deadline per connection, checked lazily (a timer per request would cost more than
+    the parsing): an idle connection is closed `idle_timeout_s` after its last answer; a
+    request must be complete (head and body) `request_timeout_s` after its first byte, else
+    it gets 408 (a trickle of header bytes no longer holds a descriptor for ever); one whose
+    answers wait unread at the deadline is aborted, not closed (closing waits to flush).
+    """
+
+    # fmt: off
+    __slots__ = ("_server", "_loop", "_parser", "_transport", "_busy", "_closing", "_lost",
+                 "_write_paused", "_read_paused", "_deadline", "_timer", "_request_timed")
+    # fmt: on
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
-        self._buf = bytearray()
+        self._loop = asyncio.get_running_loop()
+        self._parser = RequestParser(server.max_body)
         self._transport: asyncio.Transport | None = None
-        self._busy = False  # a handler is awaiting: later requests wait in the buffer
-        self._idle: asyncio.TimerHandle | None = None
+        self._busy = False  # a handler is awaiting: later requests wait in the parser
         self._closing = False
+        self._lost = False
+        self._write_paused = False
+        self._read_paused = False
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._request_timed = False  # the deadline now is the request's, not the idle one
 
     # --- asyncio callbacks --------------------------------------------------------------
 
@@ -125,27 +153,47 @@ class HttpProtocol(asyncio.Protocol):
             transport.write(BUSY)  # type: ignore[attr-defined]
             transport.close()
             return
-        self._arm_idle()
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)  # type: ignore[attr-defined]
+        self._touch(self._server.idle_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        if self._idle is not None:
-            self._idle.cancel()
+        self._closing = self._lost = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._server.release(self)
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
-        if len(self._buf) > MAX_HEAD_BYTES + self._server.max_body:
-            self._fail(413, "payload_too_large", "request too large")
-            return
-        self._arm_idle()
+        self._parser.feed(data)
+        if not self._busy and not self._write_paused:
+            self._process()
+        if self._parser.buffered > self._server.read_bound and not self._read_paused:
+            self._pause_reading()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._touch(self._server.idle_timeout_s)
         if not self._busy:
             self._process()
 
     @property
-    def busy(self) -> bool:
-        """In the middle of a request: bytes of it arrived, or its handler is running."""
-        return self._busy or bool(self._buf)
+    def evictable(self) -> bool:
+        """No handler is running for it: a partial request or unread answers can be dropped."""
+        return not self._busy
+
+    def close(self) -> None:
+        """Close after what was written is sent; at once if the client is not reading."""
+        if self._transport is None:
+            return
+        self._closing = True
+        if self._transport.get_write_buffer_size():
+            self._transport.abort()
+        else:
+            self._transport.close()
 
     def abort(self) -> None:
         """Let the connection go at once (its descriptor is freed on the next loop turn)."""
@@ -154,98 +202,98 @@ class HttpProtocol(asyncio.Protocol):
 
     # --- internals --------------------------------------------------------------------
 
-    def _arm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self._server.idle_timeout_s, self._close_idle)
+    def _touch(self, timeout_s: float) -> None:
+        """Move the deadline. A later one leaves the timer be (it looks again when it
+        fires: no timer is made per request); an earlier one sets it anew."""
+        self._deadline = self._loop.time() + timeout_s
+        if self._timer is not None:
+            if self._timer.when() <= self._deadline:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(self._deadline, self._on_deadline)
 
-    def _close_idle(self) -> None:
-        if not self._busy and self._transport is not None:
-            self._transport.close()
+    def _on_deadline(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if self._lost or transport is None:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._on_deadline)
+            return
+        if transport.get_write_buffer_size():
+            self._server.aborted += 1  # answers left unread: closing would wait for ever
+            transport.abort()
+        elif self._busy:
+            return  # the handler's answer sets the next deadline
+        elif self._parser.in_request:
+            self._server.timed_out += 1
+            limit = self._server.request_timeout_s
+            message = f"request not complete {limit:g} s after its first byte"
+            self._write(error_response(408, "request_timeout", message), False)
+        else:
+            self._closing = True
+            transport.close()
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._read_paused = True
+            self._transport.pause_reading()
 
     def _process(self) -> None:
-        while self._buf and not self._busy and not self._closing:
-            try:
-                parsed = self._parse()
-            except _Bad as bad:
-                self._fail(bad.status, bad.code, bad.message)
+        parser = self._parser
+        while not self._busy and not self._closing and not self._write_paused:
+            event = parser.next_event()
+            if event is NEED_DATA:
+                break
+            if event is CONTINUE:
+                self._transport.write(CONTINUE_LINE)  # type: ignore[union-attr]
+                continue
+            if isinstance(event, ParseError):
+                self._write(error_response(event.status, event.code, event.message), False)
                 return
-            if parsed is None:
-                return  # need more bytes
-            request, keep_alive = parsed
+            request: Request = event  # type: ignore[assignment]
+            self._request_timed = False
             result = self._server.dispatch(request)
             if isinstance(result, Response):
-                self._write(result, keep_alive)
+                self._write(result, request.keep_alive, request.http10)
             else:
                 self._busy = True
                 task = asyncio.ensure_future(result)
-                task.add_done_callback(lambda t, k=keep_alive: self._finished(t, k))
+                task.add_done_callback(
+                    lambda t, k=request.keep_alive, h=request.http10: self._finished(t, k, h)
+                )
+        if self._closing or self._busy:
+            return
+        if self._write_paused or not parser.in_request:
+            self._touch(self._server.idle_timeout_s)
+        elif not self._request_timed:
+            self._request_timed = True  # from a request's first byte, not from its last
+            self._touch(self._server.request_timeout_s)
+        unpause = self._read_paused and not self._write_paused
+        if unpause and parser.buffered <= self._server.read_bound:
+            self._read_paused = False
+            self._transport.resume_reading()  # type: ignore[union-attr]
 
-    def _finished(self, task: asyncio.Future[Response], keep_alive: bool) -> None:
+    def _finished(self, task: asyncio.Future[Response], keep_alive: bool, http10: bool) -> None:
         self._busy = False
         if task.cancelled():
             return
         exc = task.exception()
         response = self._server.crash_response(exc) if exc else task.result()
-        self._write(response, keep_alive)
+        self._write(response, keep_alive, http10)
         if not self._closing:
-            self._process()
+            self._touch(self._server.idle_timeout_s)
+            if not self._write_paused:
+                self._process()
 
-    def _write(self, response: Response, keep_alive: bool) -> None:
+    def _write(self, response: Response, keep_alive: bool, http10: bool = False) -> None:
         if self._transport is None or self._closing:
             return
-        self._transport.write(_encode(response, keep_alive))
+        self._transport.write(_encode(response, keep_alive, http10))
         if not keep_alive:
             self._closing = True
-            self._transport.close()
-
-    def _fail(self, status: int, code: str, message: str) -> None:
-        self._buf.clear()
-        self._write(error_response(status, code, message), keep_alive=False)
-
-    def _parse(self) -> tuple[Request, bool] | None:
-        end = self._buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._buf) > MAX_HEAD_BYTES:
-                raise _Bad(431, "bad_request", "request head too large")
-            return None
-        try:
-            head = bytes(self._buf[:end]).decode("latin-1")
-        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-            raise _Bad(400, "bad_request", "bad request head") from None
-        lines = head.split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            raise _Bad(400, "bad_request", "bad request line")
-        method, target, version = parts
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                raise _Bad(400, "bad_request", "bad header line")
-            headers[name.lower()] = value.strip()
-        if "transfer-encoding" in headers:
-            raise _Bad(411, "length_required", "send the body with Content-Length")
-        length_text = headers.get("content-length", "0")
-        if not length_text.isdigit():
-            raise _Bad(400, "bad_request", "bad Content-Length")
-        length = int(length_text)
-        if length > self._server.max_body:
-            raise _Bad(413, "payload_too_large", f"body over {self._server.max_body} bytes")
-        start = end + 4
-        if len(self._buf) < start + length:
-            return None
-        body = bytes(self._buf[start : start + length])
-        del self._buf[: start + length]
-        path, _, query_text = target.partition("?")
-        try:
-            query = dict(parse_qsl(query_text, keep_blank_values=True))
-        except ValueError:
-            raise _Bad(400, "bad_request", "bad query string") from None
-        connection = headers.get("connection", "").lower()
-        keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-        return Request(method, unquote(path), query, body, headers), keep_alive
+            self._transport.close()  # flushes first; the deadline aborts it if never read
+            self._touch(self._server.idle_timeout_s)
 
 
 @dataclass
@@ -256,22 +304,33 @@ class HttpServer:
     allowed: Callable[[str], list[str]] = lambda path: []
     max_body: int = 64 * 1024
     max_connections: int = 512
-    idle_timeout_s: float = 10.0  # an idle kept connection holds a descriptor
+    idle_timeout_s: float = IDLE_TIMEOUT_S  # an idle kept connection holds a descriptor
+    request_timeout_s: float = REQUEST_TIMEOUT_S  # from a request's first byte to its last
     backlog: int = 4096
     on_crash: Callable[[BaseException], None] = lambda exc: None
-    evicted: int = 0  # idle clients closed to make room
-    # In order of arrival (a dict keeps it): the oldest idle one makes room first.
+    evicted: int = 0  # clients dropped to make room
+    timed_out: int = 0  # requests not complete by their deadline (408)
+    aborted: int = 0  # connections dropped at their deadline with answers left unread
+    # In order of arrival (a dict keeps it): the oldest one makes room first.
     _connections: dict[HttpProtocol, None] = field(default_factory=dict)
     _servers: list[asyncio.AbstractServer] = field(default_factory=list)
 
+    @property
+    def read_bound(self) -> int:
+        """Unparsed bytes a connection may hold: one whole request. Past it, reading stops."""
+        return MAX_HEAD_BYTES + self.max_body
+
     def admit(self, conn: HttpProtocol) -> bool:
-        """Take `conn`; at the cap, close the oldest idle connection to make room."""
+        """Take `conn`; at the cap, drop the oldest connection whose handler is not running
+        to make room: idle, with a partial request (a slow trickle) or with answers it does
+        not read. Idle ones are not sought first: that scan would cost every accept a pass
+        over thousands of slow clients, and a kept client reconnects at once anyway."""
         if len(self._connections) >= self.max_connections:
-            idle = next((c for c in self._connections if not c.busy), None)
-            if idle is None:
+            victim = next((c for c in self._connections if c.evictable), None)
+            if victim is None:
                 return False
-            del self._connections[idle]  # now: its connection_lost comes a loop turn later
-            idle.abort()
+            del self._connections[victim]  # now: its connection_lost comes a loop turn later
+            victim.abort()
             self.evicted += 1
         self._connections[conn] = None
         return True
@@ -324,8 +383,7 @@ class HttpServer:
         for server in self._servers:
             server.close()
         for conn in list(self._connections):
-            if conn._transport is not None:
-                conn._transport.close()
+            conn.close()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
