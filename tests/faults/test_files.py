@@ -231,3 +231,42 @@ def test_a_config_replaced_by_a_fifo_does_not_block_the_loop(tmp_path: Path) -> 
         assert "not a regular file" in d.log
         still_answers(d)
         assert d.backend("a")["usable"] is False  # the old configuration and its state
+
+
+LAUGHS = (
+    "_: ["
+    + ", ".join(
+        ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+        + [
+            f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]"
+            for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+        ]
+    )
+    + "]\n"
+)
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (TEXT.replace("backends:\n", "backends:\n  a: {kind: openai, base_url: 'http://x'}\n"),
+         "duplicate key 'a'"),
+        (TEXT.replace("base_s: 30", "base_s: .inf"), "defaults.cooldown.base_s (line 3)"),
+        (TEXT.replace("max_s: 300", "max_s: .nan"), "defaults.cooldown.max_s (line 3)"),
+        (LAUGHS + TEXT.replace("kind: openai", "kind: *f", 1), "aliases expand this file"),
+    ],
+    ids=["backend-twice", "base_s-inf", "max_s-nan", "billion-laughs"],
+)  # fmt: skip
+def test_a_hostile_reload_is_refused_and_the_daemon_keeps_its_config(
+    tmp_path: Path, bad: str, says: str
+) -> None:
+    with Daemon(tmp_path, TEXT) as d:
+        cool(d, "a")
+        d.config_path.write_text(bad)
+        line = d.wait_for_log("config rejected")
+        still_answers(d)
+        assert says in d.log, d.log[-3000:]
+        assert len(d.log) < 20_000  # a short error, not megabytes of one
+        assert d.backend("a")["usable"] is False and {
+            b["name"] for b in d.get("/v1/backends")[1]["backends"]
+        } == {"a", "b"}, line

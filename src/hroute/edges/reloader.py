@@ -3,6 +3,10 @@
 Triggers: the file changing (watched through its directory, so write-and-rename and
 symlink swaps are seen), SIGHUP, and `POST /v1/reload`. A configuration that does not
 validate changes nothing: the daemon keeps running on the last good one.
+
+The file is read, parsed and validated in a worker thread: a 5,000-backend file takes
+about a second, and the loop goes on answering agents meanwhile. Only the switch itself
+(the appliers) runs on the loop, in one synchronous step.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 import anyio
 from watchfiles import Change, awatch
 
-from hroute.config.model import Config, read_config
+from hroute.config.model import MAX_CONFIG_BYTES, Config, read_config
+from hroute.edges.files import read_regular_file
 from hroute.errors import ConfigError
 
 log = logging.getLogger("hroute")
@@ -120,7 +125,7 @@ class Reloader:
 
     def __post_init__(self) -> None:
         self._lock = anyio.Lock()
-        self._digest = _digest(self.path)
+        self._digest = _digest(self.path)  # at start-up, before the loop serves anyone
         self._attempted = self._digest  # the content last tried, good or bad
 
     async def reload(self, trigger: str) -> ReloadResult:
@@ -128,7 +133,7 @@ class Reloader:
         async with self._lock:
             self.on_start()
             await self._settled()
-            result = self._reload()
+            result = await self._reload()
             self.on_result(result, trigger)
             return result
 
@@ -142,12 +147,11 @@ class Reloader:
                 return
             last = now
 
-    def _reload(self) -> ReloadResult:
-        digest = self._attempted = _digest(self.path)
-        try:
-            new = read_config(self.path)
-        except ConfigError as exc:
-            return ReloadResult(False, error=str(exc))
+    async def _reload(self) -> ReloadResult:
+        digest, new = await anyio.to_thread.run_sync(self._read)
+        self._attempted = digest
+        if isinstance(new, str):
+            return ReloadResult(False, error=new)
         diff = diff_configs(self.current, new)
         old, self.current, self._digest = self.current, new, digest
         # Every applier runs in this one synchronous step: no query sees half of each.
@@ -158,6 +162,17 @@ class Reloader:
         return ReloadResult(
             True, summary=diff.summary() if not diff.empty else "reloaded: no change", diff=diff
         )
+
+    def _read(self) -> tuple[str | None, Config | str]:
+        """In a worker thread: the file's digest and its configuration, or why it is refused."""
+        digest = _digest(self.path)
+        try:
+            return digest, read_config(self.path)
+        except ConfigError as exc:
+            return digest, str(exc)
+        except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the running config stays
+            log.exception("reading %s failed", self.path)
+            return digest, f"{self.path}: cannot be read: {type(exc).__name__}: {exc}"
 
     async def watch(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
         """Reload when the file (or the target of its symlink) changes.
@@ -180,7 +195,7 @@ class Reloader:
             rust_timeout=1000,
             yield_on_timeout=True,
         ):
-            if _digest(self.path) != self._attempted:
+            if await anyio.to_thread.run_sync(_digest, self.path) != self._attempted:
                 await self.reload("file changed")
 
     def _concerns(self, change: Change, changed: str) -> bool:
@@ -198,7 +213,9 @@ def _stat_key(path: Path) -> tuple[int, int, int] | None:
 
 
 def _digest(path: Path) -> str | None:
+    # Blocking I/O: called in a worker thread. A FIFO or a device in the file's place has
+    # no digest (and is refused by read_config), rather than a read that never ends.
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return hashlib.sha256(read_regular_file(path, MAX_CONFIG_BYTES)).hexdigest()
     except OSError:
         return None
