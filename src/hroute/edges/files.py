@@ -38,6 +38,8 @@ def prepare_dir(directory: Path, what: str) -> None:
             raise HrouteError(
                 f"cannot {what} in {directory}: cannot create {level}: {exc.strerror or exc}"
             ) from None
+    if not directory.is_dir():
+        raise HrouteError(f"cannot {what} in {directory}: not a directory")
     problem = untrusted_dir(directory, for_writing=True)
     if problem is not None:
         raise HrouteError(f"refusing to {what} in {problem}")

@@ -232,7 +232,7 @@ def _set_aside(path: Path, clock: Clock, why: object) -> None:
             "move it away to start fresh"
         ) from None
     log.warning(
-        "saved state %s cannot be used (%s); set aside as %s, starting fresh", path, why, aside
+        "saved state %s is unreadable (%s); set aside as %s, starting fresh", path, why, aside
     )
 
 
