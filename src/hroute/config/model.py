@@ -334,6 +334,8 @@ def load_config(text: str, source: str = "<config>") -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [f"{where}YAML syntax error: {problem}"]) from exc
+    except RecursionError as exc:  # without libyaml's depth limit
+        raise ConfigError(source, ["YAML syntax error: nested too deeply"]) from exc
     finally:
         loader.dispose()
     if data is None:
