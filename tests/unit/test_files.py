@@ -64,3 +64,24 @@ def test_partial_writes_are_continued(tmp_path: Path, monkeypatch: pytest.Monkey
     data = bytes(range(256)) * 40
     write_atomically(state, data)
     assert state.read_bytes() == data
+
+
+def test_temp_files_a_crash_left_behind_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    from hroute.edges.files import remove_leftovers
+
+    state = tmp_path / "state.json"
+    state.write_text("{}")
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    left = [tmp_path / ".state.json.0123abcd.tmp", tmp_path / ".state.json.4242.tmp"]
+    for p in left:
+        p.write_text("half a file")
+    (tmp_path / ".state.json.link.tmp").symlink_to(victim)
+    others = [tmp_path / ".other.json.1.tmp", tmp_path / "state.json.bad-1"]
+    for p in others:
+        p.write_text("not ours to remove")
+    assert remove_leftovers(state) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["state.json", "victim", ".other.json.1.tmp", "state.json.bad-1"]
+    )
+    assert victim.read_text() == "precious"

@@ -75,6 +75,20 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o640, *, durable: boo
             os.close(dfd)
 
 
+def remove_leftovers(path: Path) -> int:
+    """Remove the temp files of `path` that a daemon killed mid-write left (they have random
+    names, so nothing else ever would); links are removed, never followed. How many."""
+    removed = 0
+    prefix = f".{path.name}."
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
 def _write_all(fd: int, data: bytes) -> None:
     # os.write may write less than asked (a full disk writes what fits); what it left out
     # is written again, and a write that makes no progress is the error it stands for.
