@@ -1,9 +1,15 @@
 """Durable state: round trip, expiry across the restart, and files that are not ours."""
 
+import errno
 import json
+import os
 import random
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 from hroute.core.cooldowns import Held
@@ -180,15 +186,11 @@ def test_spend_from_a_file_without_the_days_end_is_kept_for_that_day() -> None:
 
 def _load_in_a_thread(path: Path) -> object:
     """load_state(path), failing (not hanging) if it does not return: a FIFO blocks an open."""
-    import threading
-
     out: list[object] = []
     worker = threading.Thread(target=lambda: out.append(load_state(path, Clock())), daemon=True)
     worker.start()
     worker.join(10)
     if worker.is_alive():
-        import os
-
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # lets the stuck open return
         os.close(fd)
         worker.join(10)
@@ -197,7 +199,6 @@ def _load_in_a_thread(path: Path) -> object:
 
 
 def test_a_fifo_in_place_of_the_state_file_is_set_aside_not_waited_on(tmp_path: Path) -> None:
-    import os
 
     path = tmp_path / "state.json"
     os.mkfifo(path)
@@ -232,8 +233,6 @@ def test_setting_aside_never_overwrites_what_was_set_aside_before(tmp_path: Path
 
 @pytest.mark.parametrize("kind", ["dev-zero", "sparse"])
 def test_an_endless_or_huge_state_file_is_not_read_into_memory(tmp_path: Path, kind: str) -> None:
-    import subprocess
-    import sys
 
     path = tmp_path / "state.json"
     if kind == "dev-zero":
@@ -259,10 +258,6 @@ def test_an_endless_or_huge_state_file_is_not_read_into_memory(tmp_path: Path, k
 def test_a_failing_save_says_so_once_and_keeps_the_old_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import errno
-    import os
-
-    import anyio
 
     from hroute.config.model import load_config
     from hroute.core.health import Report
