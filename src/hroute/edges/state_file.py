@@ -3,7 +3,8 @@
 Deadlines are monotonic in memory but wall-clock on disk (monotonic time restarts with
 the machine). The file is replaced atomically (temp, fsync, rename, fsync dir), so a
 `kill -9` at any moment leaves the old file or the new one. A file that cannot be read
-is set aside with a warning and never stops the daemon.
+is set aside (renamed, never overwritten) with a warning; only one that can be neither
+read nor moved stops the start. How the file is written and read: `edges/files.py`.
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ class StateSaver:
             self._failing = True
             return False
         if self._failing:
-            log.warning("state saved again to %s", self.path)
+            log.info("state saved again to %s", self.path)
             self._failing = False
         self._saved_key = key
         return True
