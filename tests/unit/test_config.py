@@ -235,3 +235,20 @@ def test_a_fifo_in_place_of_the_config_is_refused_at_once(tmp_path: Path) -> Non
         pytest.fail("read_config blocked on a FIFO")
     [exc] = out
     assert isinstance(exc, ConfigError) and "not a regular file" in str(exc)
+
+
+@pytest.mark.parametrize(
+    "supervise",
+    [
+        "{command: [/bin/true], restart: {backoff_max_s: .inf}}",
+        "{command: [/bin/true], restart: {multiplier: .inf}}",
+        "{command: [/bin/true], start_limit: {interval_s: .inf}}",
+    ],
+)
+def test_no_supervise_number_may_be_infinite(supervise: str) -> None:
+    text = (
+        "backends:\n  local:\n    kind: llama-server\n    base_url: http://127.0.0.1:8080\n"
+        f"    supervise: {supervise}\n"
+    )
+    [problem] = errors_of(text)
+    assert problem.startswith("backends.local.supervise.") and "(line 5)" in problem, problem
