@@ -23,6 +23,7 @@ from hroute.edges.api import Deps, make_api
 from hroute.edges.clock import RealClock, wait_until
 from hroute.edges.cluster import Cluster
 from hroute.edges.fault_injection import serve_test_hooks, socket_timeouts
+from hroute.edges.files import prepare_dir, remove_leftovers
 from hroute.edges.gpu import GpuTelemetry
 from hroute.edges.http import HttpServer
 from hroute.edges.limits import connection_cap, raise_fd_limit
@@ -76,6 +77,10 @@ async def run_daemon(
     registry.add_sink(metrics.on_event)
     _note_missing_keys(registry, config)
     state_path = config.daemon.state_path
+    # Before reading or writing anything there: a directory another user can write could
+    # hold a link that a root daemon writes through.
+    prepare_dir(state_path.parent, "keep state")
+    remove_leftovers(state_path)  # from a daemon killed while it saved
     saved = load_state(state_path, clock)
     restored = registry.restore(saved.records)
     registry.tasks.load(saved.tasks)
@@ -91,6 +96,9 @@ async def run_daemon(
     if sock is None:
         lock = [lock_socket_path(socket_path)]  # held until exit: one daemon per path
         sock = bind_unix_socket(socket_path)
+    else:
+        prepare_dir(socket_path.parent, "publish the snapshot")  # systemd made it: check it
+    remove_leftovers(snapshot_path(socket_path))  # the path is ours alone now
     cluster = None
     if config.cluster is not None:
         cluster = Cluster(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def default_state_dir(env: Mapping[str, str] | None = None, uid: int | None = No
     return Path(base) / "hroute"
 
 
-def untrusted_dir(directory: Path, uid: int | None = None) -> str | None:
+def untrusted_dir(
+    directory: Path, uid: int | None = None, *, for_writing: bool = False
+) -> str | None:
     """Why `directory` may not hold hroute's socket and snapshot for `uid`, or None.
 
     Another user who owns or can write a directory on the way can swap the socket (and
@@ -48,6 +51,10 @@ def untrusted_dir(directory: Path, uid: int | None = None) -> str | None:
     one, which may belong to a third user (the daemon's, e.g. /run/hroute) when its parent
     is root's and writable by nobody else, so that only root can have put it there.
     A sticky, world-writable directory such as /tmp may be passed through, not used.
+
+    `for_writing`: the daemon is about to write files there, and the exception does not
+    hold: a third user who owns the directory could plant a link a root daemon writes
+    through, so the last directory too must be root's or `uid`'s.
     """
     uid = os.getuid() if uid is None else uid
     try:
@@ -64,8 +71,19 @@ def untrusted_dir(directory: Path, uid: int | None = None) -> str | None:
             placed_by_root = (
                 parent is not None and parent.st_uid == 0 and not parent.st_mode & 0o022
             )
-            if not (last and placed_by_root):
-                return f"{path}: owned by uid {st.st_uid}, not by root or uid {uid}"
+            if not (last and placed_by_root and not for_writing):
+                return f"{path}: owned by {_user(st.st_uid)}, not by root or uid {uid}"
         if others_write and not (st.st_uid == 0 and st.st_mode & 0o1000 and not last):
-            return f"{path}: writable by group or others (mode {st.st_mode & 0o7777:o})"
+            return (
+                f"{path}: writable by group or others "
+                f"(mode {st.st_mode & 0o7777:o}, owned by {_user(st.st_uid)})"
+            )
     return None
+
+
+def _user(uid: int) -> str:
+    """`uid 1001 (alice)`: the number always, the name when there is one."""
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"

@@ -114,3 +114,141 @@ def test_models_are_frozen() -> None:
     config = load_config(ONE)
     with pytest.raises(Exception, match="frozen"):
         config.defaults.probe.interval_s = 1  # type: ignore[misc]
+
+
+def test_a_backend_named_twice_is_rejected_with_both_lines() -> None:
+    text = (
+        "backends:\n"
+        "  a: {kind: openai, base_url: 'http://127.0.0.1:1'}\n"
+        "  b: {kind: openai, base_url: 'http://127.0.0.1:2'}\n"
+        "  a: {kind: openai, base_url: 'http://127.0.0.1:3'}\n"
+    )
+    [problem] = errors_of(text)
+    assert problem.startswith("backends.a (line 4)"), problem
+    assert "duplicate" in problem and "line 2" in problem
+
+
+def test_a_key_given_twice_anywhere_is_rejected() -> None:
+    text = (
+        "defaults:\n  cooldown:\n    base_s: 10\n    base_s: 20\n"
+        "backends:\n  a: {kind: openai, base_url: 'http://127.0.0.1:1'}\n"
+    )
+    [problem] = errors_of(text)
+    assert problem.startswith("defaults.cooldown.base_s (line 4)") and "line 3" in problem
+
+
+def test_a_merge_key_may_be_overridden() -> None:
+    text = (
+        "x: &common {kind: openai, base_url: 'http://127.0.0.1:1'}\n"
+        "backends:\n  a: {<<: *common, base_url: 'http://127.0.0.1:2'}\n"
+    ).replace("x: &common", "defaults: {}\n_x: &common")
+    problems = errors_of(text)  # `_x` is unknown; the merge itself is no duplicate
+    assert not any("duplicate" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", ".NaN", ".Inf"])
+@pytest.mark.parametrize("field", ["base_s", "max_s"])
+def test_infinite_or_nan_durations_are_rejected(field: str, value: str) -> None:
+    text = (
+        "defaults:\n  cooldown:\n    " + f"{field}: {value}\n"
+        "backends:\n  a: {kind: openai, base_url: 'http://127.0.0.1:1'}\n"
+    )
+    problems = errors_of(text)
+    assert any(p.startswith(f"defaults.cooldown.{field} (line 3)") for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "defaults: {probe: {interval_s: .inf}}\n",
+        "defaults: {cloud_probe_interval_s: .inf}\n",
+        "budgets: {per_backend_daily_usd: {a: .inf}}\n",
+    ],
+)
+def test_no_float_anywhere_may_be_infinite(where: str) -> None:
+    text = where + "backends:\n  a: {kind: openai, base_url: 'http://127.0.0.1:1'}\n"
+    assert errors_of(text)
+
+
+def laughs(top: str) -> str:
+    """Nine anchors, each nine of the one before: 9**9 strings from 450 bytes."""
+    levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        levels.append(f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
+    return "_: [" + ", ".join(levels) + f"]\nbackends: {{x: {{kind: *{top}, base_url: x}}}}\n"
+
+
+@pytest.mark.parametrize("top", ["f", "i"])  # 9**6 and 9**9 strings in `kind`'s error
+def test_billion_laughs_is_a_short_bounded_error(top: str) -> None:
+    assert len(laughs(top)) < 520
+    with pytest.raises(ConfigError) as info:
+        load_config(laughs(top), source="t.yaml")
+    assert len(str(info.value)) < 2000, len(str(info.value))
+    assert "alias" in str(info.value)
+
+
+def test_aliases_that_expand_a_little_are_fine() -> None:
+    text = (
+        "defaults: {}\n"
+        "backends:\n"
+        "  a: &one {kind: openai, base_url: 'http://127.0.0.1:1', probe: &p {enabled: false}}\n"
+        "  b: {kind: openai, base_url: 'http://127.0.0.1:2', probe: *p}\n"
+    )
+    assert set(load_config(text).backends) == {"a", "b"}
+
+
+def test_a_recursive_alias_is_an_error_not_a_hang() -> None:
+    text = "backends: &b {a: *b}\n"
+    assert errors_of(text)
+
+
+def test_many_problems_are_cut_short() -> None:
+    chain = ", ".join(f"n{i}" for i in range(5000))
+    text = "backends: {x: {kind: openai, base_url: 'http://127.0.0.1:1'}}\n"
+    text += f"profiles: {{p: {{chain: [{chain}]}}}}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(text, source="t.yaml")
+    assert len(str(info.value)) < 20_000
+    assert "and 4980 more" in str(info.value)
+
+
+def test_a_fifo_in_place_of_the_config_is_refused_at_once(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    path = tmp_path / "hroute.yaml"
+    os.mkfifo(path)
+    out: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_config(path)
+        except BaseException as exc:  # noqa: BLE001 - kept for the assert below
+            out.append(exc)
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+        pytest.fail("read_config blocked on a FIFO")
+    [exc] = out
+    assert isinstance(exc, ConfigError) and "not a regular file" in str(exc)
+
+
+@pytest.mark.parametrize(
+    "supervise",
+    [
+        "{command: [/bin/true], restart: {backoff_max_s: .inf}}",
+        "{command: [/bin/true], restart: {multiplier: .inf}}",
+        "{command: [/bin/true], start_limit: {interval_s: .inf}}",
+    ],
+)
+def test_no_supervise_number_may_be_infinite(supervise: str) -> None:
+    text = (
+        "backends:\n  local:\n    kind: llama-server\n    base_url: http://127.0.0.1:8080\n"
+        f"    supervise: {supervise}\n"
+    )
+    [problem] = errors_of(text)
+    assert problem.startswith("backends.local.supervise.") and "(line 5)" in problem, problem

@@ -40,3 +40,15 @@ def test_tmp_itself_is_passed_through_not_used() -> None:
 
 def test_missing_directory_is_not_trusted(tmp_path: Path) -> None:
     assert untrusted_dir(tmp_path / "nope") is not None
+
+
+def test_a_directory_to_write_in_must_be_our_own_or_roots(tmp_path: Path) -> None:
+    d = tmp_path / "theirs"
+    d.mkdir(mode=0o755)
+    os.chown(d, 4242, 4242)
+    # A client may read a snapshot there (root put the directory there for the daemon) ...
+    assert untrusted_dir(d, uid=0) is None
+    # ... but a root daemon must not write in it: its owner could plant a link.
+    problem = untrusted_dir(d, uid=0, for_writing=True)
+    assert problem is not None and problem.startswith(f"{d}: owned by uid 4242")
+    assert untrusted_dir(d, uid=4242, for_writing=True) is None

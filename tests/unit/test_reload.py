@@ -36,3 +36,52 @@ def test_added_removed_changed_renewed_profiles() -> None:
 def test_daemon_change_is_flagged() -> None:
     diff = diff_configs(load_config(BASE), load_config("daemon: {log_level: debug}\n" + BASE))
     assert diff.daemon_changed and not diff.added
+
+
+def _reloader(tmp_path, text: str = BASE):
+    from hroute.edges.reloader import Reloader
+
+    path = tmp_path / "hroute.yaml"
+    path.write_text(text)
+
+    async def no_wait(_s: float) -> None:
+        pass
+
+    return Reloader(path, load_config(text), sleep=no_wait)
+
+
+def test_a_reload_reads_and_validates_off_the_event_loop(tmp_path, monkeypatch) -> None:
+    import threading
+
+    import anyio
+
+    from hroute.config import model
+    from hroute.edges import reloader as reloader_module
+
+    threads = []
+
+    def recording(path):
+        threads.append(threading.current_thread())
+        return model.read_config(path)
+
+    monkeypatch.setattr(reloader_module, "read_config", recording)
+    r = _reloader(tmp_path)
+    r.path.write_text(BASE.replace("interval_s: 2", "interval_s: 3"))
+    result = anyio.run(r.reload, "test")
+    assert result.ok and threads and threads[0] is not threading.main_thread()
+
+
+def test_any_error_while_reading_keeps_the_running_config(tmp_path, monkeypatch) -> None:
+    import anyio
+
+    from hroute.edges import reloader as reloader_module
+
+    def broken(path):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(reloader_module, "read_config", broken)
+    r = _reloader(tmp_path)
+    before = r.current
+    r.path.write_text(BASE.replace("interval_s: 2", "interval_s: 3"))
+    result = anyio.run(r.reload, "test")
+    assert not result.ok and "recursion" in result.error and r.current is before

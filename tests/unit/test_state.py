@@ -1,9 +1,15 @@
 """Durable state: round trip, expiry across the restart, and files that are not ours."""
 
+import errno
 import json
+import os
 import random
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 from hroute.core.cooldowns import Held
@@ -176,3 +182,109 @@ def test_spend_from_a_file_without_the_days_end_is_kept_for_that_day() -> None:
 
     assert spend.spent("r", budget_day(5010.0, UTC)) == 1.5
     assert spend.spent("r", budget_day(86400.0 + 5.0, UTC)) == 0.0
+
+
+def _load_in_a_thread(path: Path) -> object:
+    """load_state(path), failing (not hanging) if it does not return: a FIFO blocks an open."""
+    out: list[object] = []
+    worker = threading.Thread(target=lambda: out.append(load_state(path, Clock())), daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # lets the stuck open return
+        os.close(fd)
+        worker.join(10)
+        pytest.fail(f"load_state blocked on {path}")
+    return out[0]
+
+
+def test_a_fifo_in_place_of_the_state_file_is_set_aside_not_waited_on(tmp_path: Path) -> None:
+
+    path = tmp_path / "state.json"
+    os.mkfifo(path)
+    saved = _load_in_a_thread(path)
+    assert saved.records == {}
+    assert not path.exists()
+    [aside] = tmp_path.glob("state.json.bad-*")
+    assert aside.is_fifo()
+
+
+def test_a_symlink_is_set_aside_and_its_target_left_alone(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.json"
+    target.write_text(json.dumps(encode_state(sample(0.0), 0.0, 10.0)))
+    path = tmp_path / "state.json"
+    path.symlink_to(target)
+    saved = load_state(path, Clock())
+    assert saved.records == {}
+    [aside] = tmp_path.glob("state.json.bad-*")
+    assert aside.is_symlink() and target.exists() and not path.exists()
+
+
+def test_setting_aside_never_overwrites_what_was_set_aside_before(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    for text in ("first bad", "second bad"):
+        path.write_text(text)
+        load_state(path, Clock())  # the same second: the same name, were it not made unique
+    assert sorted(p.read_text() for p in tmp_path.glob("state.json.bad-*")) == [
+        "first bad",
+        "second bad",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "sparse"])
+def test_an_endless_or_huge_state_file_is_not_read_into_memory(tmp_path: Path, kind: str) -> None:
+
+    path = tmp_path / "state.json"
+    if kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        with open(path, "wb") as f:
+            f.truncate(1 << 30)  # 1 GiB of nothing, on no disk
+    code = (
+        "import resource, sys; from pathlib import Path\n"
+        "from hroute.edges.state_file import load_state\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (768 << 20, 768 << 20))\n"
+        "class C:\n def now(self): return 0.0\n def wall(self): return 10.0\n"
+        "print(load_state(Path(sys.argv[1]), C()).records)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "{}", done.stderr[-2000:]
+    assert "set aside" in done.stderr
+    assert list(tmp_path.glob("state.json.bad-*")) and not path.exists()
+
+
+def test_a_failing_save_says_so_once_and_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+
+    from hroute.config.model import load_config
+    from hroute.core.health import Report
+    from hroute.core.registry import Registry
+    from hroute.edges import files, state_file
+    from hroute.edges.state_file import StateSaver
+
+    config = load_config("backends:\n  a: {kind: openai, base_url: 'http://127.0.0.1:9'}\n")
+    reg = Registry(config, Clock())
+    path = tmp_path / "state.json"
+    saver = StateSaver(reg, Clock(), path)
+    reg.record_report("a", Report(False, Reason.RATE_LIMIT, retry_after_s=600))
+    assert anyio.run(saver.save_if_changed)
+    good = path.read_bytes()
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if len(data) <= 4096:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, bytes(data[:4096]))
+
+    monkeypatch.setattr(files.os, "write", full_disk)
+    for seconds in (700, 800, 900):
+        reg.record_report("a", Report(False, Reason.RATE_LIMIT, retry_after_s=seconds))
+        with caplog.at_level("WARNING", logger="hroute"):
+            assert not anyio.run(saver.save_if_changed)
+    assert path.read_bytes() == good
+    said = [m for r in caplog.records if "cannot save state" in (m := r.getMessage())]
+    assert len(said) == 1 and said[0].startswith("cannot save state: "), said
+    assert state_file.load_state(path, Clock()).records  # the old file still restores

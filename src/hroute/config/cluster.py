@@ -14,7 +14,7 @@ SCHEMES = ("redis://", "rediss://", "unix://")
 class ClusterSettings(BaseModel):
     """Where the fleet's shared state lives and under which key prefix."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     redis_url: str
     key_prefix: str = Field("hroute:", min_length=1, max_length=64, pattern=r"^[^\s*?\[\]]+$")

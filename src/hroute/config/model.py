@@ -27,11 +27,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from hroute.config.cluster import ClusterSettings
 from hroute.config.supervise import SuperviseSettings
 from hroute.config.yaml_lines import LOADER as _LOADER
+from hroute.config.yaml_lines import capped as _capped
+from hroute.config.yaml_lines import check_tree as _check_tree
 from hroute.config.yaml_lines import describe as _describe
 from hroute.config.yaml_lines import line_of as _line_of
+from hroute.config.yaml_lines import short as _short
 from hroute.config.yaml_lines import tree as _tree
 from hroute.core.escalation import TASK_REASONS
 from hroute.core.identity import BackendIdentity, backend_identity, is_loopback
+from hroute.edges.files import UnreadableFileError, read_regular_file
 from hroute.errors import ConfigError
 from hroute.paths import default_socket_path, default_state_dir
 
@@ -50,10 +54,13 @@ Kind = Literal["llama-server", "ollama", "openai", "anthropic", "openrouter"]
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 
 PositiveS = Annotated[float, Field(gt=0)]
+MAX_CONFIG_BYTES = 16 << 20  # 10,000 backends take about 1 MB
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan: `.inf` seconds would be written to state.json as Infinity, which the
+    # next start refuses, setting every saved cooldown aside.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ProbeSettings(_Frozen):
@@ -276,15 +283,15 @@ class Config(_Frozen):
         for pname, profile in self.profiles.items():
             for i, member in enumerate(profile.chain):
                 if member not in self.backends:
-                    known = ", ".join(sorted(self.backends)) or "none configured"
                     problems.append(
-                        f"profiles.{pname}.chain.{i}: unknown backend {member!r} (valid: {known})"
+                        f"profiles.{pname}.chain.{i}: unknown backend {_short(member)} "
+                        f"(valid: {_known(self.backends)})"
                     )
         for name in self.budgets.per_backend_daily_usd:
             if name not in self.backends:
-                known = ", ".join(sorted(self.backends)) or "none configured"
                 problems.append(
-                    f"budgets.per_backend_daily_usd.{name}: unknown backend {name!r} (valid: {known})"
+                    f"budgets.per_backend_daily_usd.{name}: unknown backend {_short(name)} "
+                    f"(valid: {_known(self.backends)})"
                 )
         if problems:
             raise ValueError("; ".join(problems))
@@ -303,18 +310,34 @@ class Config(_Frozen):
         return self.backends[name].cooldown or self.defaults.cooldown
 
 
+def _known(names: dict[str, Any], shown: int = 20) -> str:
+    """The configured names for an error message: all of a few, the first of many."""
+    first = sorted(names)[:shown]
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(first) + more if names else "none configured"
+
+
 # --- YAML -> Config, with the YAML line of every error --------------------------------
 
 
 def load_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate a YAML configuration; raise ConfigError naming path and line."""
+    loader = _LOADER(text)
     try:
-        data = yaml.load(text, Loader=_LOADER)  # the tree with lines is built on errors only
+        root = loader.get_single_node()
+        problems = [] if root is None else _check_tree(root, anchors="&" in text)
+        if problems:
+            raise ConfigError(source, _capped(problems))
+        data = None if root is None else loader.construct_document(root)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [f"{where}YAML syntax error: {problem}"]) from exc
+    except RecursionError as exc:  # without libyaml's depth limit
+        raise ConfigError(source, ["YAML syntax error: nested too deeply"]) from exc
+    finally:
+        loader.dispose()
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -331,12 +354,13 @@ def load_config(text: str, source: str = "<config>") -> Config:
         daemon = DaemonSettings(**daemon_data)
     except ValidationError as exc:
         root = _tree(text)
-        raise ConfigError(source, [_describe(e, root, ("daemon",)) for e in exc.errors()]) from exc
+        problems = [_describe(e, root, ("daemon",)) for e in exc.errors()]
+        raise ConfigError(source, _capped(problems)) from exc
     try:
         config = Config.model_validate({**data, "daemon": daemon})
     except ValidationError as exc:
         root = _tree(text)
-        raise ConfigError(source, [_describe(e, root, ()) for e in exc.errors()]) from exc
+        raise ConfigError(source, _capped([_describe(e, root, ()) for e in exc.errors()])) from exc
     if not config.backends:
         # An empty or cut-short file (an editor's truncate-then-write caught half way) is a
         # mistake, never "remove every backend and forget every cooldown".
@@ -345,12 +369,20 @@ def load_config(text: str, source: str = "<config>") -> Config:
 
 
 def read_config(path: str | Path) -> Config:
-    """Read and validate the configuration file at `path`."""
+    """Read and validate the configuration file at `path` (a symlink to it is followed).
+
+    Only a regular file of at most MAX_CONFIG_BYTES is read, opened non-blocking: a FIFO
+    put in its place once hung the daemon's loop on a reload.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(str(path), ["file not found"]) from exc
+    except UnreadableFileError as exc:
+        raise ConfigError(
+            str(path), [f"cannot read: {str(exc).removeprefix(f'{path}: ')}"]
+        ) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"cannot read: {exc}"]) from exc
     return load_config(text, source=str(path))

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
 import stat
 from pathlib import Path
 
+from hroute.edges.files import prepare_dir
 from hroute.errors import HrouteError, SocketInUseError
-from hroute.paths import untrusted_dir
 
 SD_LISTEN_FDS_START = 3
 
@@ -65,13 +66,9 @@ def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 4096) -> sock
 
 
 def prepare_socket_dir(path: Path) -> None:
-    """Make the socket's directory (0700) and check that nobody else can write it."""
-    for directory in [*reversed(path.parent.parents), path.parent]:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o700)  # every directory made here is private, not just the last
-    problem = untrusted_dir(path.parent)
-    if problem is not None:
-        raise HrouteError(f"refusing to serve in {problem}")
+    """Make the socket's directory (0700) and check that nobody else can write it: the lock
+    and the snapshot are written there too."""
+    prepare_dir(path.parent, "serve")
 
 
 def lock_socket_path(path: Path) -> int:
@@ -82,12 +79,22 @@ def lock_socket_path(path: Path) -> int:
     """
     prepare_socket_dir(path)
     lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
+        fd = os.open(lock, flags, 0o600)
+    except OSError as exc:
+        why = "a symbolic link (not followed)" if exc.errno == errno.ELOOP else exc.strerror
+        raise HrouteError(f"{lock}: cannot use it as the lock file: {why or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise HrouteError(f"{lock}: cannot use it as the lock file: not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise SocketInUseError(str(path)) from None
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 

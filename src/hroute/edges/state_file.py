@@ -3,7 +3,8 @@
 Deadlines are monotonic in memory but wall-clock on disk (monotonic time restarts with
 the machine). The file is replaced atomically (temp, fsync, rename, fsync dir), so a
 `kill -9` at any moment leaves the old file or the new one. A file that cannot be read
-is set aside with a warning and never stops the daemon.
+is set aside (renamed, never overwritten) with a warning; only one that can be neither
+read nor moved stops the start. How the file is written and read: `edges/files.py`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ from hroute.core.health import Cooldown, Health, State
 from hroute.core.identity import BackendIdentity
 from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
-from hroute.edges.files import write_atomically
+from hroute.edges.files import UnreadableFileError, read_regular_file, write_atomically
+from hroute.errors import HrouteError
 
 log = logging.getLogger("hroute")
 
 STATE_FORMAT = "hroute-state/1"
 SAVE_DELAY_S = 0.2  # coalesce a burst of changes into one write
+# Far above any real fleet's file (10,000 backends: a few MB), far below what would hurt.
+MAX_STATE_BYTES = 64 << 20
 
 
 class _Strict(BaseModel):
@@ -191,28 +195,46 @@ def decode_saved(data: Any, now: float, wall: float) -> Saved:
 
 
 def load_state(path: Path, clock: Clock) -> Saved:
-    """Read the state file; a missing one is empty, a bad one is set aside with a warning."""
+    """Read the state file; a missing one is empty, a bad one is set aside with a warning.
+
+    A FIFO, a device, a symlink or a file over MAX_STATE_BYTES is never read (a FIFO would
+    hang the start, /dev/zero would fill memory), and a file that cannot be read at all
+    (mode 000) is set aside too: were it left, the next save would overwrite its cooldowns.
+    Raises HrouteError only when such a file can be neither read nor moved.
+    """
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, MAX_STATE_BYTES, follow=False)
     except FileNotFoundError:
         return Saved()
     except OSError as exc:
-        log.warning("cannot read saved state %s (%s); starting fresh", path, exc)
+        _set_aside(path, clock, str(exc) if isinstance(exc, UnreadableFileError) else exc)
         return Saved()
     try:
         return decode_saved(
             json.loads(raw, parse_constant=_no_constants), clock.now(), clock.wall()
         )
     except (ValueError, RecursionError) as exc:  # JSON/Unicode errors are ValueErrors; "[[[[..."
-        aside = path.with_name(f"{path.name}.bad-{int(clock.wall())}")
-        try:
-            os.replace(path, aside)
-        except OSError:
-            aside = path
-        log.warning(
-            "saved state %s is unreadable (%s); set aside as %s, starting fresh", path, exc, aside
-        )
+        _set_aside(path, clock, exc)
         return Saved()
+
+
+def _set_aside(path: Path, clock: Clock, why: object) -> None:
+    """Rename `path` to a name of its own (never over an earlier one), with a warning."""
+    stamp = int(clock.wall())
+    for n in range(100):
+        aside = path.with_name(f"{path.name}.bad-{stamp}" + (f".{n}" if n else ""))
+        if not os.path.lexists(aside):
+            break
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        raise HrouteError(
+            f"saved state {path} cannot be read ({why}) nor set aside ({exc.strerror or exc}); "
+            "move it away to start fresh"
+        ) from None
+    log.warning(
+        "saved state %s is unreadable (%s); set aside as %s, starting fresh", path, why, aside
+    )
 
 
 def _no_constants(name: str) -> Any:
@@ -226,6 +248,7 @@ class StateSaver:
     def __init__(self, registry: Registry, clock: Clock, path: Path) -> None:
         self._registry, self._clock, self.path = registry, clock, path
         self._dirty = anyio.Event()
+        self._failing = False
         # Built after the restore: what was just restored is already on disk. (Taken here,
         # not when run() starts: the socket serves, and reports change state, before that.)
         self._saved_key: Any = self._key()
@@ -259,14 +282,24 @@ class StateSaver:
             # Serialising 10,000 tasks takes tens of ms: not on the loop that answers agents.
             await anyio.to_thread.run_sync(self._write, doc)
         except OSError as exc:
-            log.warning("cannot save state to %s: %s", self.path, exc)
+            if not self._failing:  # once, not at every change: a full disk stays full
+                log.warning(
+                    "cannot save state: %s (%s); the last saved file is kept, "
+                    "trying again at the next change",
+                    exc.strerror or exc,
+                    self.path,
+                )
+            self._failing = True
             return False
+        if self._failing:
+            log.info("state saved again to %s", self.path)
+            self._failing = False
         self._saved_key = key
         return True
 
     def _write(self, doc: dict[str, Any]) -> None:
         data = json.dumps(doc, indent=1).encode()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomically(self.path, data, mode=0o600, durable=True)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
