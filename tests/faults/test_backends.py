@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -86,3 +89,66 @@ def test_a_15_mb_model_listing_neither_blocks_nor_bloats(tmp_path: Path) -> None
             )
             assert rss_kb < 150_000, f"RSS {rss_kb} kB"
             wait_until(lambda: d.proc.poll() is None, 1)
+
+
+class RawServer:
+    """A loopback TCP port that answers every connection with the same bytes, HTTP or not."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.served = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(65536)
+                    conn.sendall(self.answer)
+                    self.served += 1
+                except OSError:
+                    pass
+
+    def __enter__(self) -> RawServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+        self._thread.join(5)
+
+
+NOT_HTTP = {
+    "ssh": b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13\r\n",
+    "badchunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Type: application/json\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    "cutchunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+    b'Content-Type: application/json\r\n\r\n40\r\n{"data": [',
+    "headers": b"HTTP/1.1 200 OK\r\n"
+    + b"".join(b"X-Filler-%d: v\r\n" % i for i in range(10_000))
+    + b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+}
+
+
+def test_an_answer_that_is_not_http_is_a_probe_failure(tmp_path: Path) -> None:
+    # A wrong port (SSH), broken chunking or 10,000 headers: the backend is down, not unknown.
+    with contextlib.ExitStack() as stack:
+        servers = {name: stack.enter_context(RawServer(a)) for name, a in NOT_HTTP.items()}
+        backends = {
+            name: probed(f"http://127.0.0.1:{s.port}/v1", timeout_s=2)
+            for name, s in servers.items()
+        }
+        with Daemon(tmp_path, config(backends)) as d:
+            for name in NOT_HTTP:
+                b = d.wait_state(name, "unhealthy")
+                assert b["usable"] is False, b
+                assert b["reason"] in ("invalid_response", "connection"), b
+                assert "\n" not in b["detail"] and "\x1b" not in b["detail"], b
+            still_answers(d)

@@ -1267,3 +1267,18 @@ def test_real_aiohttp_exceptions_match_by_name():
     assert classify_exception(aiohttp.ServerDisconnectedError()).reason is Reason.CONNECTION
     assert classify_exception(aiohttp.ClientOSError(104, "reset")).reason is Reason.CONNECTION
     assert classify_exception(aiohttp.ClientPayloadError("cut")).reason is Reason.INVALID_RESPONSE
+
+
+def test_an_answer_aiohttp_cannot_parse_is_invalid_not_our_400():
+    # aiohttp wraps a parser error (a port speaking SSH) as ClientResponseError(status=400).
+    aiohttp = pytest.importorskip("aiohttp")
+    from aiohttp.http_exceptions import BadStatusLine
+
+    info = aiohttp.RequestInfo(url=__import__("yarl").URL("http://x/"), method="GET", headers={})
+    try:
+        try:
+            raise BadStatusLine("SSH-2.0-OpenSSH_9.6")
+        except BadStatusLine as cause:
+            raise aiohttp.ClientResponseError(info, (), status=400, message="bad") from cause
+    except aiohttp.ClientResponseError as exc:
+        assert classify_exception(exc).reason is Reason.INVALID_RESPONSE
