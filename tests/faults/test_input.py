@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from hroute.client import fingerprint
 from tests.support.daemon import Daemon, wait_until
-from tests.support.faults import files_text, post_raw_json, still_answers
+from tests.support.faults import config, files_text, post_raw_json, still_answers, unprobed
+from tests.support.procs import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.system]
 
@@ -117,4 +119,40 @@ def test_garbage_on_the_socket_gets_an_error_not_a_crash(shared: Daemon) -> None
     for junk in (b"\x00\xff" * 100 + b"\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"POST /v1/reports"):
         raw_request(shared.socket, junk, timeout_s=2)
     wait_until(lambda: shared.proc.poll() is None, 1)
+    still_answers(shared)
+
+
+def test_a_status_code_without_a_reason_is_classified_as_a_probe_would_be(tmp_path: Path) -> None:
+    # The API documents `status_code`: a 429 alone is a rate limit on that key, not "unknown".
+    with Daemon(tmp_path, config({"b": unprobed(free_port())})) as d:
+        _status_code_only(d)
+
+
+def _status_code_only(shared: Daemon) -> None:
+    fp = fingerprint("status-code-only")
+    body = {"backend": "b", "outcome": "failure", "status_code": 429, "credential": fp}
+    status, answer = shared.client().request("POST", "/v1/reports", body)
+    assert status == 202, answer
+    assert shared.client().usable("b", credential=fp).usable is False
+    assert shared.client().usable("b", credential=fingerprint("other-key")).usable is True
+    assert 'reason="rate_limit"' in shared.get_text("/metrics")
+    # A 400 blames the request, as a probe's would: the backend stays usable.
+    body = {"backend": "b", "outcome": "failure", "status_code": 400, "credential": fp}
+    status, answer = shared.client().request("POST", "/v1/reports", body)
+    assert status == 202 and answer["reason"] != "unknown", answer
+    still_answers(shared)
+
+
+def test_names_in_reports_are_bounded(shared: Daemon) -> None:
+    # 256 reports with 60 KB model names made a 30 MB snapshot and state file.
+    huge = "m" * 60_000
+    for field in ("model", "backend", "base_url", "provider"):
+        body = {"backend": "a", "outcome": "failure", "reason": "timeout", field: huge}
+        status, answer = shared.client().request("POST", "/v1/reports", body)
+        assert status == 400, (field, answer)
+        assert field in answer["error"]["message"] and "256" in answer["error"]["message"]
+        assert huge not in str(answer)
+    ok = {"backend": "a", "outcome": "success", "model": "m" * 256}
+    assert shared.client().request("POST", "/v1/reports", ok)[0] == 202
+    assert len(shared.socket.with_suffix(".snapshot").read_bytes()) < 1_000_000
     still_answers(shared)

@@ -1282,3 +1282,24 @@ def test_an_answer_aiohttp_cannot_parse_is_invalid_not_our_400():
             raise aiohttp.ClientResponseError(info, (), status=400, message="bad") from cause
     except aiohttp.ClientResponseError as exc:
         assert classify_exception(exc).reason is Reason.INVALID_RESPONSE
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "reason"),
+    [
+        (429, None, Reason.RATE_LIMIT),
+        (503, None, Reason.OVERLOADED),
+        (500, None, Reason.SERVER_ERROR),
+        (401, None, Reason.AUTH),
+        (400, "This model's maximum context length is 8192 tokens", Reason.CONTEXT_OVERFLOW),
+        (200, None, Reason.UNKNOWN),
+    ],
+)
+def test_a_report_with_only_a_status_code_is_classified_like_a_probe(status, detail, reason):
+    from hroute.core.reports import parse_report
+
+    data = {"backend": "a", "outcome": "failure", "status_code": status}
+    if detail:
+        data["detail"] = detail
+    assert parse_report(data).reason is reason
+    assert parse_report({**data, "reason": "timeout"}).reason is Reason.TIMEOUT
