@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 
 from tests.support.daemon import Daemon, wait_until
 from tests.support.fakebackend import Behavior, FakeBackend
-from tests.support.faults import config, still_answers
+from tests.support.faults import config, files_text, still_answers
 
 pytestmark = [pytest.mark.faults, pytest.mark.system]
 
@@ -152,3 +154,49 @@ def test_an_answer_that_is_not_http_is_a_probe_failure(tmp_path: Path) -> None:
                 assert b["reason"] in ("invalid_response", "connection"), b
                 assert "\n" not in b["detail"] and "\x1b" not in b["detail"], b
             still_answers(d)
+
+
+def _cli(d: Daemon, *args: str) -> str:
+    run = subprocess.run(
+        [sys.executable, "-m", "hroute.cli", "--socket", str(d.socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=d.env,
+    )
+    return run.stdout + run.stderr
+
+
+def test_credentials_in_base_url_are_basic_auth_and_never_shown(tmp_path: Path) -> None:
+    # A LiteLLM or vLLM proxy behind basic auth: `https://user:pw@host/v1`.
+    password = "pw-Zq81-secret"
+    with (
+        FakeBackend(kind="openai", basic_auth=("alice", password)) as fb,
+        FakeBackend(kind="openai", basic_auth=("alice", "another")) as wrong,
+    ):
+        good = fb.base_url.replace("http://", f"http://alice:{password}@") + "/v1"
+        bad = wrong.base_url.replace("http://", f"http://alice:{password}@") + "/v1"
+        text = config({"proxy": probed(good), "denied": probed(bad)})
+        with Daemon(tmp_path, text) as d:
+            assert d.wait_state("proxy", "healthy")["usable"] is True
+            wait_until(lambda: d.backend("denied")["reason"] == "auth", 10, what="a 401")
+            assert d.backend("denied")["usable"] is False
+            headers = [r.headers.get("Authorization", "") for r in fb.requests]
+            assert headers and all(h.startswith("Basic ") for h in headers), headers
+            # Agents name it with the credentials or without: the same record.
+            assert d.client().usable(base_url=good).backend == "proxy"
+            assert d.client().usable(base_url=fb.base_url + "/v1").backend == "proxy"
+            shown = [
+                str(d.get("/v1/backends")[1]),
+                str(d.get("/v1/backends/proxy")[1]),
+                str(d.get("/v1/events")[1]),
+                str(d.get(f"/v1/usable?base_url={good}")[1]),
+                d.get_text("/metrics"),
+                _cli(d, "status"),
+                _cli(d, "status", "--json"),
+                files_text(d),
+            ]
+            d.stop()
+            shown.append(d.log)
+            for text in shown:
+                assert password not in text, text[:2000]

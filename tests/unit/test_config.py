@@ -114,3 +114,19 @@ def test_models_are_frozen() -> None:
     config = load_config(ONE)
     with pytest.raises(Exception, match="frozen"):
         config.defaults.probe.interval_s = 1  # type: ignore[misc]
+
+
+def test_credentials_in_base_url_are_kept_apart_and_never_in_errors():
+    from hroute.config.model import load_config
+
+    text = "backends:\n  p: {kind: openai, base_url: 'https://al%40ce:p%3Aw0rd@proxy.example/v1'}\n"
+    backend = load_config(text).backends["p"]
+    assert backend.base_url == "https://proxy.example/v1"
+    assert backend.basic_auth == ("al@ce", "p:w0rd")
+    assert "w0rd" not in repr(backend) and "w0rd" not in str(backend.model_dump())
+    other = load_config(text.replace("w0rd", "changed")).backends["p"]
+    assert other != backend  # a new password is a change a reload applies
+    bad = "backends:\n  p: {kind: openai, base_url: 'ftp://al:s3cret@proxy.example'}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    assert "s3cret" not in str(caught.value)

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -31,7 +32,13 @@ from hroute.config.yaml_lines import describe as _describe
 from hroute.config.yaml_lines import line_of as _line_of
 from hroute.config.yaml_lines import tree as _tree
 from hroute.core.escalation import TASK_REASONS
-from hroute.core.identity import BackendIdentity, backend_identity, is_loopback
+from hroute.core.identity import (
+    BackendIdentity,
+    backend_identity,
+    is_loopback,
+    split_credentials,
+    without_credentials,
+)
 from hroute.errors import ConfigError
 from hroute.paths import default_socket_path, default_state_dir
 
@@ -123,6 +130,25 @@ class BackendConfig(_Frozen):
     probe: ProbeOverride = ProbeOverride()
     cooldown: CooldownSettings | None = None
     supervise: SuperviseSettings | None = None
+    # `https://user:pw@host`: taken out of base_url at load (so it is never shown) and
+    # sent as HTTP basic auth on probes, as a LiteLLM or vLLM proxy behind auth expects.
+    _basic_auth: tuple[str, str] | None = PrivateAttr(None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _credentials_apart(cls, data: Any, handler: Any) -> BackendConfig:
+        auth = None
+        if isinstance(data, dict) and isinstance(data.get("base_url"), str):
+            bare, auth = split_credentials(data["base_url"])
+            data = {**data, "base_url": bare}
+        backend = handler(data)
+        backend._basic_auth = auth
+        return backend
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        """(user, password) from the configured base_url, or None."""
+        return self._basic_auth
 
     @model_validator(mode="after")
     def _supervised_is_probed(self) -> BackendConfig:
@@ -134,7 +160,8 @@ class BackendConfig(_Frozen):
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https:// (got {value!r})")
+            shown = without_credentials(value)
+            raise ValueError(f"must start with http:// or https:// (got {shown!r})")
         return value
 
     @cached_property  # frozen: computed once, asked on every route

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import yaml
 
 from hroute.client import Client
+from hroute.core.identity import without_credentials
 from hroute.paths import default_socket_path, snapshot_path
 from hroute.tools import hermes_setup
 
@@ -241,9 +242,10 @@ def _check_provider(p: hermes_setup.Provider, urls: dict[str, str]) -> Check:
     if p.base_url is None:
         return Check(name, INFO, f"{p.provider}: Hermes chooses the URL; hroute cannot match it")
     m = hermes_setup.match_url(p.base_url, urls)
+    shown = without_credentials(p.base_url)  # a proxy's `user:password@` is never printed
     if m.backend is not None:
-        return Check(name, OK, f"{p.base_url} is hroute backend {m.backend}")
-    msg = f"{p.base_url} is not monitored: hroute answers not_monitored for it"
+        return Check(name, OK, f"{shown} is hroute backend {m.backend}")
+    msg = f"{shown} is not monitored: hroute answers not_monitored for it"
     if m.closest is not None:
         return Check(
             name,
