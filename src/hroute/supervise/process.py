@@ -78,7 +78,7 @@ def spawn_child(argv: list[str], env: dict[str, str], cwd: Path | None, now: flo
             env=env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
     except BaseException:
         os.close(read_fd)
@@ -89,12 +89,13 @@ def spawn_child(argv: list[str], env: dict[str, str], cwd: Path | None, now: flo
     return Child(popen, read_fd, now)
 
 
-def _die_with_parent() -> Callable[[], None]:
+def die_with_parent(sig: int) -> Callable[[], None]:
+    """A `preexec_fn` that has the child get `sig` when the forking thread dies (Linux)."""
     libc = ctypes.CDLL(None, use_errno=True)
     prctl, parent = libc.prctl, os.getpid()
 
     def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # hroute died between fork and prctl
             os._exit(1)
 
