@@ -27,10 +27,11 @@ run: dev ## the daemon in the foreground on the example config, socket under $XD
 lint: dev
 	$(VENV)/bin/ruff check src tests bench
 
-bench: dev ## the hot path, the socket, the idle daemon, fleets and reload; figures go to docs/benchmarks.md by hand
+bench: dev ## the hot path, the socket, the idle daemon, fleets, reload and hostile load; figures go to docs/benchmarks.md by hand
 	$(PY) -m bench.bench_usable
 	$(PY) -m bench.bench_fleet
 	$(PY) -m bench.bench_reload
+	$(PY) -m bench.bench_hostile
 
 bench-supervise: dev ## supervision with a real llama-server (builds it once: see llama-server)
 	HROUTE_LLAMA_SERVER="$$(HROUTE_CACHE=$(HROUTE_CACHE) scripts/build-llama-server.sh)" \
