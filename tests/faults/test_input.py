@@ -156,3 +156,36 @@ def test_names_in_reports_are_bounded(shared: Daemon) -> None:
     assert shared.client().request("POST", "/v1/reports", ok)[0] == 202
     assert len(shared.socket.with_suffix(".snapshot").read_bytes()) < 1_000_000
     still_answers(shared)
+
+
+def _cli(d: Daemon, *args: str) -> str:
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "hroute.cli", "--socket", str(d.socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=d.env,
+    )
+    return run.stdout + run.stderr
+
+
+def test_text_from_clients_never_reaches_a_terminal_raw(tmp_path: Path) -> None:
+    # A plugin's `version` is shown by `hroute status` when a guard is off.
+    evil = "\x1b]0;pwned\x07\x1b[2J\x1b[31m9.9"
+    client = {"kind": "hermes", "pid": 4242, "isolation": "host", "guards": {"restore": "off"}}
+    with Daemon(tmp_path, config({"b": unprobed(free_port())})) as d:
+        body = {"backend": "b", "outcome": "success", "client": {**client, "version": evil}}
+        status, answer = d.client().request("POST", "/v1/reports", body)
+        assert status == 202, answer
+        shown = {
+            "status": _cli(d, "status"),
+            "events": _cli(d, "events"),
+            "watch": _cli(d, "status", "--watch", "--count", "1"),
+        }
+        assert "hermes" in shown["status"] and "9.9" in shown["status"], shown["status"]
+        for what, text in shown.items():
+            assert "\x1b" not in text and "\x07" not in text, (what, text)
+        still_answers(d)

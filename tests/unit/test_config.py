@@ -130,3 +130,20 @@ def test_credentials_in_base_url_are_kept_apart_and_never_in_errors():
     with pytest.raises(ConfigError) as caught:
         load_config(bad)
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "name", ['"ok\\nCRITICAL forged\\e[31m"', '"a\\u202eb"', '"tab\\there"', "x" * 129]
+)
+@pytest.mark.parametrize("where", ["backends", "profiles"])
+def test_names_are_printable_and_bounded(name: str, where: str) -> None:
+    # A backend name with newline+ESC forged log lines and reached terminals.
+    backend = name if where == "backends" else "b"
+    text = f"backends:\n  {backend}: {{kind: openai, base_url: 'http://127.0.0.1:9'}}\n"
+    if where == "profiles":
+        text += f"profiles:\n  {name}: {{chain: [b]}}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(text)
+    message = str(caught.value)
+    assert where in message and "line" in message, message
+    assert "\x1b" not in message and "\n CRITICAL" not in message and "\u202e" not in message

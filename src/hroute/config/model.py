@@ -32,13 +32,8 @@ from hroute.config.yaml_lines import describe as _describe
 from hroute.config.yaml_lines import line_of as _line_of
 from hroute.config.yaml_lines import tree as _tree
 from hroute.core.escalation import TASK_REASONS
-from hroute.core.identity import (
-    BackendIdentity,
-    backend_identity,
-    is_loopback,
-    split_credentials,
-    without_credentials,
-)
+from hroute.core.identity import BackendIdentity, backend_identity, is_loopback, split_credentials
+from hroute.core.sanitize import clean
 from hroute.errors import ConfigError
 from hroute.paths import default_socket_path, default_state_dir
 
@@ -57,6 +52,7 @@ Kind = Literal["llama-server", "ollama", "openai", "anthropic", "openrouter"]
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 
 PositiveS = Annotated[float, Field(gt=0)]
+NAME_CHARS = 128  # a backend or profile name
 
 
 class _Frozen(BaseModel):
@@ -160,7 +156,7 @@ class BackendConfig(_Frozen):
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            shown = without_credentials(value)
+            shown = split_credentials(value)[0]  # never the password
             raise ValueError(f"must start with http:// or https:// (got {shown!r})")
         return value
 
@@ -293,8 +289,14 @@ class Config(_Frozen):
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
-            if not name or any(c in name for c in " /?&=,#"):
-                raise ValueError(f"invalid name {name!r}: no spaces or any of / ? & = , #")
+            # Names reach logs, the journal and terminals: a newline or an ESC in one forged
+            # log lines and coloured the operator's screen.
+            bad = not name or any(c in name for c in " /?&=,#") or not name.isprintable()
+            if bad or len(name) > NAME_CHARS:
+                raise ValueError(
+                    f"invalid name {clean(repr(name), 60)}: 1-{NAME_CHARS} printable characters,"
+                    " no spaces or any of / ? & = , #"
+                )
         return value
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ import yaml
 
 from hroute.client import Client
 from hroute.core.identity import without_credentials
+from hroute.core.sanitize import clean
 from hroute.paths import default_socket_path, snapshot_path
 from hroute.tools import hermes_setup
 
@@ -350,9 +351,10 @@ def report(checks: list[Check], out: TextIO, as_json: bool) -> int:
             if colour:
                 code = {OK: "32", FAIL: "31", WARN: "33", INFO: "2"}[c.status]
                 mark = f"\x1b[{code}m{mark}\x1b[0m"
-            out.write(f"{mark} {c.check}: {c.message}\n")
+            # Messages quote the daemon's answers and Hermes' config: escaped, never raw.
+            out.write(f"{mark} {c.check}: {clean(c.message, 2000, keep_lines=True)}\n")
             if c.fix and c.status in (FAIL, WARN):
-                out.write(f"     -> {c.fix}\n")
+                out.write(f"     -> {clean(c.fix, 2000, keep_lines=True)}\n")
         out.write(
             f"{len(failed)} of {len(checks)} checks failed\n" if failed else "all checks passed\n"
         )
