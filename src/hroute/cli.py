@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -157,6 +158,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hroute.systemd.logs import setup_logging
 
     setup_logging(args.log_level or os.environ.get("HROUTE_LOG_LEVEL", "info"))
+    from hroute.supervise.process import become_subreaper
+
+    if not become_subreaper():  # a server's daemonized helpers would then go to init
+        logging.getLogger("hroute").warning("cannot become a child subreaper (prctl refused)")
     if args.socket:
         os.environ["HROUTE_SOCKET"] = args.socket
     try:

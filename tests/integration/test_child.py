@@ -158,3 +158,31 @@ async def wait_for_port(port: int, timeout_s: float = 10) -> None:
     with anyio.fail_after(timeout_s):
         while not await port_listener("127.0.0.1", port):
             await anyio.sleep(0.02)
+
+
+def test_a_helper_in_its_own_session_without_the_tag_is_stopped_with_the_server(
+    tmp_path: Path,
+) -> None:
+    # Out of the server's process group (setsid) and with an empty environment: found by
+    # its ancestry while the server lives, and stopped with it.
+    pidfile = tmp_path / "helper.pid"
+    script = textwrap.dedent(f"""
+        import os, time
+        pid = os.fork()
+        if pid == 0:
+            os.setsid()
+            os.execve("/bin/sleep", ["sleep", "300"], {{}})
+        open({str(pidfile)!r}, "w").write(str(pid))
+        time.sleep(300)
+    """)
+
+    async def stop(child) -> int:
+        while not pidfile.exists() or not pidfile.read_text():
+            await anyio.sleep(0.02)
+        helper = int(pidfile.read_text())
+        assert os.getsid(helper) != os.getsid(child.pid)
+        await stop_child(child, timeout_s=5)
+        return helper
+
+    _, _, helper = run_child([sys.executable, "-c", script], stop)
+    wait_until(lambda: dead(helper), 5, what=f"the helper {helper} to end")
