@@ -1303,3 +1303,10 @@ def test_a_report_with_only_a_status_code_is_classified_like_a_probe(status, det
         data["detail"] = detail
     assert parse_report(data).reason is reason
     assert parse_report({**data, "reason": "timeout"}).reason is Reason.TIMEOUT
+
+
+def test_detail_redacts_basic_credentials_echoed_in_the_body():
+    # A proxy behind basic auth that echoes the Authorization header it refused.
+    body = oai("bad credentials in Authorization: Basic YWxpY2U6cHctWnE4MQ==", "auth", "401")
+    got = classify_response(401, {}, body, now_wall=NOW)
+    assert got is not None and "YWxpY2U6cHctWnE4MQ" not in got.detail, got.detail
