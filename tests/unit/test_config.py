@@ -147,3 +147,12 @@ def test_names_are_printable_and_bounded(name: str, where: str) -> None:
     message = str(caught.value)
     assert where in message and "line" in message, message
     assert "\x1b" not in message and "\n CRITICAL" not in message and "\u202e" not in message
+
+
+def test_a_config_error_never_prints_a_control_character():
+    # The name's own error is escaped, and so is every other error that quotes the name.
+    text = 'backends:\n  "ok\\e[31m": {kind: nope, base_url: "http://127.0.0.1:9"}\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config(text)
+    message = str(caught.value)
+    assert "kind" in message and "\\x1b" in message and "\x1b" not in message, message
