@@ -168,11 +168,11 @@ def test_a_helper_in_its_own_session_without_the_tag_is_stopped_with_the_server(
     pidfile = tmp_path / "helper.pid"
     script = textwrap.dedent(f"""
         import os, time
-        pid = os.fork()
-        if pid == 0:
+        if os.fork() == 0:
             os.setsid()
+            open({str(pidfile)!r} + ".tmp", "w").write(str(os.getpid()))
+            os.replace({str(pidfile)!r} + ".tmp", {str(pidfile)!r})
             os.execve("/bin/sleep", ["sleep", "300"], {{}})
-        open({str(pidfile)!r}, "w").write(str(pid))
         time.sleep(300)
     """)
 

@@ -21,7 +21,7 @@ import os
 import secrets
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,7 @@ READ_CHUNK_BYTES = 65536
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 TAG_ENV = "HROUTE_SUPERVISED_ID"
-STRAY_EXIT_S = 5.0  # a SIGKILLed stray is awaited this long to be reaped
+STRAY_EXIT_S = 5.0  # SIGKILLed strays are awaited this long, in all, to be reaped
 
 
 @dataclass
@@ -45,7 +45,9 @@ class Child:
     exited: anyio.Event = field(default_factory=anyio.Event)
     returncode: int | None = None
     tag: str = ""  # TAG_ENV's value in its environment: what it starts carries it too
-    strays: set[int] = field(default_factory=set)  # told to stop with it, reaped with it
+    # pid -> pidfd of what was told to stop with it: a pidfd names that process even if the
+    # pid is reused by the time it is killed and reaped
+    strays: dict[int, int] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -70,11 +72,10 @@ class Child:
 
     def tell_strays(self, sig: int) -> None:
         """Signal what the server started outside its process group (a daemonized helper)."""
-        pids = find_strays(self.tag, self.pid) if self.tag else set()
-        self.strays |= pids
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
+        if self.tag:
+            found = _pidfds(find_strays(self.tag, self.pid) - set(self.strays))
+            self.strays.update(found)
+            _signal_all(self.strays.values(), sig)
 
     async def sweep(self) -> None:
         """Once the server has ended: SIGKILL its group and its strays; reap adopted ones."""
@@ -83,13 +84,18 @@ class Child:
             return
         # Not by ancestry from the server's pid: it is reaped, and may be someone else's now.
         found = await anyio.to_thread.run_sync(find_strays, self.tag, None)
-        for pid in found | self.strays:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        with anyio.move_on_after(STRAY_EXIT_S):
-            for pid in found | self.strays:
-                await _reap(pid)
-        self.strays = set()
+        self.strays.update(_pidfds(found - set(self.strays)))
+        _signal_all(self.strays.values(), signal.SIGKILL)
+        try:
+            with anyio.move_on_after(STRAY_EXIT_S):
+                for pidfd in self.strays.values():
+                    await anyio.wait_readable(pidfd)
+                    with contextlib.suppress(ChildProcessError):  # reaped if adopted by us
+                        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        finally:
+            for pidfd in self.strays.values():
+                os.close(pidfd)
+            self.strays = {}
 
     def signal_group(self, sig: int) -> None:
         """Signal the child's whole process group (it leads it: pgid == pid)."""
@@ -157,19 +163,19 @@ def find_strays(tag: str, root: int | None, proc: Path = Path("/proc")) -> set[i
     return found - {root, os.getpid()}
 
 
-async def _reap(pid: int) -> None:
-    """Wait for `pid` to end; collect its exit status if it is ours (adopted as subreaper)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        pidfd = None  # gone already (a zombie still has a pid: waitpid below takes it)
-    if pidfd is not None:
-        try:
-            await anyio.wait_readable(pidfd)
-        finally:
-            os.close(pidfd)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+def _pidfds(pids: set[int]) -> dict[int, int]:
+    """A pidfd for each of `pids` still there."""
+    opened = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            opened[pid] = os.pidfd_open(pid)
+    return opened
+
+
+def _signal_all(pidfds: Iterable[int], sig: int) -> None:
+    for pidfd in pidfds:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            signal.pidfd_send_signal(pidfd, sig)
 
 
 def die_with_parent(sig: int) -> Callable[[], None]:
