@@ -6,6 +6,7 @@ from hroute.core.sanitize import clean
 
 PROBLEM_CHARS = 4000  # one problem of a configuration, as shown
 
+
 class HrouteError(Exception):
     """Base of every error hroute raises on purpose."""
 

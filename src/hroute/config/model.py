@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -53,6 +54,21 @@ KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 
 PositiveS = Annotated[float, Field(gt=0)]
 NAME_CHARS = 128  # a backend or profile name
+
+
+def _check_name(name: str) -> str:
+    # Names reach logs, the journal and terminals: a newline or an ESC in one forged log
+    # lines and coloured the operator's screen.
+    bad = not name or any(c in name for c in " /?&=,#") or not name.isprintable()
+    if bad or len(name) > NAME_CHARS:
+        raise ValueError(
+            f"invalid name {clean(repr(name), 60)}: 1-{NAME_CHARS} printable characters,"
+            " no spaces or any of / ? & = , #"
+        )
+    return name
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
 
 
 class _Frozen(BaseModel):
@@ -274,8 +290,8 @@ class DaemonSettings(BaseSettings):
 class Config(_Frozen):
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     defaults: Defaults = Defaults()
-    backends: dict[str, BackendConfig] = Field(default_factory=dict)
-    profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
+    backends: dict[Name, BackendConfig] = Field(default_factory=dict)
+    profiles: dict[Name, ProfileConfig] = Field(default_factory=dict)
     fallback_rules: dict[FallbackReason, FallbackRule] = Field(default_factory=dict)
     budgets: Budgets = Budgets()
     cluster: ClusterSettings | None = None  # off: this host works on its own state
@@ -284,20 +300,6 @@ class Config(_Frozen):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return {} if value is None else value  # `backends:` with nothing under it
-
-    @field_validator("backends", "profiles")
-    @classmethod
-    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for name in value:
-            # Names reach logs, the journal and terminals: a newline or an ESC in one forged
-            # log lines and coloured the operator's screen.
-            bad = not name or any(c in name for c in " /?&=,#") or not name.isprintable()
-            if bad or len(name) > NAME_CHARS:
-                raise ValueError(
-                    f"invalid name {clean(repr(name), 60)}: 1-{NAME_CHARS} printable characters,"
-                    " no spaces or any of / ? & = , #"
-                )
-        return value
 
     @model_validator(mode="after")
     def _chains_name_backends(self) -> Config:
