@@ -15,8 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
-test: dev ## the whole suite, as CI runs it
-	$(PY) -m pytest
+test: dev ## the whole suite, as CI runs it; the 25 slowest tests are listed at the end
+	$(PY) -m pytest --durations=25
 
 test-fast: dev ## unit tests only
 	$(PY) -m pytest tests/unit -q
@@ -27,11 +27,12 @@ run: dev ## the daemon in the foreground on the example config, socket under $XD
 lint: dev
 	$(VENV)/bin/ruff check src tests bench
 
-bench: dev ## the hot path, the socket, the idle daemon, fleets and reload; figures go to docs/benchmarks.md by hand
+bench: dev ## the hot path, the socket, the idle daemon, fleets, reload and hostile load; figures go to docs/benchmarks.md by hand
 	$(PY) -m bench.bench_usable
 	$(PY) -m bench.bench_http
 	$(PY) -m bench.bench_fleet
 	$(PY) -m bench.bench_reload
+	$(PY) -m bench.bench_hostile
 
 bench-supervise: dev ## supervision with a real llama-server (builds it once: see llama-server)
 	HROUTE_LLAMA_SERVER="$$(HROUTE_CACHE=$(HROUTE_CACHE) scripts/build-llama-server.sh)" \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 
 from hroute import __version__
 from hroute.core.escalation import TASK_REASONS
+from hroute.core.sanitize import clean
 from hroute.tools.commands import (
     add_tool_commands,
     add_watch_options,
@@ -156,6 +158,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hroute.systemd.logs import setup_logging
 
     setup_logging(args.log_level or os.environ.get("HROUTE_LOG_LEVEL", "info"))
+    from hroute.supervise.process import become_subreaper
+
+    if not become_subreaper():  # a server's daemonized helpers would then go to init
+        logging.getLogger("hroute").warning("cannot become a child subreaper (prctl refused)")
     if args.socket:
         os.environ["HROUTE_SOCKET"] = args.socket
     try:
@@ -202,8 +208,13 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
 
 def _fail(status: int, body: Any) -> int:
     message = body.get("error", {}).get("message") if isinstance(body, dict) else None
-    print(f"hroute: {message or f'HTTP {status}'}", file=sys.stderr)
+    print(f"hroute: {_shown(message or f'HTTP {status}')}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _shown(value: Any) -> str:
+    """A daemon's answer as a terminal may print it: names and details come from outside."""
+    return clean(value, 2000)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -243,10 +254,11 @@ def _cmd_route(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
     elif body["backend"]:
-        print(f"{body['backend']}\t{body['base_url']}\t{body.get('model') or '-'}")
+        fields = (body["backend"], body["base_url"], body.get("model") or "-")
+        print("\t".join(map(_shown, fields)))
     for link in body["chain"]:
         if not args.json and link["backend"] != body["backend"] and not link["usable"]:
-            print(f"  skipped {link['backend']}: {link['reason']}", file=sys.stderr)
+            print(f"  skipped {_shown(link['backend'])}: {_shown(link['reason'])}", file=sys.stderr)
     if body["backend"] is None:
         wait = body.get("retry_after_s")
         hint = f"; earliest in {wait:.0f}s" if wait is not None else ""
@@ -255,9 +267,9 @@ def _cmd_route(args: argparse.Namespace) -> int:
         )
         if not args.json:
             if "retry_after_unknown" in body:
-                print(f"  when: unknown ({body['retry_after_unknown']})", file=sys.stderr)
+                print(f"  when: unknown ({_shown(body['retry_after_unknown'])})", file=sys.stderr)
             for tip in body.get("help", []):
-                print(f"  help: {tip}", file=sys.stderr)
+                print(f"  help: {_shown(tip)}", file=sys.stderr)
         return EXIT_NONE_USABLE
     return EXIT_OK
 
@@ -302,7 +314,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if status != 202:
         return _fail(status, answer)
     print(
-        f"{answer['name']}: {answer['state']}, usable={'yes' if answer['usable'] else 'no'}"
+        f"{_shown(answer['name'])}: {answer['state']}, usable={'yes' if answer['usable'] else 'no'}"
         + (f" ({answer['reason']})" if answer["reason"] else "")
     )
     return EXIT_OK
@@ -322,9 +334,8 @@ def _cmd_events(args: argparse.Namespace) -> int:
                 print(json.dumps(event), flush=True)
             else:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["ts"]))
-                print(
-                    f"{event['id']:>6} {stamp} {event['event']:<14} {describe(event)}", flush=True
-                )
+                kind = _shown(event["event"])
+                print(f"{event['id']:>6} {stamp} {kind:<14} {describe(event)}", flush=True)
         if not args.follow:
             return EXIT_OK
         time.sleep(1.0)
@@ -339,7 +350,7 @@ def _cmd_task_failure(args: argparse.Namespace) -> int:
         return _fail(status, body)
     escalated = [p for p, yes in body["escalated"].items() if yes]
     print(
-        f"task {body['task']}: {body['failures']} failures"
+        f"task {_shown(body['task'])}: {body['failures']} failures"
         + (f"; escalated past the local tier for: {', '.join(escalated)}" if escalated else "")
     )
     return EXIT_OK
@@ -349,7 +360,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     status, body = _call(args, "POST", "/v1/reload")
     if status != 200:
         return _fail(status, body)
-    print(body.get("summary", "reloaded"))
+    print(_shown(body.get("summary", "reloaded")))
     return EXIT_OK
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from hroute.core.sanitize import clean
+
+PROBLEM_CHARS = 4000  # one problem of a configuration, as shown
+
 
 class HrouteError(Exception):
     """Base of every error hroute raises on purpose."""
@@ -12,7 +16,8 @@ class ConfigError(HrouteError):
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
-        self.problems = list(problems)
+        # Problems quote the file (a key with an ESC in it): escaped, as all shown text is.
+        self.problems = [clean(p, PROBLEM_CHARS) for p in problems]
         lines = "\n".join(f"  {p}" for p in self.problems)
         super().__init__(f"{source}: invalid configuration\n{lines}")
 

@@ -26,6 +26,12 @@ def names(d: Daemon) -> set[str]:
     return {b["name"] for b in d.get("/v1/backends")[1]["backends"]}
 
 
+# A kept cooldown has run on by the seconds the case took, never more than a test may last
+# (pytest's per-test timeout): a bound a busy machine cannot break, which a lost or restarted
+# cooldown (hundreds of seconds off) still does.
+KEPT_S = 60
+
+
 def cool_a(d: Daemon, seconds: int = 600) -> float:
     d.client().report("a", outcome="failure", reason="rate_limit", retry_after_s=seconds)
     return d.backend("a")["cooldown_remaining_s"]
@@ -51,7 +57,7 @@ def test_a_file_without_backends_is_rejected_and_forgets_nothing(d: Daemon, text
     d.config_path.write_text(text)
     d.wait_for_log("config rejected")
     assert names(d) == {"a", "b"}
-    assert 0 < before - d.backend("a")["cooldown_remaining_s"] < 5
+    assert 0 < before - d.backend("a")["cooldown_remaining_s"] < KEPT_S
     wait_until(lambda: len(saved_identities(d)) == 2, what="state.json to hold both backends")
     still_answers(d)
 
@@ -65,7 +71,7 @@ def test_an_in_place_save_keeps_a_rate_limit_cooldown(d: Daemon) -> None:
         f.write(FULL.replace("interval_s: 30", "interval_s: 29"))
     d.wait_for_log("reloaded:")
     a = d.backend("a")
-    assert a["usable"] is False and 0 < before - a["cooldown_remaining_s"] < 5
+    assert a["usable"] is False and 0 < before - a["cooldown_remaining_s"] < KEPT_S
     assert not REMOVED.search(d.log) and "config rejected" not in d.log  # never half written
     still_answers(d)
 
@@ -93,7 +99,7 @@ def test_a_removed_backend_gets_its_cooldown_back_when_it_returns(d: Daemon) -> 
     wait_until(lambda: names(d) == {"a", "b"}, what="a to come back")
     a = d.backend("a")
     assert a["usable"] is False and a["reason"] == "rate_limit"
-    assert 0 < before - a["cooldown_remaining_s"] < 5
+    assert 0 < before - a["cooldown_remaining_s"] < KEPT_S
     still_answers(d)
 
 
@@ -117,5 +123,5 @@ def test_a_deleted_then_recreated_file_keeps_everything(d: Daemon) -> None:
     os.replace(tmp, d.config_path)
     d.wait_for_log("reloaded:")
     assert names(d) == {"a", "b"}
-    assert 0 < before - d.backend("a")["cooldown_remaining_s"] < 5
+    assert 0 < before - d.backend("a")["cooldown_remaining_s"] < KEPT_S
     still_answers(d)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from hroute.client import fingerprint
 from tests.support.daemon import Daemon, wait_until
-from tests.support.faults import files_text, post_raw_json, still_answers
+from tests.support.faults import config, files_text, post_raw_json, still_answers, unprobed
+from tests.support.procs import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.system]
 
@@ -118,3 +120,72 @@ def test_garbage_on_the_socket_gets_an_error_not_a_crash(shared: Daemon) -> None
         raw_request(shared.socket, junk, timeout_s=2)
     wait_until(lambda: shared.proc.poll() is None, 1)
     still_answers(shared)
+
+
+def test_a_status_code_without_a_reason_is_classified_as_a_probe_would_be(tmp_path: Path) -> None:
+    # The API documents `status_code`: a 429 alone is a rate limit on that key, not "unknown".
+    with Daemon(tmp_path, config({"b": unprobed(free_port())})) as d:
+        _status_code_only(d)
+
+
+def _status_code_only(shared: Daemon) -> None:
+    fp = fingerprint("status-code-only")
+    body = {"backend": "b", "outcome": "failure", "status_code": 429, "credential": fp}
+    status, answer = shared.client().request("POST", "/v1/reports", body)
+    assert status == 202, answer
+    assert shared.client().usable("b", credential=fp).usable is False
+    assert shared.client().usable("b", credential=fingerprint("other-key")).usable is True
+    assert 'reason="rate_limit"' in shared.get_text("/metrics")
+    # A 400 blames the request, as a probe's would: the backend stays usable.
+    body = {"backend": "b", "outcome": "failure", "status_code": 400, "credential": fp}
+    status, answer = shared.client().request("POST", "/v1/reports", body)
+    assert status == 202 and answer["reason"] != "unknown", answer
+    still_answers(shared)
+
+
+def test_names_in_reports_are_bounded(shared: Daemon) -> None:
+    # 256 reports with 60 KB model names made a 30 MB snapshot and state file.
+    huge = "m" * 60_000
+    for field in ("model", "backend", "base_url", "provider"):
+        body = {"backend": "a", "outcome": "failure", "reason": "timeout", field: huge}
+        status, answer = shared.client().request("POST", "/v1/reports", body)
+        assert status == 400, (field, answer)
+        assert field in answer["error"]["message"] and "256" in answer["error"]["message"]
+        assert huge not in str(answer)
+    ok = {"backend": "a", "outcome": "success", "model": "m" * 256}
+    assert shared.client().request("POST", "/v1/reports", ok)[0] == 202
+    assert len(shared.socket.with_suffix(".snapshot").read_bytes()) < 1_000_000
+    still_answers(shared)
+
+
+def _cli(d: Daemon, *args: str) -> str:
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "hroute.cli", "--socket", str(d.socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=d.env,
+    )
+    return run.stdout + run.stderr
+
+
+def test_text_from_clients_never_reaches_a_terminal_raw(tmp_path: Path) -> None:
+    # A plugin's `version` is shown by `hroute status` when a guard is off.
+    evil = "\x1b]0;pwned\x07\x1b[2J\x1b[31m9.9"
+    client = {"kind": "hermes", "pid": 4242, "isolation": "host", "guards": {"restore": "off"}}
+    with Daemon(tmp_path, config({"b": unprobed(free_port())})) as d:
+        body = {"backend": "b", "outcome": "success", "client": {**client, "version": evil}}
+        status, answer = d.client().request("POST", "/v1/reports", body)
+        assert status == 202, answer
+        shown = {
+            "status": _cli(d, "status"),
+            "events": _cli(d, "events"),
+            "watch": _cli(d, "status", "--watch", "--count", "1"),
+        }
+        assert "hermes" in shown["status"] and "9.9" in shown["status"], shown["status"]
+        for what, text in shown.items():
+            assert "\x1b" not in text and "\x07" not in text, (what, text)
+        still_answers(d)

@@ -163,13 +163,13 @@ def test_queue_gives_one_behavior_per_request() -> None:
 def test_hang_times_out_a_client_and_stop_is_quick() -> None:
     with FakeBackend("llama-server") as fb:
         fb.set_behavior("/slots", Behavior(hang=True))
-        started = time.monotonic()
         with pytest.raises(TimeoutError):
             request(fb.port, "/slots", timeout_s=0.3)
-        assert time.monotonic() - started < 1.5
         assert request(fb.port, "/health")[0] == 200  # only /slots is wedged
-        started = time.monotonic()
-    assert time.monotonic() - started < 1.5
+        thread = fb._thread
+        assert thread is not None
+    # stop() ended the hanging handler: the server's thread is gone, not left waiting.
+    assert not thread.is_alive()
 
 
 def test_reset_and_trickle() -> None:

@@ -49,3 +49,13 @@ def test_socket_and_runtime_directory_agree():
     assert "SocketMode=0660" in socket and "SocketGroup=hroute" in socket
     assert "RuntimeDirectory=hroute\n" in service
     assert "RuntimeDirectoryPreserve=yes" in service
+
+
+def test_nothing_hroute_started_outlives_the_unit():
+    # mixed: SIGTERM to hroute (it stops its servers in order), then SIGKILL to whatever is
+    # left in the cgroup, a daemonized helper in its own session included. `process` or
+    # `none` would leave such helpers running after a stop.
+    service = (SYSTEMD / "hroute.service").read_text()
+    modes = re.findall(r"^KillMode=(\S+)$", service, re.M)
+    assert modes in (["mixed"], ["control-group"]), modes
+    assert "SendSIGKILL=no" not in service

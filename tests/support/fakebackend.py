@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import json
 import re
@@ -372,6 +373,7 @@ class FakeBackend:
         reply: str = "Hello from the fake backend.",
         port: int = 0,
         host: str = HOST,
+        basic_auth: tuple[str, str] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind: unknown backend kind {kind!r} (valid: {', '.join(KINDS)})")
@@ -381,6 +383,8 @@ class FakeBackend:
         self._answers = _Answers(kind, self.models, reply)
         self._port = port
         self.host = host  # "::1" for an IPv6 backend
+        # (user, password): every request without them gets 401, as behind a proxy's auth
+        self.basic_auth = basic_auth
         self._cond = threading.Condition()
         self._requests: list[RecordedRequest] = []
         self._bodies: list[bytes] = []
@@ -638,6 +642,11 @@ class FakeBackend:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         raw = await request.read()
         self._record(request, raw)
+        if self.basic_auth is not None:
+            expected = "Basic " + base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            if request.headers.get("Authorization") != expected:
+                envelope = error_envelope(self.kind, 401, "authentication required")
+                return web.json_response(envelope, status=401)
         b = self._pick(request.path)
         if b.delay_s and await self._stop_requested_within(b.delay_s):
             return _reset(request)

@@ -47,7 +47,8 @@ def test_write_in_place_adds_a_backend_and_keeps_health_of_the_unchanged(tmp_pat
         assert "file changed" in line
         a = d.backend("a")
         assert a["usable"] is False and a["reason"] == "rate_limit"
-        assert 0 < before - a["cooldown_remaining_s"] < 5  # the same cooldown, still running
+        # The same cooldown, still running (60: the most a test may last, never a busy machine)
+        assert 0 < before - a["cooldown_remaining_s"] < 60
 
 
 def test_changed_identity_starts_fresh(tmp_path: Path) -> None:

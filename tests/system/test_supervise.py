@@ -380,3 +380,49 @@ def test_reload_restarts_a_changed_server_and_stops_a_removed_one(tmp_path: Path
         assert hroute(d, "reload").returncode == 0
         wait_until(lambda: "process" not in d.backend("loc"), 10, what="supervision to end")
         wait_until(lambda: dead(new["pid"]), 10, what="the server to stop")
+
+
+DAEMONIZING = """
+import os, sys
+pidfile = sys.argv[1]
+if os.fork() == 0:  # double fork: the sleeper leaves the server's session and its tree
+    os.setsid()
+    if os.fork() == 0:
+        os.execvp("sleep", ["sleep", "300"])
+    os._exit(0)
+os.wait()
+with open(pidfile + ".tmp", "w") as f:
+    f.write(str(max(int(p) for p in os.listdir("/proc") if p.isdigit() and _is_sleeper(p))))
+os.replace(pidfile + ".tmp", pidfile)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+SLEEPER_OF = """
+def _is_sleeper(p):
+    try:
+        argv = open(f"/proc/{p}/cmdline", "rb").read().split(b"\\0")
+        env = open(f"/proc/{p}/environ", "rb").read()
+    except OSError:
+        return False
+    return argv[:2] == [b"sleep", b"300"] and MARK in env
+MARK = os.environ["ORPHAN_MARK"].encode()
+"""
+
+
+def test_a_server_that_daemonizes_leaves_no_orphan(tmp_path: Path) -> None:
+    # A supervised server that double-forks a helper into its own session: a process group
+    # kill misses it, and before hroute adopted orphans it outlived every stop.
+    port, pidfile = free_port(), tmp_path / "sleeper.pid"
+    mark = f"orphan-{os.getpid()}-{port}"
+    script = "import os\n" + SLEEPER_OF + DAEMONIZING
+    command = [sys.executable, "-c", script, str(pidfile), FAKE, "--port", str(port)]
+    with Daemon(tmp_path, config(port, command), env={"ORPHAN_MARK": mark}) as d:
+        wait_process(d, state="running")
+        first = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), 10))
+        assert not dead(first)
+        # A restart stops the old server: its helper goes with it (it could hold a port).
+        pidfile.unlink()
+        assert d.client().request("POST", "/v1/backends/loc/restart")[0] == 202
+        second = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), 15))
+        wait_until(lambda: dead(first), 10, what=f"the first server's orphan {first} to end")
+        assert not dead(second)
+    wait_until(lambda: dead(second), 10, what=f"the orphan {second} to end with hroute")

@@ -1267,3 +1267,46 @@ def test_real_aiohttp_exceptions_match_by_name():
     assert classify_exception(aiohttp.ServerDisconnectedError()).reason is Reason.CONNECTION
     assert classify_exception(aiohttp.ClientOSError(104, "reset")).reason is Reason.CONNECTION
     assert classify_exception(aiohttp.ClientPayloadError("cut")).reason is Reason.INVALID_RESPONSE
+
+
+def test_an_answer_aiohttp_cannot_parse_is_invalid_not_our_400():
+    # aiohttp wraps a parser error (a port speaking SSH) as ClientResponseError(status=400).
+    aiohttp = pytest.importorskip("aiohttp")
+    from aiohttp.http_exceptions import BadStatusLine
+
+    info = aiohttp.RequestInfo(url=__import__("yarl").URL("http://x/"), method="GET", headers={})
+    try:
+        try:
+            raise BadStatusLine("SSH-2.0-OpenSSH_9.6")
+        except BadStatusLine as cause:
+            raise aiohttp.ClientResponseError(info, (), status=400, message="bad") from cause
+    except aiohttp.ClientResponseError as exc:
+        assert classify_exception(exc).reason is Reason.INVALID_RESPONSE
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "reason"),
+    [
+        (429, None, Reason.RATE_LIMIT),
+        (503, None, Reason.OVERLOADED),
+        (500, None, Reason.SERVER_ERROR),
+        (401, None, Reason.AUTH),
+        (400, "This model's maximum context length is 8192 tokens", Reason.CONTEXT_OVERFLOW),
+        (200, None, Reason.UNKNOWN),
+    ],
+)
+def test_a_report_with_only_a_status_code_is_classified_like_a_probe(status, detail, reason):
+    from hroute.core.reports import parse_report
+
+    data = {"backend": "a", "outcome": "failure", "status_code": status}
+    if detail:
+        data["detail"] = detail
+    assert parse_report(data).reason is reason
+    assert parse_report({**data, "reason": "timeout"}).reason is Reason.TIMEOUT
+
+
+def test_detail_redacts_basic_credentials_echoed_in_the_body():
+    # A proxy behind basic auth that echoes the Authorization header it refused.
+    body = oai("bad credentials in Authorization: Basic YWxpY2U6cHctWnE4MQ==", "auth", "401")
+    got = classify_response(401, {}, body, now_wall=NOW)
+    assert got is not None and "YWxpY2U6cHctWnE4MQ" not in got.detail, got.detail

@@ -252,3 +252,46 @@ def test_no_supervise_number_may_be_infinite(supervise: str) -> None:
     )
     [problem] = errors_of(text)
     assert problem.startswith("backends.local.supervise.") and "(line 5)" in problem, problem
+
+
+def test_credentials_in_base_url_are_kept_apart_and_never_in_errors():
+    from hroute.config.model import load_config
+
+    text = "backends:\n  p: {kind: openai, base_url: 'https://al%40ce:p%3Aw0rd@proxy.example/v1'}\n"
+    backend = load_config(text).backends["p"]
+    assert backend.base_url == "https://proxy.example/v1"
+    assert backend.basic_auth == ("al@ce", "p:w0rd")
+    assert "w0rd" not in repr(backend) and "w0rd" not in str(backend.model_dump())
+    other = load_config(text.replace("w0rd", "changed")).backends["p"]
+    assert other != backend  # a new password is a change a reload applies
+    bad = "backends:\n  p: {kind: openai, base_url: 'ftp://al:s3cret@proxy.example'}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "name", ['"ok\\nCRITICAL forged\\e[31m"', '"a\\u202eb"', '"tab\\there"', "x" * 129]
+)
+@pytest.mark.parametrize("where", ["backends", "profiles"])
+def test_names_are_printable_and_bounded(name: str, where: str) -> None:
+    # A backend name with newline+ESC forged log lines and reached terminals.
+    backend = name if where == "backends" else "b"
+    text = f"backends:\n  {backend}: {{kind: openai, base_url: 'http://127.0.0.1:9'}}\n"
+    if where == "profiles":
+        text += f"profiles:\n  {name}: {{chain: [b]}}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(text)
+    message = str(caught.value)
+    line = 2 if where == "backends" else 4  # the name's own line
+    assert f"{where}." in message and f"(line {line})" in message, message
+    assert "\x1b" not in message and "\n CRITICAL" not in message and "\u202e" not in message
+
+
+def test_a_config_error_never_prints_a_control_character():
+    # The name's own error is escaped, and so is every other error that quotes the name.
+    text = 'backends:\n  "ok\\e[31m": {kind: nope, base_url: "http://127.0.0.1:9"}\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config(text)
+    message = str(caught.value)
+    assert "kind" in message and "\\x1b" in message and "\x1b" not in message, message

@@ -64,12 +64,3 @@ def test_the_client_needs_only_the_standard_library() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-def test_no_module_over_400_lines() -> None:
-    long = [
-        f"{p.relative_to(SRC)}: {n}"
-        for p in SRC.rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > 400
-    ]
-    assert long == []

@@ -15,9 +15,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -34,7 +36,8 @@ from hroute.config.yaml_lines import line_of as _line_of
 from hroute.config.yaml_lines import short as _short
 from hroute.config.yaml_lines import tree as _tree
 from hroute.core.escalation import TASK_REASONS
-from hroute.core.identity import BackendIdentity, backend_identity, is_loopback
+from hroute.core.identity import BackendIdentity, backend_identity, is_loopback, split_credentials
+from hroute.core.sanitize import clean
 from hroute.edges.files import UnreadableFileError, read_regular_file
 from hroute.errors import ConfigError
 from hroute.paths import default_socket_path, default_state_dir
@@ -55,6 +58,23 @@ KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 
 PositiveS = Annotated[float, Field(gt=0)]
 MAX_CONFIG_BYTES = 16 << 20  # 10,000 backends take about 1 MB
+
+NAME_CHARS = 128  # a backend or profile name
+
+
+def _check_name(name: str) -> str:
+    # Names reach logs, the journal and terminals: a newline or an ESC in one forged log
+    # lines and coloured the operator's screen.
+    bad = not name or any(c in name for c in " /?&=,#") or not name.isprintable()
+    if bad or len(name) > NAME_CHARS:
+        raise ValueError(
+            f"invalid name {clean(repr(name), 60)}: 1-{NAME_CHARS} printable characters,"
+            " no spaces or any of / ? & = , #"
+        )
+    return name
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
 
 
 class _Frozen(BaseModel):
@@ -130,6 +150,25 @@ class BackendConfig(_Frozen):
     probe: ProbeOverride = ProbeOverride()
     cooldown: CooldownSettings | None = None
     supervise: SuperviseSettings | None = None
+    # `https://user:pw@host`: taken out of base_url at load (so it is never shown) and
+    # sent as HTTP basic auth on probes, as a LiteLLM or vLLM proxy behind auth expects.
+    _basic_auth: tuple[str, str] | None = PrivateAttr(None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _credentials_apart(cls, data: Any, handler: Any) -> BackendConfig:
+        auth = None
+        if isinstance(data, dict) and isinstance(data.get("base_url"), str):
+            bare, auth = split_credentials(data["base_url"])
+            data = {**data, "base_url": bare}
+        backend = handler(data)
+        backend._basic_auth = auth
+        return backend
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        """(user, password) from the configured base_url, or None."""
+        return self._basic_auth
 
     @model_validator(mode="after")
     def _supervised_is_probed(self) -> BackendConfig:
@@ -141,7 +180,8 @@ class BackendConfig(_Frozen):
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https:// (got {value!r})")
+            shown = split_credentials(value)[0]  # never the password
+            raise ValueError(f"must start with http:// or https:// (got {shown!r})")
         return value
 
     @cached_property  # frozen: computed once, asked on every route
@@ -258,8 +298,8 @@ class DaemonSettings(BaseSettings):
 class Config(_Frozen):
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     defaults: Defaults = Defaults()
-    backends: dict[str, BackendConfig] = Field(default_factory=dict)
-    profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
+    backends: dict[Name, BackendConfig] = Field(default_factory=dict)
+    profiles: dict[Name, ProfileConfig] = Field(default_factory=dict)
     fallback_rules: dict[FallbackReason, FallbackRule] = Field(default_factory=dict)
     budgets: Budgets = Budgets()
     cluster: ClusterSettings | None = None  # off: this host works on its own state
@@ -268,14 +308,6 @@ class Config(_Frozen):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return {} if value is None else value  # `backends:` with nothing under it
-
-    @field_validator("backends", "profiles")
-    @classmethod
-    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for name in value:
-            if not name or any(c in name for c in " /?&=,#"):
-                raise ValueError(f"invalid name {name!r}: no spaces or any of / ? & = , #")
-        return value
 
     @model_validator(mode="after")
     def _chains_name_backends(self) -> Config:

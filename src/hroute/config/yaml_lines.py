@@ -135,7 +135,8 @@ def describe(err: Any, root: yaml.Node | None, prefix: tuple[str, ...]) -> str:
         msg = "unknown field (not allowed here)"
     elif err["type"] == "missing":
         msg = "required field is missing"
-    dotted = ".".join(p for p in loc if not p.startswith("function-after")) or "<top>"
+    dotted = ".".join(p for p in loc if not p.startswith("function-after") and p != "[key]")
+    dotted = dotted or "<top>"
     line = line_of(root, loc)
     if msg.startswith("profiles.") and "chain" in msg:
         parts = msg.split("; ")

@@ -291,6 +291,9 @@ _EXCEPTION_NAMES = (
             "ClientPayloadError",
             "UnicodeDecodeError",
             "RemoteProtocolError",
+            # aiohttp's parser: a port speaking SSH, broken chunking, 10,000 headers. It
+            # arrives as a ClientResponseError with status 400, which would read as our fault.
+            "HttpProcessingError",
         },
     ),
     (

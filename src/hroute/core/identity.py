@@ -6,7 +6,7 @@ Standard library only: the agent-side client imports this too.
 from __future__ import annotations
 
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _LOOPBACK_NAMES = {"localhost"}
@@ -50,6 +50,23 @@ def normalize_base_url(url: str) -> str:
     if path.endswith("/v1"):
         path = path[:-3]
     return f"{scheme}://{host}{path.rstrip('/')}"
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """`https://user:pw@host/v1` -> (`https://host/v1`, ("user", "pw")); the password is
+    percent-decoded. A URL without credentials comes back as it is, with None."""
+    parts = urlsplit(url.strip())
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    bare = urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment))
+    return bare, (unquote(user), unquote(password))
+
+
+def without_credentials(url: str) -> str:
+    """`url` as it may be shown: a `user:password@` part is dropped."""
+    return split_credentials(url)[0]
 
 
 def is_loopback(url: str) -> bool:

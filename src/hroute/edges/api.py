@@ -18,7 +18,7 @@ from hroute.core.escalation import TASK_REASONS
 from hroute.core.needs import parse_needs
 from hroute.core.reasons import is_reason, parse_reason
 from hroute.core.registry import Registry
-from hroute.core.reports import DETAIL_CHARS, parse_report
+from hroute.core.reports import DETAIL_CHARS, NAME_CHARS, parse_report
 from hroute.core.sanitize import clean
 from hroute.edges.http import (
     Handler,
@@ -70,10 +70,12 @@ class ClientBody(BaseModel):
 class ReportBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: str | None = None
-    base_url: str | None = None
-    provider: str | None = None
-    model: str | None = None
+    # Names become keys kept in the snapshot and the state file: 256 reports with 60 KB
+    # model names made both 30 MB.
+    backend: str | None = Field(None, max_length=NAME_CHARS)
+    base_url: str | None = Field(None, max_length=NAME_CHARS)
+    provider: str | None = Field(None, max_length=NAME_CHARS)
+    model: str | None = Field(None, max_length=NAME_CHARS)
     outcome: Literal["failure", "success"]
     reason: str | None = Field(None, max_length=64)
     # Strict: `true` is not 1 second, "30" is not a number.
@@ -97,15 +99,15 @@ class TaskFailureBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     reason: Literal[TASK_REASONS]  # type: ignore[valid-type]
-    profile: str | None = None
+    profile: str | None = Field(None, max_length=NAME_CHARS)
     detail: str | None = Field(None, max_length=2000)
 
 
 class UsageBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: str | None = None
-    base_url: str | None = None
+    backend: str | None = Field(None, max_length=NAME_CHARS)
+    base_url: str | None = Field(None, max_length=NAME_CHARS)
     input_tokens: int = Field(0, ge=0, le=10**9)
     output_tokens: int = Field(0, ge=0, le=10**9)
 
@@ -232,9 +234,12 @@ def make_api(
         if client is not None and deps.clients is not None and deps.now is not None:
             deps.clients.record(client, deps.now())
         name = name_from(body)
+        report = parse_report(body)
         label = str(parse_reason(data.reason)) if data.reason else ""
+        if not label and data.status_code and report.reason is not None:
+            label = str(report.reason)  # classified from the status code
         deps.metrics.reports.inc(name, data.outcome, label)
-        reg.record_report(name, parse_report(body))
+        reg.record_report(name, report)
         deps.on_report(name, body)
         view = reg.view(name)
         # The reporter's client reads the snapshot only once it holds this change.

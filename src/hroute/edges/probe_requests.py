@@ -86,9 +86,13 @@ class _Http:
     ) -> tuple[int, Any]:
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
         url = self.root + path
+        headers = dict(headers or {})
+        if self.backend.basic_auth and "Authorization" not in headers:
+            user, password = self.backend.basic_auth
+            headers["Authorization"] = aiohttp.BasicAuth(user, password).encode()
         try:
             async with self.session.get(
-                url, headers=headers or {}, timeout=timeout, allow_redirects=False
+                url, headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
                 body = await resp.content.read(MAX_BODY_BYTES + 1)
                 while len(body) <= MAX_BODY_BYTES and not resp.content.at_eof():

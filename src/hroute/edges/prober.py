@@ -164,11 +164,13 @@ class Prober:
             wall=self._clock.wall,
             models=self._registry.models_at(name),
         )
-        if key and (key in outcome.detail or any(key in d for d in outcome.missing.values())):
+        secrets = [s for s in (key, backend.basic_auth and backend.basic_auth[1]) if s]
+        texts = [outcome.detail, *outcome.missing.values()]
+        if any(s in t for s in secrets for t in texts):
             outcome = dataclasses.replace(
                 outcome,
-                detail=redact(outcome.detail, [key]),
-                missing={m: redact(d, [key]) for m, d in outcome.missing.items()},
+                detail=redact(outcome.detail, secrets),
+                missing={m: redact(d, secrets) for m, d in outcome.missing.items()},
             )
         log.debug("probe %s: %s %s", name, outcome.reason or "ok", outcome.detail)
         self._registry.record_probe(name, outcome)

@@ -4,6 +4,12 @@ The child runs in its own session (so its process group can be signalled whole, 
 Ctrl-C at hroute's terminal does not reach it) and gets SIGKILL when hroute dies
 (PR_SET_PDEATHSIG), so a SIGKILLed hroute never leaves a server holding the GPU and the port.
 Exit is awaited on a pidfd (no polling, no thread).
+
+A server that daemonizes (a `setsid` grandchild, a double fork) escapes its process group.
+Every child carries a tag in its environment (HROUTE_SUPERVISED_ID, inherited by what it
+starts); `hroute run` is a child subreaper (PR_SET_CHILD_SUBREAPER), so such orphans are
+reparented to it. When a server ends, whatever carries its tag, or descends from it, is
+killed and reaped: nothing hroute started outlives the server it belongs to.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import contextlib
 import ctypes
 import errno
 import os
+import secrets
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +30,9 @@ import anyio
 MAX_LINE_BYTES = 4096  # a longer line is cut: a runaway child never grows hroute's memory
 READ_CHUNK_BYTES = 65536
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+TAG_ENV = "HROUTE_SUPERVISED_ID"
+STRAY_EXIT_S = 5.0  # SIGKILLed strays are awaited this long, in all, to be reaped
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 
 
@@ -35,6 +45,10 @@ class Child:
     started_at: float
     exited: anyio.Event = field(default_factory=anyio.Event)
     returncode: int | None = None
+    tag: str = ""  # TAG_ENV's value in its environment: what it starts carries it too
+    # pid -> pidfd of what was told to stop with it: a pidfd names that process even if the
+    # pid is reused by the time it is killed and reaped
+    strays: dict[int, int] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -53,8 +67,36 @@ class Child:
                 os.close(pidfd)
             code = self.popen.wait()
         self.returncode = code
+        await self.sweep()
         self.exited.set()
         return code
+
+    def tell_strays(self, sig: int) -> None:
+        """Signal what the server started outside its process group (a daemonized helper)."""
+        if self.tag:
+            found = _pidfds(find_strays(self.tag, self.pid) - set(self.strays))
+            self.strays.update(found)
+            _signal_all(self.strays.values(), sig)
+
+    async def sweep(self) -> None:
+        """Once the server has ended: SIGKILL its group and its strays; reap adopted ones."""
+        self.signal_group(signal.SIGKILL)
+        if not self.tag:
+            return
+        # Not by ancestry from the server's pid: it is reaped, and may be someone else's now.
+        found = await anyio.to_thread.run_sync(find_strays, self.tag, None)
+        self.strays.update(_pidfds(found - set(self.strays)))
+        _signal_all(self.strays.values(), signal.SIGKILL)
+        try:
+            with anyio.move_on_after(STRAY_EXIT_S):
+                for pidfd in self.strays.values():
+                    await anyio.wait_readable(pidfd)
+                    with contextlib.suppress(ChildProcessError):  # reaped if adopted by us
+                        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        finally:
+            for pidfd in self.strays.values():
+                os.close(pidfd)
+            self.strays = {}
 
     def signal_group(self, sig: int) -> None:
         """Signal the child's whole process group (it leads it: pgid == pid)."""
@@ -70,16 +112,17 @@ def spawn_child(argv: list[str], env: dict[str, str], cwd: Path | None, now: flo
     that forked exits, not the process.
     """
     read_fd, write_fd = os.pipe()
+    tag = f"{os.getpid()}-{secrets.token_hex(8)}"
     try:
         popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=write_fd,
             stderr=write_fd,
-            env=env,
+            env={**env, TAG_ENV: tag},
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
     except BaseException:
         os.close(read_fd)
@@ -87,15 +130,62 @@ def spawn_child(argv: list[str], env: dict[str, str], cwd: Path | None, now: flo
     finally:
         os.close(write_fd)
     os.set_blocking(read_fd, False)
-    return Child(popen, read_fd, now)
+    return Child(popen, read_fd, now, tag=tag)
 
 
-def _die_with_parent() -> Callable[[], None]:
+def become_subreaper() -> bool:
+    """Have orphaned descendants reparented to this process rather than to init (Linux), so
+    a server's daemonized helpers can be found, stopped and reaped. False if refused."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def find_strays(tag: str, root: int | None, proc: Path = Path("/proc")) -> set[int]:
+    """Processes carrying `tag` in their environment, and every descendant of those and of
+    `root`, a live server (a helper that scrubbed its environment is found by its ancestry)."""
+    needle = f"{TAG_ENV}={tag}".encode() + b"\0"
+    parents: dict[int, int] = {}
+    tagged: set[int] = set()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            parents[pid] = int((entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+            if needle in (entry / "environ").read_bytes():
+                tagged.add(pid)
+        except (OSError, IndexError, ValueError):
+            continue  # gone, or not ours to read
+    found, grew = tagged | ({root} if root else set()), True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= more
+        grew = bool(more)
+    return found - {root, os.getpid()}
+
+
+def _pidfds(pids: set[int]) -> dict[int, int]:
+    """A pidfd for each of `pids` still there."""
+    opened = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            opened[pid] = os.pidfd_open(pid)
+    return opened
+
+
+def _signal_all(pidfds: Iterable[int], sig: int) -> None:
+    for pidfd in pidfds:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            signal.pidfd_send_signal(pidfd, sig)
+
+
+def die_with_parent(sig: int) -> Callable[[], None]:
+    """A `preexec_fn` that has the child get `sig` when the forking thread dies (Linux)."""
     libc = ctypes.CDLL(None, use_errno=True)
     prctl, parent = libc.prctl, os.getpid()
 
     def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         # hroute may hold CAP_SYSLOG as an ambient capability (to read the kernel log for
         # GPU resets): a server it starts must not inherit it.
         prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
@@ -108,6 +198,7 @@ def _die_with_parent() -> Callable[[], None]:
 async def stop_child(child: Child, timeout_s: float) -> str:
     """SIGTERM the group, SIGKILL it after `timeout_s`; return how it ended. Always reaps."""
     if not child.exited.is_set():
+        await anyio.to_thread.run_sync(child.tell_strays, signal.SIGTERM)
         child.signal_group(signal.SIGTERM)
         child.signal_group(signal.SIGCONT)  # like systemd: a stopped process gets to exit cleanly
         with anyio.move_on_after(timeout_s):
@@ -117,8 +208,7 @@ async def stop_child(child: Child, timeout_s: float) -> str:
         how = f"killed (no exit within stop_timeout_s {timeout_s:g}s of SIGTERM)"
         child.signal_group(signal.SIGKILL)
         await child.exited.wait()
-    child.signal_group(signal.SIGKILL)  # stragglers the server forked, if any
-    return how
+    return how  # stragglers the server forked, in its group or not, went with it (wait)
 
 
 def describe_exit(returncode: int) -> str:

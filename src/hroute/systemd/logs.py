@@ -7,9 +7,11 @@ import sys
 import time
 from typing import Any
 
+from hroute.core.sanitize import clean
 from hroute.systemd.journal import JournalHandler, stderr_is_journal
 
 log = logging.getLogger("hroute")
+EVENT_LINE_CHARS = 2000  # an event's detail is already cut to 300; names add to it
 
 _LEVELS = {
     "backend_down": logging.WARNING,
@@ -76,7 +78,15 @@ class RepeatFilter(logging.Filter):
 
 
 def describe(event: dict[str, Any]) -> str:
-    """One line for an event, e.g. `llama-local: healthy -> unhealthy (connection: refused)`."""
+    """One line for an event, e.g. `llama-local: healthy -> unhealthy (connection: refused)`.
+
+    Escaped (sanitize.clean): an event carries names and text from outside (a Redis record's
+    host, a task id, a report), and this line goes to terminals and logs as it is.
+    """
+    return clean(_describe(event), EVENT_LINE_CHARS)
+
+
+def _describe(event: dict[str, Any]) -> str:
     kind = event["event"]
     name = _whom(event)
     reason = event.get("reason")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hroute.client import Client
+from hroute.supervise.process import die_with_parent
 from hroute.systemd.logs import describe
 from hroute.tools.simulate import CloudServer
 from hroute.tools.watch import paint
@@ -251,6 +252,7 @@ def run_demo(duration_s: float = 60.0, out: TextIO = sys.stdout) -> int:
     daemon: subprocess.Popen[bytes] | None = None
     log_path = work / "daemon.log"
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_hup = signal.signal(signal.SIGHUP, _raise_interrupt)  # the terminal closed
     try:
         config = work / "hroute.yaml"
         config.write_text(demo_config(work, cloud.base_url, t))
@@ -260,24 +262,33 @@ def run_demo(duration_s: float = 60.0, out: TextIO = sys.stdout) -> int:
         out.write(_INTRO.format(work=work, d=duration_s))
         out.flush()
         with log_path.open("wb") as log:
+            # Its own session: Ctrl-C reaches the demo alone, which then stops the daemon
+            # itself (a daemon that got the SIGINT too could exit first, and look like a
+            # crash). SIGTERM should the demo die without cleaning up.
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "hroute.cli", "run", "--config", str(config)],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         client = Client(sock, budget_s=2.0)
         if not _wait_serving(client, daemon, 20.0) or not _wait_healthy(client, daemon, 20.0):
             out.write(f"hroute demo: the daemon did not start; its log:\n{log_path.read_text()}")
             return 1
-        _story(client, daemon, t, out, colour)
+        if not _story(client, daemon, t, out, colour):
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+            out.write(f"hroute demo: the daemon ended before the demo; its log ends:\n{tail}\n")
+            return 1
         return 0
     except KeyboardInterrupt:
         out.write("\nhroute demo: interrupted; cleaning up\n")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
         if daemon is not None:
             _stop(daemon)
         cloud.close()
@@ -288,7 +299,8 @@ def run_demo(duration_s: float = 60.0, out: TextIO = sys.stdout) -> int:
 
 def _story(
     client: Client, daemon: subprocess.Popen[bytes], t: Timeline, out: TextIO, colour: bool
-) -> None:
+) -> bool:
+    """Tell the story for the timeline's duration; False if the daemon ended first."""
     started = time.monotonic()
     narrator = Narrator(out, started, colour)
     agent = _Agent(client, narrator)
@@ -306,7 +318,7 @@ def _story(
     while time.monotonic() < end:
         if daemon.poll() is not None:
             narrator.say("ERROR", f"the daemon exited with {daemon.returncode}")
-            return
+            return False
         try:
             _, body = client.request("GET", f"/v1/events?since={since}")
             for e in body["events"]:
@@ -328,6 +340,7 @@ def _story(
         f"fallbacks, {c.get('COOLDOWN', 0)} cooldown events, {c.get('RECOVERY', 0)} recoveries\n"
         "Next: hroute doctor on your own setup; README.md for the configuration.\n"
     )
+    return True
 
 
 def _wait_serving(client: Client, daemon: subprocess.Popen[bytes], timeout_s: float) -> bool:

@@ -21,6 +21,8 @@ import yaml
 
 from hroute.client import Client
 from hroute.core.gpu import GpuSample, VramHolder, describe_holders, describe_sample
+from hroute.core.identity import without_credentials
+from hroute.core.sanitize import clean
 from hroute.paths import default_socket_path, snapshot_path
 from hroute.tools import hermes_setup
 
@@ -242,9 +244,10 @@ def _check_provider(p: hermes_setup.Provider, urls: dict[str, str]) -> Check:
     if p.base_url is None:
         return Check(name, INFO, f"{p.provider}: Hermes chooses the URL; hroute cannot match it")
     m = hermes_setup.match_url(p.base_url, urls)
+    shown = without_credentials(p.base_url)  # a proxy's `user:password@` is never printed
     if m.backend is not None:
-        return Check(name, OK, f"{p.base_url} is hroute backend {m.backend}")
-    msg = f"{p.base_url} is not monitored: hroute answers not_monitored for it"
+        return Check(name, OK, f"{shown} is hroute backend {m.backend}")
+    msg = f"{shown} is not monitored: hroute answers not_monitored for it"
     if m.closest is not None:
         return Check(
             name,
@@ -378,9 +381,10 @@ def report(checks: list[Check], out: TextIO, as_json: bool) -> int:
             if colour:
                 code = {OK: "32", FAIL: "31", WARN: "33", INFO: "2"}[c.status]
                 mark = f"\x1b[{code}m{mark}\x1b[0m"
-            out.write(f"{mark} {c.check}: {c.message}\n")
+            # Messages quote the daemon's answers and Hermes' config: escaped, never raw.
+            out.write(f"{mark} {c.check}: {clean(c.message, 2000, keep_lines=True)}\n")
             if c.fix and c.status in (FAIL, WARN):
-                out.write(f"     -> {c.fix}\n")
+                out.write(f"     -> {clean(c.fix, 2000, keep_lines=True)}\n")
         out.write(
             f"{len(failed)} of {len(checks)} checks failed\n" if failed else "all checks passed\n"
         )

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from hroute.core.gpu import gpu_lines
+from hroute.core.sanitize import clean
 from hroute.tools.commands import cluster_line
+
+LINE_CHARS = 2000
 
 
 def status_lines(backends: dict[str, Any], clients: Any = None) -> list[str]:
@@ -26,6 +29,7 @@ def status_lines(backends: dict[str, Any], clients: Any = None) -> list[str]:
             )
         )
     out = table(rows)
+    table_lines = len(out)
     if backends.get("cluster"):  # cooldowns shared with other hosts through Redis
         out.append(cluster_line(backends["cluster"]))
     spend = [
@@ -41,13 +45,14 @@ def status_lines(backends: dict[str, Any], clients: Any = None) -> list[str]:
                 f"{c['kind']} {c.get('version') or '?'} (pid {c['pid']}, "
                 f"{c['seen_s_ago']:.0f}s ago): isolation {c['isolation']}; {guards}"
             )
-    return out
+    # A plugin's version, a Redis host, a name: text from outside never reaches the terminal raw.
+    return out[:table_lines] + [clean(line, LINE_CHARS) for line in out[table_lines:]]
 
 
 def table(rows: list[tuple[str, ...]]) -> list[str]:
-    """Rows as left-aligned columns."""
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    """Rows as left-aligned columns, every cell escaped (sanitize.clean)."""
+    rows = [tuple(clean(c, LINE_CHARS) for c in row) for row in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return [
-        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]

@@ -15,7 +15,9 @@ from typing import Any, TextIO
 
 from hroute.client import Client
 from hroute.core.gpu import gpu_lines
+from hroute.core.sanitize import clean
 from hroute.systemd.logs import describe
+from hroute.tools.status import LINE_CHARS
 
 CLEAR = "\x1b[H\x1b[2J"
 EVENTS_SHOWN = 8
@@ -80,9 +82,9 @@ def render(
     stamp = time.strftime("%H:%M:%S", time.localtime(now))
     lines = [paint(f"hroute status  {stamp}", "bold", colour)]
     if backends is None:
-        lines.append(paint(f"cannot reach the daemon: {problem}", "red", colour))
+        lines.append(paint(f"cannot reach the daemon: {clean(problem)}", "red", colour))
     else:
-        rows = status_rows(backends)
+        rows = [tuple((clean(t, LINE_CHARS), c) for t, c in row) for row in status_rows(backends)]
         widths = [max(len(r[i][0]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
             cells = [
@@ -92,7 +94,8 @@ def render(
             lines.append("  ".join(cells).rstrip())
         spend = [(b["name"], b["spent_today_usd"]) for b in backends if "spent_today_usd" in b]
         if spend:
-            lines.append("spent today: " + ", ".join(f"{n} ${usd:.2f}" for n, usd in spend))
+            text = "spent today: " + ", ".join(f"{n} ${usd:.2f}" for n, usd in spend)
+            lines.append(clean(text, LINE_CHARS))
         lines.extend(gpu_lines(gpus or []))
     lines.append("")
     lines.append(paint("latest events", "bold", colour))
@@ -100,7 +103,7 @@ def render(
         lines.append("  (none yet)")
     for e in events[-EVENTS_SHOWN:]:
         at = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
-        text = f"  {at} {e['event']:<14} {describe(e)}"
+        text = f"  {at} {clean(e['event'], 40):<14} {describe(e)}"
         lines.append(paint(text, _EVENT_COLOUR.get(e["event"]), colour))
     return "\n".join(lines) + "\n"
 
