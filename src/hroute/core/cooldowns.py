@@ -31,10 +31,26 @@ class Scope(StrEnum):
     KEY = "key"  # identity + credential (+ model, for a rate limit that names one)
 
 
+# A provider's reset longer than a day is not a reset time but a broken header (or a hostile
+# one); with a zero or past one, it is no hint at all: see `provider_hint`.
+MAX_HINT_S = 86400.0
 ANY_MODEL = ""  # the model part of a key scope that holds the key for every model
 # Models and keys come from reports: a server remembers at most this many of each, so a
 # client that invents names cannot grow the registry without bound.
 MAX_SCOPES = 256
+
+
+def provider_hint(retry_after_s: float | None) -> float | None:
+    """A provider's reset as a cooldown length, or None when it is no usable hint.
+
+    Zero, past (negative) and absurd (beyond MAX_HINT_S, or not finite) resets are no hint:
+    providers answer `Retry-After: 0` and resets equal to now routinely, and a cooldown that
+    ends at once pokes the prober, whose probe gets the same 429 — a loop at hundreds of
+    probes a second. Without a hint the normal growing cooldown applies.
+    """
+    if retry_after_s is None or not 0.0 < retry_after_s <= MAX_HINT_S:
+        return None
+    return retry_after_s
 
 
 @dataclass
@@ -84,6 +100,7 @@ class Held:
         """
         current = self.cooldown
         running = self.running(now)
+        retry_after_s = provider_hint(retry_after_s)
         if retry_after_s is not None:
             # The provider said when, and Retry-After passes it on: kept exactly.
             until = now + retry_after_s
