@@ -59,6 +59,10 @@ class Cooldown:
     reason: Reason
     detail: str = ""
     seen_by: str = ""  # the host that saw it, when another host did (cluster sharing)
+    # hroute inferred it (no provider time): probes that saw the failure (`seen_down`) and
+    # then succeed lift it early (evidence.py).
+    inferred: bool = False
+    seen_down: bool = False
 
 
 @dataclass
@@ -90,6 +94,8 @@ class Held:
         jitter: float = 0.0,
         down: bool = False,
         detail: str = "",
+        inferred: bool = False,
+        seen_down: bool = False,
     ) -> float | None:
         """Start this scope's cooldown for a new incident; return its length, or None when a
         running one is kept as it is (same incident) or extended by a later provider reset
@@ -106,7 +112,7 @@ class Held:
             until = now + retry_after_s
             if running and (current is None or current.until is None or current.until >= until):
                 return None
-            self.cooldown = Cooldown(until, reason, detail)
+            self.cooldown = Cooldown(until, reason, detail, "", inferred, seen_down)
             self.decay_anchor = until
             return until - now
         if running:
@@ -115,7 +121,7 @@ class Held:
             duration = fixed_s
         else:
             duration = self._escalated(now, policy, down) * (1 + policy.jitter * jitter)
-        self.cooldown = Cooldown(now + duration, reason, detail)
+        self.cooldown = Cooldown(now + duration, reason, detail, "", inferred, seen_down)
         self.decay_anchor = now + duration
         return duration
 
@@ -134,6 +140,16 @@ class Held:
             return False
         self.cooldown = None
         return True
+
+    def clear(self, now: float) -> Cooldown | None:
+        """End the running cooldown now, before its time (evidence says the failure is over;
+        another host cleared it); return it. The incident count stays and decays from the
+        end the cooldown had, as if it had run: a server that flaps still grows its hold."""
+        c = self.cooldown
+        if c is None or not self.running(now):
+            return None
+        self.cooldown = None
+        return c
 
     def expire(self, now: float) -> Cooldown | None:
         """Drop the cooldown if it ran out; return it then."""

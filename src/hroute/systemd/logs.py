@@ -113,6 +113,9 @@ def describe(event: dict[str, Any]) -> str:
         return f"cluster: {event.get('detail') or kind}"
     if kind == "cooldown_end":
         return f"{name}: cooldown over ({reason})"
+    if kind == "cooldown_cleared":
+        why = "a success with that key" if event.get("credential") else "healthy again"
+        return f"{name}: cooldown lifted{cred}: {why} ({reason}, incident {event.get('incident')})"
     if kind == "config_reloaded":
         return f"{event.get('detail') or 'reloaded'} ({reason})"
     if kind == "config_rejected":
