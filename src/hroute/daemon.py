@@ -93,7 +93,7 @@ async def run_daemon(
             registry, clock, config.cluster, config.cluster.host or socket.gethostname()
         )
         metrics.cluster = cluster.view
-    supervision = Supervision(registry, clock, poke=lambda name: prober.poke(name))
+    supervision = Supervision(registry, clock, poke=lambda name: prober.poke(name, floor=False))
     prober = Prober(
         registry,
         clock,

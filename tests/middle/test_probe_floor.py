@@ -56,6 +56,21 @@ async def _backend(status: int, headers: dict[str, str]) -> tuple[web.AppRunner,
 
 @pytest.mark.parametrize(("status", "headers"), [(200, {}), (503, {}), (429, {"Retry-After": "0"})])
 async def test_pokes_never_bring_probes_closer_than_the_interval(status, headers) -> None:
+    probed_at, hits = await _storm(status, headers, floor=True)
+    gaps = [b - a for a, b in zip(probed_at, probed_at[1:], strict=False)]
+    assert all(g >= INTERVAL_S - 1e-9 for g in gaps), gaps
+    # The server saw the probes counted (and at most the one in flight at the end).
+    assert len(probed_at) <= len(hits) <= len(probed_at) + 1
+
+
+async def test_a_supervisor_polls_its_own_server_on_its_own_schedule() -> None:
+    """A supervisor polling the readiness of a server it started is not held to the floor
+    (its polls are bounded by its own growing schedule, against hroute's own child)."""
+    probed_at, _ = await _storm(200, {}, floor=False)
+    assert probed_at[-1] - probed_at[0] < INTERVAL_S
+
+
+async def _storm(status: int, headers: dict[str, str], *, floor: bool) -> tuple[list, list]:
     runner, port, hits = await _backend(status, headers)
     config = load_config(
         f"""
@@ -74,7 +89,7 @@ backends:
         # Every probe is followed at once by a poke (a cooldown that ended at once, a
         # failure report): the storm of issue 20.
         probed_at.append(clock.now())
-        prober.poke(name)
+        prober.poke(name, floor=floor)
         if len(probed_at) >= 6:
             done.set()
 
@@ -87,7 +102,4 @@ backends:
             tg.cancel_scope.cancel()
     finally:
         await runner.cleanup()
-    gaps = [b - a for a, b in zip(probed_at, probed_at[1:], strict=False)]
-    assert all(g >= INTERVAL_S - 1e-9 for g in gaps), gaps
-    # The server saw the probes counted (and at most the one in flight at the end).
-    assert len(probed_at) <= len(hits) <= len(probed_at) + 1
+    return probed_at, hits

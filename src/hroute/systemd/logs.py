@@ -43,15 +43,15 @@ def setup_logging(level: str = "info") -> None:
 
 
 class RepeatFilter(logging.Filter):
-    """At most `burst` lines of one kind (logger and format string) per `window_s`, and one
-    identical event line per `event_window_s`.
+    """At most `burst` warnings of one kind (logger and format string) per `window_s`, and
+    one identical event warning per `event_window_s`.
 
     An error that repeats on every accept or every probe (no descriptors left, a disk
     full) once wrote 10 MB of log in 15 s, and a loop of cooldowns that ended at once
     logged the same WARNING line thousands of times. The rest of a window's lines are
     counted, and the next line of that kind says how many were left out. Events are
-    already one per change, so only an identical line (same backend, reason, detail) is
-    held back: a new condition is always told at once.
+    already one per change, so only an identical warning (same backend, reason, detail) is
+    held back: a new condition is always told at once, and INFO lines are never held.
     """
 
     def __init__(
@@ -67,10 +67,10 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [window start, n, dropped]
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True  # info lines are not errors (nor warnings: a connection is back)
         if hasattr(record, "hroute_event"):
             key, burst, window_s = ("event", record.getMessage()), 1, self.event_window_s
-        elif record.levelno < logging.WARNING:
-            return True  # info lines are not errors
         else:
             key, burst, window_s = (record.name, str(record.msg)), self.burst, self.window_s
         now = self._now()
