@@ -42,13 +42,10 @@ def inferred(reason: Reason, retry_after_s: float | None) -> bool:
     return reason in INFERRED and provider_hint(retry_after_s) is None
 
 
-def saw_down(health: Health, now: float, models: tuple[str, ...] | None = None) -> None:
-    """A probe saw the server fail (or, with `models`, those models missing): the running
-    inferred holds it concerns may now be lifted by the probes' success."""
-    helds = [health.models[m] for m in models if m in health.models] if models is not None else [
-        health.server, *health.models.values()
-    ]  # fmt: skip
-    for held in helds:
+def saw_down(health: Health, now: float) -> None:
+    """A probe saw the server fail: the running inferred holds of the server and of its
+    models (unreachable with it) may now be lifted by the probes' success."""
+    for held in (health.server, *health.models.values()):
         if held.running(now) and held.cooldown is not None and held.cooldown.inferred:
             held.cooldown.seen_down = True
 
