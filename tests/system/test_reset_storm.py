@@ -7,6 +7,7 @@ probe per interval, one line."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,11 @@ PROBES = 5
         pytest.param({"Retry-After": "0"}, id="retry-after-0"),
         pytest.param({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, id="http-date-past"),
         pytest.param({"x-ratelimit-reset-requests": "0s"}, id="openai-reset-0s"),
+        pytest.param(
+            # Now when the test starts, past by the time any probe reads it.
+            {"anthropic-ratelimit-requests-reset": datetime.now(UTC).isoformat()},
+            id="anthropic-reset-now",
+        ),
     ],
 )
 def test_a_429_with_a_zero_or_past_reset_is_probed_once_per_interval(
