@@ -111,7 +111,7 @@ async def run_daemon(
     supervision = Supervision(
         registry,
         clock,
-        poke=lambda name: prober.poke(name),
+        poke=lambda name: prober.poke(name, floor=False),
         probe=lambda name: prober.probe_once(name),
         gpu=gpu,
         kernel_log=Path(os.environ.get("HROUTE_KMSG") or "/dev/kmsg"),

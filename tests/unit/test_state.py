@@ -288,3 +288,20 @@ def test_a_failing_save_says_so_once_and_keeps_the_old_file(
     said = [m for r in caplog.records if "cannot save state" in (m := r.getMessage())]
     assert len(said) == 1 and said[0].startswith("cannot save state: "), said
     assert state_file.load_state(path, Clock()).records  # the old file still restores
+
+
+def test_an_inferred_hold_is_still_liftable_after_a_restart() -> None:
+    """A daemon restarted mid-outage keeps what the probes saw: the inferred hold they met
+    is lifted by the first probe that sees the recovery, as it would have been."""
+    from hroute.core.health import Policy, ProbeOutcome, Report
+
+    policy = Policy(fall=1, rise=1, base_s=30.0, max_s=300.0, local=True)
+    h = Health()
+    h.on_report(Report(False, Reason.SERVER_ERROR), 0.0, policy)
+    h.on_probe(ProbeOutcome(Reason.CONNECTION, detail="refused"), 1.0, policy)
+    ident = BackendIdentity("openai", "http://127.0.0.1:8080", None)
+    doc = json.loads(json.dumps(encode_state({ident: h}, now=2.0, wall=1_700_000_000.0)))
+    back = decode_state(doc, now=500.0, wall=1_700_000_001.0)[ident]
+    assert back.cooldown is not None and back.cooldown.inferred and back.cooldown.seen_down
+    changes = back.on_probe(ProbeOutcome(), 501.0, policy)
+    assert [c.event for c in changes if c.event == "cooldown_cleared"] == ["cooldown_cleared"]

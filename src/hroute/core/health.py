@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from hroute.core import evidence
 from hroute.core.cooldowns import (
     ANY_MODEL,
     Cooldown,
@@ -62,6 +63,7 @@ class Health:
     # "not bound yet" (starting), not an outage, until the supervisor's startup_timeout_s.
     spawned: bool = False
     last_probe_at: float | None = None
+    probe_failed: bool = False  # the last probe saw the server fail (evidence.py)
     latency_ms: float | None = None
     # Per key fingerprint ("" without one): the reason reported last and how often in a row,
     # for the fallback rules (switch_after). One key's 429s never count toward another's.
@@ -170,7 +172,7 @@ class Health:
                 out.append(self._move(State.STARTING, "starting", "starting", outcome.detail))
             return out
         if outcome.reason is None:
-            self.consecutive_failures = 0
+            self.consecutive_failures, self.probe_failed = 0, False
             self.consecutive_successes += 1
             if self.block in AUTH_REASONS:
                 # Only our own probe, made with the configured key, can clear an auth block.
@@ -180,7 +182,7 @@ class Health:
                 or self.state in (State.UNKNOWN, State.STARTING)
             ):
                 out.append(self._move(State.HEALTHY, "backend_up", None, outcome.detail))
-            return out + self._check_models(outcome)
+            return out + self._check_models(outcome) + evidence.lift(self, outcome, now, policy)
         reason = outcome.reason
         if reason in HEALTH_NEUTRAL:
             return out
@@ -202,14 +204,17 @@ class Health:
                 )
             return out
         if reason in (Reason.RATE_LIMIT, Reason.UPSTREAM_RATE_LIMIT, Reason.BILLING):
-            # The server answered: it is up, but says wait. That is a cooldown, not a state.
+            # The server answered: it is up, but says wait. That is a cooldown, not a state;
+            # the probe met the limit itself, so its success is evidence the limit is over.
             fixed = policy.max_s if reason is Reason.BILLING else None
             duration = self.server.arm(
                 reason, now, policy, retry_after_s=outcome.retry_after_s, fixed_s=fixed,
-                detail=outcome.detail,
+                detail=outcome.detail, inferred=True, seen_down=True,
             )  # fmt: skip
             return out + self._cooled(duration, reason, outcome.detail, Scope.SERVER)
         self.consecutive_failures += 1
+        self.probe_failed = True
+        evidence.saw_down(self, now)
         if self.state is not State.UNHEALTHY and (
             self.consecutive_failures >= policy.fall or self.state is State.UNKNOWN
         ):
@@ -232,14 +237,18 @@ class Health:
                 self.streaks.pop("", None)
             else:
                 self.streaks.clear()
-            if report.credential:
-                for part in (ANY_MODEL, report.model or ANY_MODEL):
-                    held = self.keys.get((report.credential, part))
-                    if held is not None and (
-                        held.cooldown is None or held.cooldown.reason is not Reason.AUTH_PERMANENT
-                    ):
-                        del self.keys[(report.credential, part)]
-            return []
+            out = []
+            for part in (ANY_MODEL, report.model or ANY_MODEL) if report.credential else ():
+                held = self.keys.get((report.credential or "", part))
+                if held is not None and (
+                    held.cooldown is None or held.cooldown.reason is not Reason.AUTH_PERMANENT
+                ):
+                    del self.keys[(report.credential or "", part)]
+                    if (ended := held.clear(now)) is not None:  # a key's holds are agents' to end
+                        out.append(evidence.cleared(
+                            self, held, ended, Scope.KEY, model=part, credential=report.credential
+                        ))  # fmt: skip
+            return out
         reason = report.reason or Reason.UNKNOWN
         if reason in HEALTH_NEUTRAL or reason is Reason.UNKNOWN:
             return []
@@ -254,21 +263,23 @@ class Health:
             reason, credential=report.credential, model=report.model, local=policy.local
         )
         retry, detail = report.retry_after_s, report.detail
+        guess, seen = evidence.inferred(reason, retry), self.probe_failed  # may probes lift it?
         if scope is Scope.SERVER:
             if reason in SEVERE:
                 self.consecutive_failures += 1
             duration = self.server.arm(
                 reason, now, policy, retry_after_s=retry, jitter=jitter, detail=detail,
                 fixed_s=policy.max_s if reason is Reason.BILLING else None,
-                down=self.state is State.UNHEALTHY,
+                down=self.state is State.UNHEALTHY, inferred=guess, seen_down=seen,
             )  # fmt: skip
             return self._cooled(duration, reason, detail, scope)
         if scope is Scope.MODEL:
             assert report.model
             held = self.models.setdefault(report.model, Held())
             duration = held.arm(
-                reason, now, policy, retry_after_s=retry, jitter=jitter, detail=detail
-            )
+                reason, now, policy, retry_after_s=retry, jitter=jitter, detail=detail,
+                inferred=guess, seen_down=seen,
+            )  # fmt: skip
             return self._cooled(duration, reason, detail, scope, model=report.model)
         if scope is Scope.KEY:
             assert report.credential

@@ -54,6 +54,7 @@ class Registry:
         self.events = EventLog(clock, events_kept)
         self._listeners: list[Callable[[], None]] = []
         self._report_taps: list[Callable[[str, list[Transition]], None]] = []
+        self._clear_taps: list[Callable[[str, Transition], None]] = []
         self._notes: dict[str, str] = {}
         self._process_views: dict[str, Callable[[], dict[str, Any]]] = {}
         self.version = 0  # bumped on every change; the snapshot publisher watches it
@@ -156,6 +157,12 @@ class Registry:
         """Call `tap(name, changes)` after each client report that changed something (the
         cluster queues what to share; it must not block)."""
         self._report_taps.append(tap)
+
+    def add_clear_tap(self, tap: Callable[[str, Transition], None]) -> None:
+        """Call `tap(name, change)` for every hold ended before its time: a probe-confirmed
+        recovery or a success report (`change.event == "cooldown_cleared"`, with its scope,
+        model, credential, reason and `incident`; `seen_by` when another host told it)."""
+        self._clear_taps.append(tap)
 
     def changed(self) -> None:
         """Something the answers depend on changed: tell of fallbacks, wake the listeners."""
@@ -307,21 +314,19 @@ class Registry:
         changes = list(changes)
         for change in changes:
             held = self.held_by(name, change.scope, change.model)
+            fields = dataclasses.asdict(change)  # scope, model, old, new, reason, ...
+            if change.cooldown_s is not None:
+                fields["cooldown_s"] = round(change.cooldown_s, 3)
             self.emit(
-                change.event,
+                fields.pop("event"),
                 backend=held[0] if held else name,
                 server=self.config.backends[self._first_at(name)].kind,
                 held=held,
-                scope=change.scope,
-                model=change.model,
-                old=change.old,
-                new=change.new,
-                reason=change.reason,
-                cooldown_s=None if change.cooldown_s is None else round(change.cooldown_s, 3),
-                credential=change.credential,
-                detail=change.detail,
-                seen_by=change.seen_by,
+                **fields,
             )
+            if change.event == "cooldown_cleared":
+                for tap in self._clear_taps:
+                    tap(name, change)
         if changes or visible:
             self.changed()  # after the cause is told: a fallback it brings follows it
 

@@ -57,6 +57,7 @@ class Prober:
         self._rng = rng or random.Random()
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._pokes: dict[str, anyio.Event] = {}
+        self._unfloored: set[str] = set()  # poked by a supervisor: its own schedule
         self._owners: dict[Any, str] = {}  # identity -> the name it is probed under
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -106,6 +107,7 @@ class Prober:
             if name not in owners:
                 self._scopes.pop(name).cancel()
                 self._pokes.pop(name, None)
+                self._unfloored.discard(name)
         for name in owners - set(self._scopes):
             scope = anyio.CancelScope()
             self._scopes[name] = scope
@@ -113,10 +115,15 @@ class Prober:
             assert self._tg is not None
             self._tg.start_soon(self._loop, name, scope)
 
-    def poke(self, name: str) -> None:
-        """Probe `name` now rather than at its next turn (a client just saw it fail)."""
+    def poke(self, name: str, *, floor: bool = True) -> None:
+        """Probe `name` now rather than at its next turn (a client just saw it fail), but
+        not closer than the interval to its last probe. `floor=False` is for the supervisor
+        of a local server hroute started: it polls readiness and confirms hangs on its own
+        bounded schedule, against its own child, with no provider's key."""
         owner = self._owner_of(name)
         if owner is not None:
+            if not floor:
+                self._unfloored.add(owner)
             self._pokes[owner].set()
 
     def _owner_of(self, name: str) -> str | None:
@@ -134,12 +141,22 @@ class Prober:
             await self._clock.sleep(self._rng.uniform(0, max(0.05, spread)))
             while True:
                 settings = self._registry.config.probe_for(name)
+                started = self._clock.now()
                 await self.probe_once(name)
                 jitter = settings.interval_s * settings.jitter
                 delay = settings.interval_s + self._rng.uniform(-jitter, jitter)
                 deadline = self._clock.now() + max(0.05, delay)
                 await wait_until(self._clock, self._pokes[name], deadline)
                 self._pokes[name] = anyio.Event()
+                if name in self._unfloored:
+                    self._unfloored.discard(name)
+                    continue
+                # The floor: a poke (a failure report, a cooldown's end) brings the next probe
+                # forward, never closer than the interval to the last one. Whatever loops
+                # elsewhere (a reset time that ends a cooldown at once), the backend sees
+                # at most one probe per interval, and a key is never spent faster.
+                if (wait_s := min_gap(settings) - (self._clock.now() - started)) > 0:
+                    await self._clock.sleep(wait_s)
 
     async def probe_once(self, name: str) -> None:
         """Probe `name` once, now, and record the outcome. A supervisor's readiness poll
@@ -175,6 +192,12 @@ class Prober:
         log.debug("probe %s: %s %s", name, outcome.reason or "ok", outcome.detail)
         self._registry.record_probe(name, outcome)
         self._on_outcome(name, outcome)
+
+
+def min_gap(settings: Any) -> float:
+    """The least time between two probes of one backend: its interval, less the jitter its
+    own schedule may take off (so the floor never changes the schedule, only pokes)."""
+    return max(0.05, settings.interval_s * (1 - settings.jitter))
 
 
 def _load_http_client() -> None:

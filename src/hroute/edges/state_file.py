@@ -48,6 +48,8 @@ class _Deadline(_Strict):
     detail: str = Field("", max_length=2000)
     ejections: int = Field(0, ge=0, le=10_000)
     seen_by: str = Field("", max_length=64)  # another host's, shared through the cluster
+    inferred: bool = False  # hroute's inference, and whether the probes met the failure:
+    seen_down: bool = False  # then their success lifts it (core/evidence.py)
 
 
 class _Record(_Strict):
@@ -108,6 +110,7 @@ def encode_state(
             out
             | ({"detail": c.detail} if c.detail else {})
             | ({"seen_by": c.seen_by} if c.seen_by else {})
+            | ({"inferred": True, "seen_down": c.seen_down} if c.inferred else {})
         )
 
     out = []
@@ -169,7 +172,9 @@ def decode_saved(data: Any, now: float, wall: float) -> Saved:
         if d.until_wall is None:
             return Cooldown(None, d.reason, d.detail, d.seen_by)
         left = d.until_wall - wall
-        return Cooldown(now + left, d.reason, d.detail, d.seen_by) if left > 0 else None
+        if left <= 0:
+            return None
+        return Cooldown(now + left, d.reason, d.detail, d.seen_by, d.inferred, d.seen_down)
 
     def held(d: _Deadline) -> Held | None:
         c = live(d)

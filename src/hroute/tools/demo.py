@@ -171,7 +171,7 @@ class Narrator:
                 "RECOVERY" if back else "FALLBACK",
                 f"agents on profile {e.get('profile')}: {old} -> {new} ({e.get('reason')})",
             )
-        elif kind in ("cooldown", "cooldown_end"):
+        elif kind in ("cooldown", "cooldown_end", "cooldown_cleared"):
             self.say("COOLDOWN", describe(e))
         else:
             self.say(kind.upper()[:9], describe(e))
