@@ -226,14 +226,16 @@ class Health:
                 self.streaks.pop("", None)
             else:
                 self.streaks.clear()
-            if report.credential:
-                for part in (ANY_MODEL, report.model or ANY_MODEL):
-                    held = self.keys.get((report.credential, part))
-                    if held is not None and (
-                        held.cooldown is None or held.cooldown.reason is not Reason.AUTH_PERMANENT
-                    ):
-                        del self.keys[(report.credential, part)]
-            return []
+            cleared = []  # told, so that the cluster ends the incident on every host
+            for part in dict.fromkeys((ANY_MODEL, report.model or ANY_MODEL)):
+                held = self.keys.get((report.credential or "", part))
+                if held is not None and (
+                    held.cooldown is None or held.cooldown.reason is not Reason.AUTH_PERMANENT
+                ):
+                    del self.keys[(report.credential or "", part)]
+                    if 0 < held.remaining(now) < INF:
+                        cleared.append(self._cleared(held, now, report.credential or "", part))
+            return cleared
         reason = report.reason or Reason.UNKNOWN
         if reason in HEALTH_NEUTRAL or reason is Reason.UNKNOWN:
             return []
@@ -381,6 +383,14 @@ class Health:
                 scope=scope, model=model or None,
             )
         ]  # fmt: skip
+
+    def _cleared(self, held: Held, now: float, credential: str, model: str) -> Transition:
+        s, reason = str(self.state), str(held.cooldown.reason if held.cooldown else "")
+        return Transition(
+            "cooldown_end", s, s, reason, held.remaining(now), credential=credential,
+            detail="a request with this key succeeded", scope=Scope.KEY, model=model or None,
+            cleared=True,
+        )  # fmt: skip
 
     def _ended(self, ended: Cooldown, scope: Scope, model: str | None = None) -> Transition:
         s = str(self.state)

@@ -73,6 +73,9 @@ class Transition:
     scope: str = Scope.SERVER
     model: str | None = None
     seen_by: str | None = None  # another host, for a cooldown shared through the cluster
+    # A cooldown_end before its deadline, on evidence the scope works (a success report, a
+    # clear from another host): the cluster tells the fleet. `cooldown_s`: what was left.
+    cleared: bool = False
 
 
 def policy_for(config: Any, name: str) -> Policy:

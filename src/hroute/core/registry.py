@@ -21,7 +21,8 @@ from hroute.core.health import AUTH_REASONS, Health, Policy, ProbeOutcome, Repor
 from hroute.core.health_values import policy_for
 from hroute.core.identity import BackendIdentity, normalize_base_url
 from hroute.core.routing import Router
-from hroute.core.sharing import Shared, apply_shared, shareable
+from hroute.core.shared_record import Shared
+from hroute.core.sharing import apply_record, shareable
 from hroute.core.tombstones import Tombstones
 from hroute.core.verdict import Verdict
 from hroute.core.views import backend_view, snapshot
@@ -248,14 +249,18 @@ class Registry:
                 tap(name, changes)
         return changes
 
-    def apply_shared(self, shared: Shared) -> bool:
-        """Take a cooldown another host saw on a remote backend configured here too (as a
-        remote one): it extends, never shortens, what is held. False when not ours."""
-        name = next((n for n, e in self._entries.items() if e.identity == shared.identity), None)
-        if name is None or not shareable(self, name):
+    def apply_shared(self, shared: Shared, *, newer: bool = False) -> bool:
+        """Take another host's record (`sharing.apply_record` says how); False if not ours."""
+        if (name := self.shared_name(shared.identity)) is None:
             return False
-        self._publish(name, apply_shared(self._entries[name].health, shared, self.clock.now()))
+        health, now = self._entries[name].health, self.clock.now()
+        self._publish(name, apply_record(health, shared, now, newer=newer))
         return True
+
+    def shared_name(self, identity: BackendIdentity) -> str | None:
+        """The backend configured here whose cooldowns the fleet shares under `identity`."""
+        name = next((n for n, e in self._entries.items() if e.identity == identity), None)
+        return name if name is not None and shareable(self, name) else None
 
     def block(self, name: str, reason: str, detail: str = "") -> None:
         """Unusable at once, whatever its probes say, until `unblock` (a supervisor's verdict:

@@ -7,10 +7,12 @@ every (re)connect this host pushes what it holds and pulls everything: Redis may
 its memory, and messages sent while we were away are gone. When Redis is unreachable the
 host works on its own state, says so once, and retries with backoff.
 
-Data model (`core/sharing.py`): one key per scope, `<prefix>cd:<digest>`, whose value says
-which server, scope, model, key fingerprint, reason, incident count and host, and whose TTL
-is the remaining time. A Lua script sets a key only when the new deadline is later than the
-stored one and publishes in the same step, so a report costs one round trip.
+Data model (`core/shared_record.py`): one key per scope, `<prefix>cd:<digest>`, whose TTL is
+the remaining time. A Lua script sets a key only when the new record outranks the stored one
+(version, then cleared over held, then a later deadline) and publishes in the same step, so a
+report costs one round trip. Every record read is untrusted: each is decoded and applied in
+its own try; a bad one is skipped, counted and warned about once per key. A resync pushes in
+pipelined batches and applies what it pulls in slices that yield to the loop.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import anyio
 from hroute.config.cluster import ClusterSettings, redacted_url
 from hroute.core.clock import Clock
 from hroute.core.registry import Registry
-from hroute.core.sharing import Shared, decode, from_changes, local_records
+from hroute.core.shared_record import Shared, decode, valid_spend
+from hroute.core.sharing import Ledger, from_changes, held_records
 from hroute.edges.clock import wait_until
 
 if TYPE_CHECKING:
@@ -35,17 +38,40 @@ if TYPE_CHECKING:
 log = logging.getLogger("hroute.cluster")
 
 QUEUE_MAX = 4096  # cooldowns waiting for Redis; the oldest go first (a resync sends them all)
-BACKOFF_S = (0.2, 10.0)  # first retry, cap
+# First retry, cap. A connection refused costs nothing, and a Redis that comes back must be
+# used within a second (records made meanwhile converge then), so the cap is short; the
+# outage is told once, not per attempt.
+BACKOFF_S = (0.1, 0.5)
 IDLE_PING_S = 5.0  # a Redis that stopped answering is noticed within this (plus the timeout)
 TIMEOUT_S = 3.0
+CONNECT_TIMEOUT_S = 1.0
 SCAN_COUNT = 500
+PUSH_BATCH = 500  # records per pipelined round trip of a resync
+APPLY_SLICE = 32  # records applied between two yields to the loop (the socket waits for none)
 WARNINGS_KEPT = 1024  # bad keys already warned about (each is told once, not on every resync)
+KEY_SHOWN = 80  # characters of a foreign key name a warning quotes
 
-# Later deadline wins, in Redis too: set only when longer than what is stored, and tell the
-# other hosts in the same step. KEYS[1] the record's key; ARGV: value, TTL (ms), channel.
+# The newer record wins, in Redis too: set only when the new one outranks what is stored
+# (version, then cleared over held, then a later deadline; a stored value that is not a
+# record of ours loses), and tell the other hosts in the same step.
+# KEYS[1] the record's key; ARGV: value, TTL (ms), channel, version, cleared (1/0).
 PUBLISH_LUA = """
 local ttl = tonumber(ARGV[2])
-if redis.call('PTTL', KEYS[1]) >= ttl then return 0 end
+local ver = tonumber(ARGV[4])
+local cleared = tonumber(ARGV[5])
+local old = redis.call('GET', KEYS[1])
+if old then
+  local ok, rec = pcall(cjson.decode, old)
+  if ok and type(rec) == 'table' and (rec['v'] == 1 or rec['v'] == 2) then
+    local old_ver = tonumber(rec['ver']) or 0
+    local old_cleared = (rec['state'] == 'cleared') and 1 or 0
+    if old_ver > ver then return 0 end
+    if old_ver == ver then
+      if old_cleared > cleared then return 0 end
+      if old_cleared == cleared and redis.call('PTTL', KEYS[1]) >= ttl then return 0 end
+    end
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('PUBLISH', ARGV[3], KEYS[1] .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[1])
 return 1
@@ -69,6 +95,8 @@ class Cluster:
         self.error = ""
         self.counts = {"published": 0, "applied": 0, "skipped": 0, "dropped": 0}
         self._warned: set[str] = set()
+        self.ledger = Ledger()  # the newest record known of each shared scope
+        self.synced = anyio.Event()  # set once the first pull landed (or could not)
         self._spend_due = False  # this host's day total changed since it was last sent
         registry.add_report_tap(self._on_report)
         registry.router.usage_taps.append(self._on_usage)
@@ -76,10 +104,14 @@ class Cluster:
     # --- the registry's side (on the loop, never waits) ---------------------------------
 
     def _on_report(self, name: str, changes: list[Transition]) -> None:
-        for shared in from_changes(self.registry, name, changes, self.host):
+        now, wall = self.clock.now(), self.clock.wall()
+        for change in from_changes(self.registry, name, changes, self.host):
+            shared = self.ledger.local(change, now, wall)
+            if shared is None:
+                continue
             if len(self._queue) == QUEUE_MAX:
                 self.counts["dropped"] += 1
-            self._queue.append((shared, self.clock.now()))
+            self._queue.append((shared, now))
             self._wake.set()
 
     def _on_usage(self, name: str, usd: float, day: Day) -> None:
@@ -116,7 +148,7 @@ class Cluster:
             client = aredis.from_url(
                 self.settings.redis_url,
                 socket_timeout=TIMEOUT_S,
-                socket_connect_timeout=TIMEOUT_S,
+                socket_connect_timeout=CONNECT_TIMEOUT_S,
                 retry=Retry(NoBackoff(), 0),  # a failure must reach us: we resync after it
             )
             try:
@@ -133,6 +165,7 @@ class Cluster:
                 lasted = self._was_up and self.clock.now() - started >= BACKOFF_S[1]
                 backoff = BACKOFF_S[0] if lasted else min(backoff * 2, BACKOFF_S[1])
             finally:
+                self.synced.set()  # a first pull that cannot happen is not waited for
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                     await client.aclose()
             await self.clock.sleep(backoff)
@@ -144,11 +177,15 @@ class Cluster:
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(self.channel)
-            self._queue.clear()  # the push below sends everything running
-            pushed = 0
-            for shared in local_records(self.registry, self.host):
-                pushed += await self._publish(script, shared)
+            # Pull first: the ledger learns the fleet's versions before this host pushes, and
+            # a starting daemon hears what the fleet holds as soon as possible.
             pulled = await self._pull(client)
+            self.synced.set()
+            self._queue.clear()  # the push below sends everything running
+            now = self.clock.now()
+            for shared in held_records(self.registry, self.host):
+                self.ledger.seed(shared, now)
+            pushed = await self._push(script, client, self.ledger.live(now))
             await self._send_spend(client)
             await self._pull_spend(client, self.registry.router.day())
             self._up(pushed, pulled)
@@ -191,11 +228,28 @@ class Cluster:
         ttl_ms = int((shared.remaining_s - waited_s) * 1000)  # what is left of it now
         if ttl_ms <= 0:
             return 0
-        done = await script(
-            keys=[self.prefix + shared.key], args=[shared.encode(), ttl_ms, self.channel]
-        )
+        done = await script(keys=[self.prefix + shared.key], args=self._args(shared, ttl_ms))
         self.counts["published"] += int(done)
         return int(done)
+
+    async def _push(self, script: Any, client: Any, records: list[Shared]) -> int:
+        """Every live record this host knows, PUSH_BATCH to a round trip (a Redis that lost
+        its memory gets back what any host holds, not only what its origin does)."""
+        pushed = 0
+        for start in range(0, len(records), PUSH_BATCH):
+            pipe = client.pipeline(transaction=False)
+            for shared in records[start : start + PUSH_BATCH]:
+                ttl_ms = int(shared.remaining_s * 1000)
+                if ttl_ms > 0:
+                    args = self._args(shared, ttl_ms)
+                    await script(keys=[self.prefix + shared.key], args=args, client=pipe)
+            done = sum(int(x) for x in await pipe.execute())
+            self.counts["published"] += done
+            pushed += done
+        return pushed
+
+    def _args(self, shared: Shared, ttl_ms: int) -> list[Any]:
+        return [shared.encode(), ttl_ms, self.channel, shared.version, int(shared.cleared)]
 
     async def _listen(self, pubsub: Any, client: Any) -> None:
         while True:
@@ -203,8 +257,9 @@ class Cluster:
             if message is None or message.get("type") != "message":
                 continue
             key, ttl, value = _split(message["data"])
-            if key == "spend":
-                await self._pull_spend(client, ttl)  # "spend\n<day>\n<host>"
+            if key == "spend":  # "spend\n<day>\n<host>"
+                if ttl == self.registry.router.day():  # another day's is no news here
+                    await self._pull_spend(client, ttl)
             else:
                 self._take(key, value, ttl)
 
@@ -233,21 +288,21 @@ class Cluster:
         """What the other hosts spent in budget day `label`, summed per backend."""
         fields = await client.hgetall(f"{self.prefix}spend:{label}")
         others: dict[str, float] = {}
+        configured = self.registry.config.backends
         for field, value in fields.items():
             host, _, backend = _text(field).partition("\t")
-            try:
-                usd = float(value)
-            except ValueError:
-                usd = -1.0
-            if not backend or not usd >= 0 or usd == float("inf"):
+            usd = valid_spend(value)
+            if not backend or usd is None or len(host) > 64:
                 self._warn(f"{self.prefix}spend:{label} {_text(field)}", "not a spend record")
                 continue
-            if host != self.host:
+            if host != self.host and backend in configured:
+                # Each term is at most MAX_SPEND_USD: the sum stays finite.
                 others[backend] = others.get(backend, 0.0) + usd
         self.registry.router.apply_shared_spend(label, others)
 
     async def _pull(self, client: Any) -> int:
-        """Every shared cooldown in Redis now (values and remaining times), applied here."""
+        """Every shared cooldown in Redis now (values and remaining times), applied here in
+        slices of APPLY_SLICE records between which the loop serves the socket."""
         taken = 0
         async for batch in _batches(client.scan_iter(match=self.prefix + "cd:*", count=SCAN_COUNT)):
             pipe = client.pipeline(transaction=False)
@@ -259,26 +314,35 @@ class Cluster:
                 value, ttl = answers[2 * i], answers[2 * i + 1]
                 if value is not None:  # expired between SCAN and GET
                     taken += self._take(_text(key), value, ttl)
+                if i % APPLY_SLICE == APPLY_SLICE - 1:
+                    await anyio.sleep(0)
         return taken
 
     def _take(self, key: str, value: Any, ttl_ms: Any) -> int:
-        """One record from Redis, applied unless it is ours, not ours to apply, or garbage."""
+        """One record from Redis, applied when it is news for a backend configured here;
+        garbage is skipped, counted and warned about (once per key). Never raises: one bad
+        record must not end the session (a reconnect would read it again, and again)."""
         try:
-            shared = decode(value, int(ttl_ms))
+            shared = decode(value, ttl_ms)
             if self.prefix + shared.key != key:
                 raise ValueError("its key does not match its content")
-        except (ValueError, TypeError) as exc:
-            self._warn(key, str(exc))
+            if self.registry.shared_name(shared.identity) is None:
+                return 0  # a backend not configured here (or not remote here)
+            news = self.ledger.take(shared, self.clock.now())
+            if news and self.registry.apply_shared(shared, newer=news == "newer"):
+                self.counts["applied"] += 1
+                return 1
             return 0
-        if shared.host == self.host:
-            return 0  # our own, told back
-        if self.registry.apply_shared(shared):
-            self.counts["applied"] += 1
-            return 1
+        except ValueError as exc:
+            self._warn(key, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug here must not stop sharing
+            log.exception("cluster: cannot apply %s", _shown(key))
+            self._warn(key, _words(exc))
         return 0
 
     def _warn(self, key: str, why: str) -> None:
         self.counts["skipped"] += 1
+        key = _shown(key)
         if key not in self._warned and len(self._warned) < WARNINGS_KEPT:
             self._warned.add(key)
             log.warning("cluster: skipping %s in Redis: %s", key, why)
@@ -320,6 +384,12 @@ def _split(data: Any) -> tuple[str, str, str]:
     if len(parts) != 3:
         return "", "0", ""
     return parts[0], parts[1], parts[2]
+
+
+def _shown(key: str) -> str:
+    """A key name from Redis as a log line may quote it: bounded, without control codes."""
+    shown = key if len(key) <= KEY_SHOWN else key[:KEY_SHOWN] + "..."
+    return shown if shown.isprintable() else ascii(shown)
 
 
 def _text(value: Any) -> str:

@@ -97,7 +97,8 @@ def describe(event: dict[str, Any]) -> str:
     if kind in ("cluster_connected", "cluster_disconnected"):
         return f"cluster: {event.get('detail') or kind}"
     if kind == "cooldown_end":
-        return f"{name}: cooldown over ({reason})"
+        seen = f", seen by {event['seen_by']}" if event.get("seen_by") else ""
+        return f"{name}: cooldown over{cred} ({reason}{seen}{detail})"
     if kind == "config_reloaded":
         return f"{event.get('detail') or 'reloaded'} ({reason})"
     if kind == "config_rejected":
