@@ -330,3 +330,135 @@ def test_redis_down_at_start_each_host_serves_alone_then_joins(fleet: Fleet) -> 
     assert held(b, "cloud-a") == pytest.approx(held(a, "cloud-a"), abs=1.0)
     for d in (a, b):
         assert sum("cluster: cannot reach" in line for line in d.lines) == 1, d.log
+
+
+KEY = "sha256:00000000000000c1"
+
+
+def _rate_limit(d: Daemon, seconds: int = 600) -> None:
+    assert d.client().report(
+        "cloud-a", reason="rate_limit", status_code=429, retry_after_s=seconds, credential=KEY
+    )
+
+
+def test_a_success_report_on_one_host_clears_the_key_on_every_host(fleet: Fleet) -> None:
+    a, b, c = (fleet.start(i) for i in range(3))
+    for d in (a, b, c):
+        fleet.connected(d)
+    _rate_limit(a)
+    for d in (b, c):
+        wait_until(lambda d=d: held(d, "cloud-a", KEY), 5, what="the 429 everywhere")
+    assert b.client().report("cloud-a", outcome="success", credential=KEY)
+    assert held(b, "cloud-a", KEY) is None
+    for d in (a, c):
+        wait_until(lambda d=d: held(d, "cloud-a", KEY) is None, 5, what="the clear everywhere")
+        wait_until(lambda d=d: not seen(d, "cloud-a", KEY), 5, what="agents to see it")
+        line = d.wait_for_log("cooldown over for credential")
+        assert "seen by host-1" in line
+
+
+@pytest.mark.parametrize("origin_running", [True, False], ids=["origin-up", "origin-down"])
+def test_nothing_cleared_comes_back_after_redis_restarts_empty(
+    fleet: Fleet, origin_running: bool
+) -> None:
+    a, b, c = (fleet.start(i) for i in range(3))
+    for d in (a, b, c):
+        fleet.connected(d)
+    _rate_limit(a)
+    for d in (b, c):
+        wait_until(lambda d=d: held(d, "cloud-a", KEY), 5, what="the 429 everywhere")
+    # A model's hold made by host-0, never cleared: it must survive without its origin.
+    assert a.client().report("cloud-b", reason="overloaded", status_code=529, model="gpt-b")
+    for d in (b, c):
+        wait_until(lambda d=d: held(d, "cloud-b"), 5, what="the 529 everywhere")
+    assert b.client().report("cloud-a", outcome="success", credential=KEY)
+    for d in (a, c):
+        wait_until(lambda d=d: held(d, "cloud-a", KEY) is None, 5, what="the clear everywhere")
+    if not origin_running:
+        a.stop()
+    fleet.redis.kill()
+    fleet.redis.start()  # empty
+    running = [b, c] + ([a] if origin_running else [])
+    for d in running:
+        fleet.connected(d)
+    late = fleet.start(3)  # a host that never heard of either
+    fleet.connected(late)
+    wait_until(lambda: held(late, "cloud-b"), 5, what="the live hold, re-pushed by any host")
+    wait_until(
+        lambda: all(d.get("/v1/backends")[1]["cluster"]["published"] for d in running),
+        5,
+        what="every host's re-push",
+    )
+    for d in [*running, late]:
+        assert held(d, "cloud-a", KEY) is None, d.tmp.name
+        assert held(d, "cloud-b") is not None, d.tmp.name
+
+
+def test_hostile_records_are_skipped_and_sharing_keeps_working(fleet: Fleet) -> None:
+    """Records anyone with the Redis credential could write: none holds anything for long,
+    breaks the state file, or stops sharing (at once, or at the next reconnect)."""
+    import json
+
+    import redis
+
+    from hroute.core.shared_record import Shared, decode
+
+    a, b = fleet.start(0), fleet.start(1)
+    for d in (a, b):
+        fleet.connected(d)
+    r = redis.Redis(unix_socket_path=str(fleet.redis.socket))
+    _rate_limit(a, 60)
+    wait_until(lambda: held(b, "cloud-a", KEY), 5, what="the first record")
+    [key] = r.scan_iter(PREFIX + "cd:*")
+    good = json.loads(r.get(key))
+    template = decode(r.get(key), r.pttl(key))
+
+    def plant(which: int, ttl_ms: int = 60_000, raw: str | None = None, **fields: object) -> str:
+        credential = f"sha256:{which:016x}"
+        shared = Shared(**{**template.__dict__, "credential": credential})
+        value = raw if raw is not None else json.dumps({**good, "credential": credential, **fields})
+        r.set(PREFIX + shared.key, value, px=ttl_ms)
+        r.publish(PREFIX + "events", f"{PREFIX}{shared.key}\n{ttl_ms}\n{value}")
+        return credential
+
+    ten_years = plant(0xA1, ttl_ms=10 * 365 * 86_400_000)
+    plant(0xA2, host="h" * 110)
+    plant(0xA3, n=10**9)
+    plant(
+        0xA4,
+        raw=json.dumps({**good, "credential": "sha256:00000000000000a4"}).replace(
+            '"n": 1', '"n": Infinity'
+        ),
+    )
+    plant(0xA5, raw='{"v": 1, "server": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    label = time.strftime("%Y-%m-%d", time.gmtime())
+    r.hset(f"{PREFIX}spend:{label}", mapping={"x\tcloud-a": "1e308", "y\tcloud-a": "1e308"})
+    r.hset(f"{PREFIX}spend:{label}", mapping={"z\tcloud-a": "1e9"})
+    r.publish(PREFIX + "events", f"spend\n{label}\nx")
+
+    # Sharing still works, live and at a reconnect (a late host pulls all of it).
+    late = fleet.start(2)
+    fleet.connected(late)
+    assert a.client().report("cloud-b", reason="overloaded", status_code=529, model="gpt-b")
+    for d in (b, late):
+        wait_until(lambda d=d: held(d, "cloud-b"), 5, what="a good record after the bad ones")
+        status, body = d.get("/v1/backends")
+        assert status == 200, body
+        wait_until(
+            lambda d=d: d.get("/v1/backends")[1]["cluster"]["skipped"] >= 5,
+            5,
+            what="the bad records counted",
+        )
+        assert 'hroute_cluster_records_total{result="skipped"}' in d.get_text("/metrics")
+        # 1e308 + 1e308 (inf: GET /v1/backends answered 500) and $1e9 are no spend.
+        assert d.backend("cloud-a")["spent_today_usd"] == 0.0
+        assert d.get("/v1/route?profile=paid")[1]["backend"] == "cloud-a"
+        left = held(d, "cloud-a", ten_years)
+        assert left is not None and left <= 86_400  # a day at most, not ten years
+        assert "\x1b" not in d.log
+    # A restart reads back what it saved: nothing set aside.
+    late.stop()
+    late.start()
+    fleet.connected(late)
+    assert "set aside" not in late.log and "unreadable" not in late.log, late.log
+    assert held(late, "cloud-a", ten_years) is not None
