@@ -38,13 +38,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("hroute.cluster")
 
 QUEUE_MAX = 4096  # cooldowns waiting for Redis; the oldest go first (a resync sends them all)
-# First retry, cap. A connection refused costs nothing, and a Redis that comes back must be
-# used within a second (records made meanwhile converge then), so the cap is short; the
-# outage is told once, not per attempt.
+# First retry, cap: short, so a Redis that comes back is used within a second (a refused
+# connection costs nothing; the outage is told once, not per attempt).
 BACKOFF_S = (0.1, 0.5)
 IDLE_PING_S = 5.0  # a Redis that stopped answering is noticed within this (plus the timeout)
 TIMEOUT_S = 3.0
 CONNECT_TIMEOUT_S = 1.0
+START_WAIT_S = 1.0  # the most a starting daemon waits for the fleet's cooldowns
 SCAN_COUNT = 500
 PUSH_BATCH = 500  # records per pipelined round trip of a resync
 APPLY_SLICE = 32  # records applied between two yields to the loop (the socket waits for none)
@@ -56,21 +56,13 @@ KEY_SHOWN = 80  # characters of a foreign key name a warning quotes
 # record of ours loses), and tell the other hosts in the same step.
 # KEYS[1] the record's key; ARGV: value, TTL (ms), channel, version, cleared (1/0).
 PUBLISH_LUA = """
-local ttl = tonumber(ARGV[2])
-local ver = tonumber(ARGV[4])
-local cleared = tonumber(ARGV[5])
+local ttl, ver, cleared = tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local old = redis.call('GET', KEYS[1])
-if old then
-  local ok, rec = pcall(cjson.decode, old)
-  if ok and type(rec) == 'table' and (rec['v'] == 1 or rec['v'] == 2) then
-    local old_ver = tonumber(rec['ver']) or 0
-    local old_cleared = (rec['state'] == 'cleared') and 1 or 0
-    if old_ver > ver then return 0 end
-    if old_ver == ver then
-      if old_cleared > cleared then return 0 end
-      if old_cleared == cleared and redis.call('PTTL', KEYS[1]) >= ttl then return 0 end
-    end
-  end
+local ok, rec = pcall(cjson.decode, old or '')
+if ok and type(rec) == 'table' and (rec['v'] == 1 or rec['v'] == 2) then
+  local v, c = tonumber(rec['ver']) or 0, (rec['state'] == 'cleared') and 1 or 0
+  if v > ver or (v == ver and c > cleared) then return 0 end
+  if v == ver and c == cleared and redis.call('PTTL', KEYS[1]) >= ttl then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('PUBLISH', ARGV[3], KEYS[1] .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[1])
@@ -132,16 +124,26 @@ class Cluster:
     # --- the task -----------------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        """Connect, resync, publish and listen; on any failure, work alone and retry."""
-        task_status.started()  # answers never wait for Redis, so neither does READY=1
+        """Connect, resync, publish and listen; on any failure, work alone and retry. Started
+        once the first pull landed, or after START_WAIT_S: the daemon serves after that, so a
+        starting host does not call usable what the fleet holds, nor waits long for Redis."""
         try:  # the optional extra: loaded only with `cluster:`
             import redis.asyncio as aredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-            from redis.exceptions import RedisError
         except ImportError as exc:
             self._lost(RuntimeError(f"redis-py is missing ({exc}): pip install 'hroute[cluster]'"))
+            task_status.started()
             return  # this host works alone, and says so in its status
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._connect, aredis)
+            if not await wait_until(self.clock, self.synced, self.clock.now() + START_WAIT_S):
+                log.warning("cluster: serving before the fleet's cooldowns arrived")
+            task_status.started()
+
+    async def _connect(self, aredis: Any) -> None:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+
         backoff = BACKOFF_S[0]
         while True:
             started = self.clock.now()
@@ -381,9 +383,7 @@ async def _batches(keys: Any, size: int = SCAN_COUNT) -> Any:
 
 def _split(data: Any) -> tuple[str, str, str]:
     parts = _text(data).split("\n", 2)
-    if len(parts) != 3:
-        return "", "0", ""
-    return parts[0], parts[1], parts[2]
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else ("", "0", "")
 
 
 def _shown(key: str) -> str:
