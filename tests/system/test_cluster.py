@@ -353,7 +353,7 @@ def test_a_success_report_on_one_host_clears_the_key_on_every_host(fleet: Fleet)
     for d in (a, c):
         wait_until(lambda d=d: held(d, "cloud-a", KEY) is None, 5, what="the clear everywhere")
         wait_until(lambda d=d: not seen(d, "cloud-a", KEY), 5, what="agents to see it")
-        line = d.wait_for_log("cooldown over for credential")
+        line = d.wait_for_log("cooldown lifted for credential")
         assert "seen by host-1" in line
 
 

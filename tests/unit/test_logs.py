@@ -84,3 +84,37 @@ def test_repeated_error_lines_are_counted_not_written() -> None:
     f._seen[("asyncio", "socket.accept() out of system resource")][0] -= 3600  # window over
     first = rec("socket.accept() out of system resource")
     assert f.filter(first) and "97 more like this left out" in first.getMessage()
+
+
+def test_a_repeated_identical_event_line_is_told_at_most_once_a_minute() -> None:
+    """Issue 20: a loop (a 429 whose reset ended each cooldown at once) logged thousands of
+    identical WARNING lines. One identical event line a minute; the next says how many were
+    left out. A different line (another backend, another reason) has its own minute."""
+    from hroute.systemd.logs import RepeatFilter, describe
+
+    t = [0.0]
+    f = RepeatFilter(now=lambda: t[0])
+    event = {
+        "event": "cooldown",
+        "backend": "cloud",
+        "reason": "rate_limit",
+        "cooldown_s": 0.0,
+        "detail": "HTTP 429",
+    }
+
+    def rec(ev: dict) -> logging.LogRecord:
+        r = logging.LogRecord("hroute", logging.WARNING, __file__, 1, describe(ev), None, None)
+        r.hroute_event = ev
+        return r
+
+    kept = []
+    for _ in range(600):  # ten a second for a minute
+        kept.append(f.filter(rec(event)))
+        t[0] += 0.1
+    assert kept.count(True) == 1
+    assert f.filter(rec({**event, "backend": "other"}))  # another line: its own budget
+    t[0] += 0.1
+    again = rec(event)
+    assert f.filter(again) and "599 more like this left out" in again.getMessage()
+    info = {"event": "cooldown_end", "backend": "cloud", "reason": "rate_limit", "scope": "server"}
+    assert [f.filter(rec(info)) for _ in range(5)].count(True) == 1  # INFO events too

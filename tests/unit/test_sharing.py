@@ -22,7 +22,13 @@ from hroute.core.shared_record import (
     Shared,
     decode,
 )
-from hroute.core.sharing import SAME_DEADLINE_S, Ledger, from_changes, held_records
+from hroute.core.sharing import (
+    SAME_DEADLINE_S,
+    Ledger,
+    from_changes,
+    from_clear,
+    held_records,
+)
 from hroute.systemd.logs import describe
 
 CONFIG = """
@@ -46,14 +52,21 @@ class Host:
         self.ledger = Ledger()
         self.sent: list[Shared] = []
         self.reg.add_report_tap(self._tap)
+        self.reg.add_clear_tap(
+            lambda backend, change: self._tell([from_clear(self.reg, backend, change, name)])
+        )
         self.events: list[dict] = []
         self.reg.add_sink(self.events.append)
 
     def _tap(self, backend: str, changes: list) -> None:
-        for shared in from_changes(self.reg, backend, changes, self.name):
-            record = self.ledger.local(shared, self.clock.now(), self.clock.wall())
-            if record is not None:
-                self.sent.append(record)
+        self._tell(from_changes(self.reg, backend, changes, self.name))
+
+    def _tell(self, records: list) -> None:
+        for shared in records:
+            if shared is not None:
+                record = self.ledger.local(shared, self.clock.now(), self.clock.wall())
+                if record is not None:
+                    self.sent.append(record)
 
     def tell(self, shared: list[Shared]) -> None:
         """What arrives through Redis: the value and its TTL, decoded as the edge does."""
@@ -315,8 +328,9 @@ def test_a_success_report_clears_a_shared_key_hold_on_every_host(hosts, clock) -
     for host in (a, c):
         host.tell([cleared])
         assert host.reg.usable("or-a", credential=KEY)["usable"] is True
-    assert "cooldown over for credential sha256:00000000000000a1" in describe(c.events[-1])
-    assert "seen by host-b" in describe(c.events[-1])
+    line = describe(c.events[-1])
+    assert "cooldown lifted for credential sha256:00000000000000a1" in line
+    assert "seen by host-b" in line
 
 
 def test_a_stale_or_replayed_record_neither_revives_nor_shortens(hosts, clock) -> None:
@@ -405,3 +419,27 @@ def test_any_order_of_arrival_converges(records, order) -> None:
         assert usable is best.cleared
         if not best.cleared:
             assert retry == pytest.approx(best.remaining_s, abs=SAME_DEADLINE_S)
+
+
+def test_a_probe_confirmed_recovery_clears_an_inferred_server_hold_on_every_host(
+    hosts, clock
+) -> None:
+    from hroute.core.health_values import ProbeOutcome
+
+    a, b = hosts
+    a.reg.record_probe("or-a", ProbeOutcome())
+    a.reg.record_report("or-a", Report(False, Reason.SERVER_ERROR))
+    b.tell(a.sent)
+    assert b.reg.usable("or-a")["usable"] is False
+    clock.advance(2)
+    a.reg.record_probe("or-a", ProbeOutcome(Reason.CONNECTION, detail="refused"))  # seen down
+    clock.advance(2)
+    a.reg.record_probe("or-a", ProbeOutcome())  # and up again: the hold ends on a
+    assert a.reg.usable("or-a")["usable"] is True
+    [cleared] = [s for s in a.sent if s.cleared]
+    assert cleared.scope is Scope.SERVER and cleared.version == a.sent[0].version
+    b.tell([cleared])
+    assert b.reg.usable("or-a")["usable"] is True
+    assert b.sent == []  # a clear told here is not told back
+    b.tell(a.sent[:1])  # the held record of that incident, replayed: nothing comes back
+    assert b.reg.usable("or-a")["usable"] is True

@@ -7,7 +7,6 @@ OpenAI, Anthropic, OpenRouter, DeepSeek, llama-server and Ollama bodies identify
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from contextlib import suppress
@@ -16,6 +15,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from hroute.core.cooldowns import provider_hint
 from hroute.core.reasons import Reason
 from hroute.core.redact import redact
 from hroute.core.sanitize import clean
@@ -30,7 +30,6 @@ class Classification:
     detail: str
 
 
-_MAX_HINT_S = 86400.0
 _MAX_PARSE_CHARS = 1 << 20  # bigger bodies are searched as text, not parsed
 _DETAIL_CHARS = 200
 
@@ -72,8 +71,9 @@ def _hint(
         exhausted = rate_limited or h.get(remaining or "", "0").strip() == "0"
         if (value := h.get(name)) is None or (remaining and not (resets and exhausted)):
             continue
-        if (delta := _delta_s(value, kind, now_wall)) is not None and math.isfinite(delta):
-            found.append(min(max(delta, 0.0), _MAX_HINT_S))
+        # A zero, past or absurd reset is no hint (never a cooldown that ends at once).
+        if (delta := provider_hint(_delta_s(value, kind, now_wall))) is not None:
+            found.append(delta)
     return max(found) if found else None
 
 
@@ -84,11 +84,12 @@ def _lower(headers: Mapping[str, str] | None) -> dict[str, str]:
 def parse_retry_after(
     headers: Mapping[str, str] | None, *, now_wall: float, rate_limited: bool = False
 ) -> float | None:
-    """Seconds to wait per the headers: the largest hint, clamped to 0..86400, or None.
+    """Seconds to wait per the headers: the largest usable hint, or None.
 
     Reads `Retry-After` (seconds or HTTP-date), `retry-after-ms`, `anthropic-ratelimit-*-reset`
     (RFC 3339) and `x-ratelimit-reset-*` (`6m0s`); a reset counts when its `-remaining` is 0
-    or absent, or always when `rate_limited` (a 429). Garbage values are ignored.
+    or absent, or always when `rate_limited` (a 429). Garbage values, and resets that are zero,
+    already past or beyond a day, are ignored: they are no hint (`cooldowns.provider_hint`).
     """
     return _hint(_lower(headers), now_wall, rate_limited=rate_limited)
 

@@ -31,10 +31,26 @@ class Scope(StrEnum):
     KEY = "key"  # identity + credential (+ model, for a rate limit that names one)
 
 
+# A provider's reset longer than a day is not a reset time but a broken header (or a hostile
+# one); with a zero or past one, it is no hint at all: see `provider_hint`.
+MAX_HINT_S = 86400.0
 ANY_MODEL = ""  # the model part of a key scope that holds the key for every model
 # Models and keys come from reports: a server remembers at most this many of each, so a
 # client that invents names cannot grow the registry without bound.
 MAX_SCOPES = 256
+
+
+def provider_hint(retry_after_s: float | None) -> float | None:
+    """A provider's reset as a cooldown length, or None when it is no usable hint.
+
+    Zero, past (negative) and absurd (beyond MAX_HINT_S, or not finite) resets are no hint:
+    providers answer `Retry-After: 0` and resets equal to now routinely, and a cooldown that
+    ends at once pokes the prober, whose probe gets the same 429 — a loop at hundreds of
+    probes a second. Without a hint the normal growing cooldown applies.
+    """
+    if retry_after_s is None or not 0.0 < retry_after_s <= MAX_HINT_S:
+        return None
+    return retry_after_s
 
 
 @dataclass
@@ -43,6 +59,10 @@ class Cooldown:
     reason: Reason
     detail: str = ""
     seen_by: str = ""  # the host that saw it, when another host did (cluster sharing)
+    # hroute inferred it (no provider time): probes that saw the failure (`seen_down`) and
+    # then succeed lift it early (evidence.py).
+    inferred: bool = False
+    seen_down: bool = False
 
 
 @dataclass
@@ -74,6 +94,8 @@ class Held:
         jitter: float = 0.0,
         down: bool = False,
         detail: str = "",
+        inferred: bool = False,
+        seen_down: bool = False,
     ) -> float | None:
         """Start this scope's cooldown for a new incident; return its length, or None when a
         running one is kept as it is (same incident) or extended by a later provider reset
@@ -84,12 +106,13 @@ class Held:
         """
         current = self.cooldown
         running = self.running(now)
+        retry_after_s = provider_hint(retry_after_s)
         if retry_after_s is not None:
             # The provider said when, and Retry-After passes it on: kept exactly.
             until = now + retry_after_s
             if running and (current is None or current.until is None or current.until >= until):
                 return None
-            self.cooldown = Cooldown(until, reason, detail)
+            self.cooldown = Cooldown(until, reason, detail, "", inferred, seen_down)
             self.decay_anchor = until
             return until - now
         if running:
@@ -98,7 +121,7 @@ class Held:
             duration = fixed_s
         else:
             duration = self._escalated(now, policy, down) * (1 + policy.jitter * jitter)
-        self.cooldown = Cooldown(now + duration, reason, detail)
+        self.cooldown = Cooldown(now + duration, reason, detail, "", inferred, seen_down)
         self.decay_anchor = now + duration
         return duration
 
@@ -117,6 +140,16 @@ class Held:
             return False
         self.cooldown = None
         return True
+
+    def clear(self, now: float) -> Cooldown | None:
+        """End the running cooldown now, before its time (evidence says the failure is over;
+        another host cleared it); return it. The incident count stays and decays from the
+        end the cooldown had, as if it had run: a server that flaps still grows its hold."""
+        c = self.cooldown
+        if c is None or not self.running(now):
+            return None
+        self.cooldown = None
+        return c
 
     def expire(self, now: float) -> Cooldown | None:
         """Drop the cooldown if it ran out; return it then."""

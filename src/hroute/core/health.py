@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from hroute.core import evidence
 from hroute.core.cooldowns import (
     ANY_MODEL,
     Cooldown,
@@ -59,6 +60,7 @@ class Health:
     # auth verdict (until the key or config changes) or a supervisor's (exited, hang, fatal ...).
     block: str | None = None
     last_probe_at: float | None = None
+    probe_failed: bool = False  # the last probe saw the server fail (evidence.py)
     latency_ms: float | None = None
     # Per key fingerprint ("" without one): the reason reported last and how often in a row,
     # for the fallback rules (switch_after). One key's 429s never count toward another's.
@@ -167,7 +169,7 @@ class Health:
                 out.append(self._move(State.STARTING, "starting", "starting", outcome.detail))
             return out
         if outcome.reason is None:
-            self.consecutive_failures = 0
+            self.consecutive_failures, self.probe_failed = 0, False
             self.consecutive_successes += 1
             if self.block in AUTH_REASONS:
                 # Only our own probe, made with the configured key, can clear an auth block.
@@ -177,7 +179,7 @@ class Health:
                 or self.state in (State.UNKNOWN, State.STARTING)
             ):
                 out.append(self._move(State.HEALTHY, "backend_up", None, outcome.detail))
-            return out + self._check_models(outcome)
+            return out + self._check_models(outcome) + evidence.lift(self, outcome, now, policy)
         reason = outcome.reason
         if reason in HEALTH_NEUTRAL:
             return out
@@ -196,14 +198,17 @@ class Health:
                 )
             return out
         if reason in (Reason.RATE_LIMIT, Reason.UPSTREAM_RATE_LIMIT, Reason.BILLING):
-            # The server answered: it is up, but says wait. That is a cooldown, not a state.
+            # The server answered: it is up, but says wait. That is a cooldown, not a state;
+            # the probe met the limit itself, so its success is evidence the limit is over.
             fixed = policy.max_s if reason is Reason.BILLING else None
             duration = self.server.arm(
                 reason, now, policy, retry_after_s=outcome.retry_after_s, fixed_s=fixed,
-                detail=outcome.detail,
+                detail=outcome.detail, inferred=True, seen_down=True,
             )  # fmt: skip
             return out + self._cooled(duration, reason, outcome.detail, Scope.SERVER)
         self.consecutive_failures += 1
+        self.probe_failed = True
+        evidence.saw_down(self, now)
         if self.state is not State.UNHEALTHY and (
             self.consecutive_failures >= policy.fall or self.state is State.UNKNOWN
         ):
@@ -226,16 +231,18 @@ class Health:
                 self.streaks.pop("", None)
             else:
                 self.streaks.clear()
-            cleared = []  # told, so that the cluster ends the incident on every host
-            for part in dict.fromkeys((ANY_MODEL, report.model or ANY_MODEL)):
+            out = []
+            for part in (ANY_MODEL, report.model or ANY_MODEL) if report.credential else ():
                 held = self.keys.get((report.credential or "", part))
                 if held is not None and (
                     held.cooldown is None or held.cooldown.reason is not Reason.AUTH_PERMANENT
                 ):
                     del self.keys[(report.credential or "", part)]
-                    if 0 < held.remaining(now) < INF:
-                        cleared.append(self._cleared(held, now, report.credential or "", part))
-            return cleared
+                    if (ended := held.clear(now)) is not None:  # a key's holds are agents' to end
+                        out.append(evidence.cleared(
+                            self, held, ended, Scope.KEY, model=part, credential=report.credential
+                        ))  # fmt: skip
+            return out
         reason = report.reason or Reason.UNKNOWN
         if reason in HEALTH_NEUTRAL or reason is Reason.UNKNOWN:
             return []
@@ -250,21 +257,23 @@ class Health:
             reason, credential=report.credential, model=report.model, local=policy.local
         )
         retry, detail = report.retry_after_s, report.detail
+        guess, seen = evidence.inferred(reason, retry), self.probe_failed  # may probes lift it?
         if scope is Scope.SERVER:
             if reason in SEVERE:
                 self.consecutive_failures += 1
             duration = self.server.arm(
                 reason, now, policy, retry_after_s=retry, jitter=jitter, detail=detail,
                 fixed_s=policy.max_s if reason is Reason.BILLING else None,
-                down=self.state is State.UNHEALTHY,
+                down=self.state is State.UNHEALTHY, inferred=guess, seen_down=seen,
             )  # fmt: skip
             return self._cooled(duration, reason, detail, scope)
         if scope is Scope.MODEL:
             assert report.model
             held = self.models.setdefault(report.model, Held())
             duration = held.arm(
-                reason, now, policy, retry_after_s=retry, jitter=jitter, detail=detail
-            )
+                reason, now, policy, retry_after_s=retry, jitter=jitter, detail=detail,
+                inferred=guess, seen_down=seen,
+            )  # fmt: skip
             return self._cooled(duration, reason, detail, scope, model=report.model)
         if scope is Scope.KEY:
             assert report.credential
@@ -383,14 +392,6 @@ class Health:
                 scope=scope, model=model or None,
             )
         ]  # fmt: skip
-
-    def _cleared(self, held: Held, now: float, credential: str, model: str) -> Transition:
-        s, reason = str(self.state), str(held.cooldown.reason if held.cooldown else "")
-        return Transition(
-            "cooldown_end", s, s, reason, held.remaining(now), credential=credential,
-            detail="a request with this key succeeded", scope=Scope.KEY, model=model or None,
-            cleared=True,
-        )  # fmt: skip
 
     def _ended(self, ended: Cooldown, scope: Scope, model: str | None = None) -> Transition:
         s = str(self.state)

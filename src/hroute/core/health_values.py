@@ -63,7 +63,9 @@ class Report:
 class Transition:
     """Something an operator should hear about: a state change or a cooldown."""
 
-    event: str  # backend_up | backend_down | starting | cooldown | cooldown_end | auth_blocked
+    # backend_up | backend_down | starting | cooldown | cooldown_end | cooldown_cleared |
+    # auth_blocked
+    event: str
     old: str
     new: str
     reason: str | None
@@ -73,9 +75,7 @@ class Transition:
     scope: str = Scope.SERVER
     model: str | None = None
     seen_by: str | None = None  # another host, for a cooldown shared through the cluster
-    # A cooldown_end before its deadline, on evidence the scope works (a success report, a
-    # clear from another host): the cluster tells the fleet. `cooldown_s`: what was left.
-    cleared: bool = False
+    incident: int | None = None  # cooldown_cleared: the scope's incident count it ended
 
 
 def policy_for(config: Any, name: str) -> Policy:

@@ -22,7 +22,7 @@ from hroute.core.health_values import policy_for
 from hroute.core.identity import BackendIdentity, normalize_base_url
 from hroute.core.routing import Router
 from hroute.core.shared_record import Shared
-from hroute.core.sharing import apply_record, shareable
+from hroute.core.sharing import apply_record, shared_name
 from hroute.core.tombstones import Tombstones
 from hroute.core.verdict import Verdict
 from hroute.core.views import backend_view, snapshot
@@ -55,6 +55,7 @@ class Registry:
         self.events = EventLog(clock, events_kept)
         self._listeners: list[Callable[[], None]] = []
         self._report_taps: list[Callable[[str, list[Transition]], None]] = []
+        self._clear_taps: list[Callable[[str, Transition], None]] = []
         self._notes: dict[str, str] = {}
         self._process_views: dict[str, Callable[[], dict[str, Any]]] = {}
         self.version = 0  # bumped on every change; the snapshot publisher watches it
@@ -158,6 +159,12 @@ class Registry:
         cluster queues what to share; it must not block)."""
         self._report_taps.append(tap)
 
+    def add_clear_tap(self, tap: Callable[[str, Transition], None]) -> None:
+        """Call `tap(name, change)` for every hold ended before its time: a probe-confirmed
+        recovery or a success report (`change.event == "cooldown_cleared"`, with its scope,
+        model, credential, reason and `incident`; `seen_by` when another host told it)."""
+        self._clear_taps.append(tap)
+
     def changed(self) -> None:
         """Something the answers depend on changed: tell of fallbacks, wake the listeners."""
         self.version += 1
@@ -251,16 +258,11 @@ class Registry:
 
     def apply_shared(self, shared: Shared, *, newer: bool = False) -> bool:
         """Take another host's record (`sharing.apply_record` says how); False if not ours."""
-        if (name := self.shared_name(shared.identity)) is None:
+        if (name := shared_name(self, shared.identity)) is None:
             return False
-        health, now = self._entries[name].health, self.clock.now()
-        self._publish(name, apply_record(health, shared, now, newer=newer))
+        health = self._entries[name].health
+        self._publish(name, apply_record(health, shared, self.clock.now(), newer=newer))
         return True
-
-    def shared_name(self, identity: BackendIdentity) -> str | None:
-        """The backend configured here whose cooldowns the fleet shares under `identity`."""
-        name = next((n for n, e in self._entries.items() if e.identity == identity), None)
-        return name if name is not None and shareable(self, name) else None
 
     def block(self, name: str, reason: str, detail: str = "") -> None:
         """Unusable at once, whatever its probes say, until `unblock` (a supervisor's verdict:
@@ -312,21 +314,19 @@ class Registry:
         changes = list(changes)
         for change in changes:
             held = self.held_by(name, change.scope, change.model)
+            fields = dataclasses.asdict(change)  # scope, model, old, new, reason, ...
+            if change.cooldown_s is not None:
+                fields["cooldown_s"] = round(change.cooldown_s, 3)
             self.emit(
-                change.event,
+                fields.pop("event"),
                 backend=held[0] if held else name,
                 server=self.config.backends[self._first_at(name)].kind,
                 held=held,
-                scope=change.scope,
-                model=change.model,
-                old=change.old,
-                new=change.new,
-                reason=change.reason,
-                cooldown_s=None if change.cooldown_s is None else round(change.cooldown_s, 3),
-                credential=change.credential,
-                detail=change.detail,
-                seen_by=change.seen_by,
+                **fields,
             )
+            if change.event == "cooldown_cleared":
+                for tap in self._clear_taps:
+                    tap(name, change)
         if changes or visible:
             self.changed()  # after the cause is told: a fallback it brings follows it
 

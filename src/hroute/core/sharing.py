@@ -23,14 +23,16 @@ The record format and the rules for reading an untrusted one are `core/shared_re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from hroute.core import evidence
 from hroute.core.cooldowns import ANY_MODEL, MAX_SCOPES, Cooldown, Held, Scope
 from hroute.core.health_values import Transition
 from hroute.core.identity import BackendIdentity
-from hroute.core.reasons import Reason
+from hroute.core.reasons import Reason, is_reason
 from hroute.core.redact import KEY_SHAPED
 from hroute.core.shared_record import MAX_EJECTIONS, MAX_REMAINING_S, MAX_VERSION, Shared
 
@@ -52,11 +54,17 @@ def shareable(registry: Registry, name: str) -> bool:
     return registry.config.backends[name].tier_name == "cloud"
 
 
+def shared_name(registry: Registry, identity: BackendIdentity) -> str | None:
+    """The backend configured here whose cooldowns the fleet shares under `identity`."""
+    name = next((n for n in registry.names if registry.identity(n) == identity), None)
+    return name if name is not None and shareable(registry, name) else None
+
+
 def from_changes(
     registry: Registry, name: str, changes: Iterable[Transition], host: str
 ) -> list[Shared]:
-    """What of a local report's transitions the cluster should hear: new or longer cooldowns,
-    and cooldowns that evidence ended early (cleared); versions are the ledger's to give."""
+    """What of a local report's transitions the cluster should hear (new or longer cooldowns;
+    their versions are the ledger's to give)."""
     if not shareable(registry, name):
         return []
     health = registry.health(name)
@@ -64,29 +72,33 @@ def from_changes(
     now = registry.clock.now()
     out = []
     for change in changes:
-        if change.seen_by:
-            continue  # another host's, told here: not ours to tell again
+        if change.event != "cooldown" or change.cooldown_s is None or change.seen_by:
+            continue
         scope = Scope(change.scope)
         model = change.model or ANY_MODEL  # a key's: its model, or every model
-        if change.event == "cooldown_end" and change.cleared:
-            if scope is Scope.KEY and (
-                not change.credential or KEY_SHAPED.search(change.credential)
-            ):
-                continue
-            out.append(
-                Shared(
-                    ident, scope, Reason(change.reason or Reason.UNKNOWN),
-                    max(0.0, change.cooldown_s or 0.0), host, 1, model,
-                    change.credential or "", cleared=True,
-                )
-            )  # fmt: skip
-            continue
-        if change.event != "cooldown" or change.cooldown_s is None:
-            continue
         record = _record(health, ident, scope, model, change.credential, now)
         if record is not None:
             out.append(replace(record, host=host))
     return out
+
+
+def from_clear(registry: Registry, name: str, change: Transition, host: str) -> Shared | None:
+    """The cleared record to tell for a hold this host ended early (a probe-confirmed recovery,
+    a success report), or None: another host's clear told here, a local backend, a key-shaped
+    credential. Its version and remaining time are the ledger's to give."""
+    if change.event != "cooldown_cleared" or change.seen_by or not shareable(registry, name):
+        return None
+    scope, credential = Scope(change.scope), change.credential or ""
+    if scope is Scope.KEY and (not credential or KEY_SHAPED.search(credential)):
+        return None
+    if scope is Scope.MODEL and not change.model:
+        return None
+    reason = Reason(change.reason) if is_reason(change.reason) else Reason.UNKNOWN
+    return Shared(
+        registry.identity(name), scope, reason, 0.0, host,
+        min(MAX_EJECTIONS, max(1, change.incident or 1)),
+        change.model or ANY_MODEL, credential, cleared=True,
+    )  # fmt: skip
 
 
 def held_records(registry: Registry, host: str) -> list[Shared]:
@@ -254,19 +266,14 @@ def apply_cleared(health: Health, shared: Shared, now: float) -> list[Transition
     held = _existing(health, shared)
     if held is None or held.cooldown is None or held.cooldown.until is None:
         return []
-    if not held.running(now):
+    ended = held.clear(now)
+    if ended is None:
         return []
-    ended = held.cooldown
-    held.cooldown = None
-    held.decay_anchor = now
-    s = str(health.state)
-    return [
-        Transition(
-            "cooldown_end", s, s, str(ended.reason), scope=shared.scope,
-            credential=shared.credential or None, model=shared.model or None,
-            seen_by=shared.host, detail="cleared early", cleared=True,
-        )
-    ]  # fmt: skip
+    change = evidence.cleared(
+        health, held, ended, shared.scope, model=shared.model or None,
+        credential=shared.credential or None,
+    )  # fmt: skip
+    return [dataclasses.replace(change, seen_by=shared.host)]
 
 
 def _existing(health: Health, shared: Shared) -> Held | None:

@@ -28,12 +28,11 @@ from hroute.config.cluster import ClusterSettings, redacted_url
 from hroute.core.clock import Clock
 from hroute.core.registry import Registry
 from hroute.core.shared_record import Shared, decode, valid_spend
-from hroute.core.sharing import Ledger, from_changes, held_records
+from hroute.core.sharing import Ledger, from_changes, from_clear, held_records, shared_name
 from hroute.edges.clock import wait_until
 
 if TYPE_CHECKING:
     from hroute.core.budgets import Day
-    from hroute.core.health import Transition
 
 log = logging.getLogger("hroute.cluster")
 
@@ -87,23 +86,26 @@ class Cluster:
         self.error = ""
         self.counts = {"published": 0, "applied": 0, "skipped": 0, "dropped": 0}
         self._warned: set[str] = set()
+        self._was_up = False
         self.ledger = Ledger()  # the newest record known of each shared scope
         self.synced = anyio.Event()  # set once the first pull landed (or could not)
         self._spend_due = False  # this host's day total changed since it was last sent
-        registry.add_report_tap(self._on_report)
+        host = self.host
+        registry.add_report_tap(lambda n, c: self._tell(from_changes(registry, n, c, host)))
+        registry.add_clear_tap(lambda n, c: self._tell([from_clear(registry, n, c, host)]))
         registry.router.usage_taps.append(self._on_usage)
 
     # --- the registry's side (on the loop, never waits) ---------------------------------
 
-    def _on_report(self, name: str, changes: list[Transition]) -> None:
+    def _tell(self, records: list[Shared] | list[Shared | None]) -> None:
+        """Queue what a local report or clear has the fleet hear, versioned by the ledger."""
         now, wall = self.clock.now(), self.clock.wall()
-        for change in from_changes(self.registry, name, changes, self.host):
-            shared = self.ledger.local(change, now, wall)
-            if shared is None:
+        for shared in records:
+            if shared is None or (record := self.ledger.local(shared, now, wall)) is None:
                 continue
             if len(self._queue) == QUEUE_MAX:
                 self.counts["dropped"] += 1
-            self._queue.append((shared, now))
+            self._queue.append((record, now))
             self._wake.set()
 
     def _on_usage(self, name: str, usd: float, day: Day) -> None:
@@ -328,7 +330,7 @@ class Cluster:
             shared = decode(value, ttl_ms)
             if self.prefix + shared.key != key:
                 raise ValueError("its key does not match its content")
-            if self.registry.shared_name(shared.identity) is None:
+            if shared_name(self.registry, shared.identity) is None:
                 return 0  # a backend not configured here (or not remote here)
             news = self.ledger.take(shared, self.clock.now())
             if news and self.registry.apply_shared(shared, newer=news == "newer"):
@@ -366,8 +368,6 @@ class Cluster:
             detail=f"{was} {self.url} ({self.error}); working on this host's state, "
             "reconnecting with backoff",
         )
-
-    _was_up = False
 
 
 async def _batches(keys: Any, size: int = SCAN_COUNT) -> Any:

@@ -134,12 +134,19 @@ class Prober:
             await self._clock.sleep(self._rng.uniform(0, max(0.05, spread)))
             while True:
                 settings = self._registry.config.probe_for(name)
+                started = self._clock.now()
                 await self.probe_once(name)
                 jitter = settings.interval_s * settings.jitter
                 delay = settings.interval_s + self._rng.uniform(-jitter, jitter)
                 deadline = self._clock.now() + max(0.05, delay)
                 await wait_until(self._clock, self._pokes[name], deadline)
                 self._pokes[name] = anyio.Event()
+                # The floor: a poke (a failure report, a cooldown's end) brings the next probe
+                # forward, never closer than the interval to the last one. Whatever loops
+                # elsewhere (a reset time that ends a cooldown at once), the backend sees
+                # at most one probe per interval, and a key is never spent faster.
+                if (wait_s := min_gap(settings) - (self._clock.now() - started)) > 0:
+                    await self._clock.sleep(wait_s)
 
     async def probe_once(self, name: str) -> None:
         backend = self._registry.config.backends[name]
@@ -167,6 +174,12 @@ class Prober:
         log.debug("probe %s: %s %s", name, outcome.reason or "ok", outcome.detail)
         self._registry.record_probe(name, outcome)
         self._on_outcome(name, outcome)
+
+
+def min_gap(settings: Any) -> float:
+    """The least time between two probes of one backend: its interval, less the jitter its
+    own schedule may take off (so the floor never changes the schedule, only pokes)."""
+    return max(0.05, settings.interval_s * (1 - settings.jitter))
 
 
 def _load_http_client() -> None:

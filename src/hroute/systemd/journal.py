@@ -32,6 +32,7 @@ MESSAGE_IDS = {
     "starting": "f8efaf81f1284dee9b6ed6d6f1e79cb2",
     "cooldown": "9fbbaf17416741a8adaf314fc227d7cd",
     "cooldown_end": "e50bb29d785d4c02863ed89fd2a6d845",
+    "cooldown_cleared": "78aadf39776c4537bb19efbde6380ee6",
     "auth_blocked": "80839fa033ce4938b168a74b2062b65b",
     "fallback": "baa690e285984ed0a610ad8b0cacf545",
     "restart": "32cc2d912cc3474ea5bfacb0ed6c42b2",
@@ -58,6 +59,7 @@ _EVENT_FIELDS = {
     "scope": "HROUTE_SCOPE",
     "model": "HROUTE_MODEL",
     "held": "HROUTE_HELD",
+    "incident": "HROUTE_INCIDENT",
     "id": "HROUTE_EVENT_ID",
     "seen_by": "HROUTE_SEEN_BY",
 }

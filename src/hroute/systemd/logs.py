@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from hroute.systemd.journal import JournalHandler, stderr_is_journal
@@ -42,25 +43,39 @@ def setup_logging(level: str = "info") -> None:
 
 
 class RepeatFilter(logging.Filter):
-    """At most `burst` lines of one kind (logger and format string) per `window_s`.
+    """At most `burst` lines of one kind (logger and format string) per `window_s`, and one
+    identical event line per `event_window_s`.
 
     An error that repeats on every accept or every probe (no descriptors left, a disk
-    full) once wrote 10 MB of log in 15 s. The rest of a window's lines are counted, and
-    the next line of that kind says how many were left out.
+    full) once wrote 10 MB of log in 15 s, and a loop of cooldowns that ended at once
+    logged the same WARNING line thousands of times. The rest of a window's lines are
+    counted, and the next line of that kind says how many were left out. Events are
+    already one per change, so only an identical line (same backend, reason, detail) is
+    held back: a new condition is always told at once.
     """
 
-    def __init__(self, burst: int = 10, window_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        burst: int = 10,
+        window_s: float = 10.0,
+        event_window_s: float = 60.0,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
-        self.burst, self.window_s = burst, window_s
+        self.burst, self.window_s, self.event_window_s = burst, window_s, event_window_s
+        self._now = now
         self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [window start, n, dropped]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or hasattr(record, "hroute_event"):
-            return True  # events are already one per change; info lines are not errors
-        key = (record.name, str(record.msg))
-        now = time.monotonic()
+        if hasattr(record, "hroute_event"):
+            key, burst, window_s = ("event", record.getMessage()), 1, self.event_window_s
+        elif record.levelno < logging.WARNING:
+            return True  # info lines are not errors
+        else:
+            key, burst, window_s = (record.name, str(record.msg)), self.burst, self.window_s
+        now = self._now()
         seen = self._seen.get(key)
-        if seen is None or now - seen[0] >= self.window_s:
+        if seen is None or now - seen[0] >= window_s:
             dropped = 0 if seen is None else int(seen[2])
             if len(self._seen) > 1000:
                 self._seen.clear()
@@ -69,7 +84,7 @@ class RepeatFilter(logging.Filter):
                 record.msg = f"{record.msg} ({dropped} more like this left out)"
             return True
         seen[1] += 1
-        if seen[1] > self.burst:
+        if seen[1] > burst:
             seen[2] += 1
             return False
         return True
@@ -97,8 +112,12 @@ def describe(event: dict[str, Any]) -> str:
     if kind in ("cluster_connected", "cluster_disconnected"):
         return f"cluster: {event.get('detail') or kind}"
     if kind == "cooldown_end":
+        return f"{name}: cooldown over ({reason})"
+    if kind == "cooldown_cleared":
+        why = "a success with that key" if event.get("credential") else "healthy again"
         seen = f", seen by {event['seen_by']}" if event.get("seen_by") else ""
-        return f"{name}: cooldown over{cred} ({reason}{seen}{detail})"
+        incident = f"incident {event.get('incident')}"
+        return f"{name}: cooldown lifted{cred}: {why} ({reason}{seen}, {incident})"
     if kind == "config_reloaded":
         return f"{event.get('detail') or 'reloaded'} ({reason})"
     if kind == "config_rejected":

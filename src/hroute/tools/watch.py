@@ -31,6 +31,7 @@ _EVENT_COLOUR = {
     "backend_up": "green",
     "process_ready": "green",
     "cooldown_end": "green",
+    "cooldown_cleared": "green",
 }
 
 
