@@ -377,16 +377,15 @@ def test_nothing_cleared_comes_back_after_redis_restarts_empty(
     if not origin_running:
         a.stop()
     running = [b, c] + ([a] if origin_running else [])
-    published = {d: d.get("/v1/backends")[1]["cluster"]["published"] for d in running}
+    killed = time.time()
     fleet.redis.kill()
     fleet.redis.start()  # empty
-    wait_until(
-        lambda: all(
-            d.get("/v1/backends")[1]["cluster"]["published"] > published[d] for d in running
-        ),
-        10,
-        what="every host's re-push",
-    )
+
+    def rejoined(d: Daemon) -> bool:  # connected since the restart: it pulled and re-pushed
+        view = d.get("/v1/backends")[1]["cluster"]
+        return view["connected"] and view["since"] >= killed
+
+    wait_until(lambda: all(rejoined(d) for d in running), 10, what="every host's re-push")
     late = fleet.start(3)  # a host that never heard of either
     fleet.connected(late)
     wait_until(lambda: held(late, "cloud-b"), 10, what="the live hold, re-pushed by any host")
