@@ -50,10 +50,14 @@ KEYS_EACH = 250  # within MAX_SCOPES: every record applies
 
 
 def config(cloud_url: str, redis_url: str, host: str, backends: int = 1) -> str:
+    # One backend: the fake API's own URL (probes find it healthy). Twenty: distinct URLs for
+    # distinct identities (their probes fail; only the socket's latency is measured then).
+    urls = (
+        [f"{cloud_url}/v1"] if backends == 1 else [f"{cloud_url}/b{i}/v1" for i in range(backends)]
+    )
     lines = [
-        f"  cloud{i}: {{kind: openai, base_url: '{cloud_url}/b{i}/v1', model: fake-model,"
-        " tier: cloud}"
-        for i in range(backends)
+        f"  cloud{i}: {{kind: openai, base_url: '{url}', model: fake-model, tier: cloud}}"
+        for i, url in enumerate(urls)
     ]
     return (
         "daemon: {log_level: warning}\n"

@@ -201,14 +201,11 @@ class Ledger:
         if self.known(shared.key, now) is None and shared.remaining_s > 0:
             self._put(shared, now + shared.remaining_s)
 
-    def live(self, now: float) -> list[Shared]:
-        """Every record not run out, with its remaining time now (what a reconnect pushes)."""
-        out = []
-        for key in list(self._known):
-            entry = self.known(key, now)
-            if entry is not None:
-                out.append(replace(entry[0], remaining_s=entry[1] - now))
-        return out
+    def live(self, now: float) -> list[tuple[Shared, float]]:
+        """Every record not run out, with its deadline here (what a reconnect pushes)."""
+        for key in [k for k, (_, until) in self._known.items() if until <= now]:
+            del self._known[key]
+        return list(self._known.values())
 
     def _put(self, shared: Shared, until: float) -> None:
         key = shared.key

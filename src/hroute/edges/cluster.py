@@ -27,9 +27,11 @@ import anyio
 from hroute.config.cluster import ClusterSettings, redacted_url
 from hroute.core.clock import Clock
 from hroute.core.registry import Registry
-from hroute.core.shared_record import Shared, decode, valid_spend
+from hroute.core.shared_record import Shared, decode
 from hroute.core.sharing import Ledger, from_changes, from_clear, held_records, shared_name
 from hroute.edges.clock import wait_until
+from hroute.edges.fleet_spend import pull_spend, send_spend
+from hroute.edges.redis_text import text as _text
 
 if TYPE_CHECKING:
     from hroute.core.budgets import Day
@@ -46,7 +48,9 @@ CONNECT_TIMEOUT_S = 1.0
 START_WAIT_S = 1.0  # the most a starting daemon waits for the fleet's cooldowns
 SCAN_COUNT = 500
 PUSH_BATCH = 500  # records per pipelined round trip of a resync
-APPLY_SLICE = 32  # records applied between two yields to the loop (the socket waits for none)
+# Re-sync work runs at most this long before it yields to the loop (the socket waits for it
+# no longer than that, whatever a record costs to apply).
+SLICE_S = 0.002
 WARNINGS_KEPT = 1024  # bad keys already warned about (each is told once, not on every resync)
 KEY_SHOWN = 80  # characters of a foreign key name a warning quotes
 
@@ -86,7 +90,8 @@ class Cluster:
         self.error = ""
         self.counts = {"published": 0, "applied": 0, "skipped": 0, "dropped": 0}
         self._warned: set[str] = set()
-        self._was_up = False
+        self._was_up = self._seeded = False
+        self._slice_at = clock.now()  # when re-sync work last yielded to the loop
         self.ledger = Ledger()  # the newest record known of each shared scope
         self.synced = anyio.Event()  # set once the first pull landed (or could not)
         self._spend_due = False  # this host's day total changed since it was last sent
@@ -186,10 +191,11 @@ class Cluster:
             pulled = await self._pull(client)
             self.synced.set()
             self._queue.clear()  # the push below sends everything running
-            now = self.clock.now()
-            for shared in held_records(self.registry, self.host):
-                self.ledger.seed(shared, now)
-            pushed = await self._push(script, client, self.ledger.live(now))
+            if not self._seeded:  # holds restored from disk: the ledger learns them once
+                self._seeded = True
+                for shared in held_records(self.registry, self.host):
+                    self.ledger.seed(shared, self.clock.now())
+            pushed = await self._push(script, client)
             await self._send_spend(client)
             await self._pull_spend(client, self.registry.router.day())
             self._up(pushed, pulled)
@@ -236,21 +242,28 @@ class Cluster:
         self.counts["published"] += int(done)
         return int(done)
 
-    async def _push(self, script: Any, client: Any, records: list[Shared]) -> int:
+    async def _push(self, script: Any, client: Any) -> int:
         """Every live record this host knows, PUSH_BATCH to a round trip (a Redis that lost
         its memory gets back what any host holds, not only what its origin does)."""
-        pushed = 0
+        records, pushed = self.ledger.live(self.clock.now()), 0
         for start in range(0, len(records), PUSH_BATCH):
             pipe = client.pipeline(transaction=False)
-            for shared in records[start : start + PUSH_BATCH]:
-                ttl_ms = int(shared.remaining_s * 1000)
+            for shared, until in records[start : start + PUSH_BATCH]:
+                ttl_ms = int((until - self.clock.now()) * 1000)
                 if ttl_ms > 0:
                     args = self._args(shared, ttl_ms)
                     await script(keys=[self.prefix + shared.key], args=args, client=pipe)
+                await self._breathe()
             done = sum(int(x) for x in await pipe.execute())
             self.counts["published"] += done
             pushed += done
         return pushed
+
+    async def _breathe(self) -> None:
+        """Yield to the loop once re-sync work ran SLICE_S without a pause."""
+        if self.clock.now() - self._slice_at >= SLICE_S:
+            await anyio.sleep(0)
+            self._slice_at = self.clock.now()
 
     def _args(self, shared: Shared, ttl_ms: int) -> list[Any]:
         return [shared.encode(), ttl_ms, self.channel, shared.version, int(shared.cleared)]
@@ -268,45 +281,19 @@ class Cluster:
                 self._take(key, value, ttl)
 
     async def _send_spend(self, client: Any) -> None:
-        """This host's total per backend for the budget day, as one field per host and
-        backend: writing a total (not adding to one) can be repeated after any failure, and
-        a Redis that lost its memory gets the day back from every host's next send."""
         self._spend_due = False
-        day = self.registry.router.day_window()
-        own = self.registry.spend.own(day)
-        if not own:
-            return
-        key = f"{self.prefix}spend:{day.label}"
-        pipe = client.pipeline(transaction=False)
-        pipe.hset(key, mapping={f"{self.host}\t{b}": repr(usd) for b, usd in own.items()})
-        # Kept a day past the day's end (a relative TTL: no wall clock of another host).
-        pipe.pexpire(key, int((day.ends_at - day.now + 86400) * 1000))
-        pipe.publish(self.channel, f"spend\n{day.label}\n{self.host}")
         try:
-            await pipe.execute()
+            await send_spend(client, self.registry, self.prefix, self.channel, self.host)
         except BaseException:
             self._spend_due = True  # sent again on the next try or reconnect
             raise
 
     async def _pull_spend(self, client: Any, label: str) -> None:
-        """What the other hosts spent in budget day `label`, summed per backend."""
-        fields = await client.hgetall(f"{self.prefix}spend:{label}")
-        others: dict[str, float] = {}
-        configured = self.registry.config.backends
-        for field, value in fields.items():
-            host, _, backend = _text(field).partition("\t")
-            usd = valid_spend(value)
-            if not backend or usd is None or len(host) > 64:
-                self._warn(f"{self.prefix}spend:{label} {_text(field)}", "not a spend record")
-                continue
-            if host != self.host and backend in configured:
-                # Each term is at most MAX_SPEND_USD: the sum stays finite.
-                others[backend] = others.get(backend, 0.0) + usd
-        self.registry.router.apply_shared_spend(label, others)
+        await pull_spend(client, self.registry, self.prefix, self.host, label, self._warn)
 
     async def _pull(self, client: Any) -> int:
         """Every shared cooldown in Redis now (values and remaining times), applied here in
-        slices of APPLY_SLICE records between which the loop serves the socket."""
+        slices of SLICE_S between which the loop serves the socket."""
         taken = 0
         async for batch in _batches(client.scan_iter(match=self.prefix + "cd:*", count=SCAN_COUNT)):
             pipe = client.pipeline(transaction=False)
@@ -318,8 +305,7 @@ class Cluster:
                 value, ttl = answers[2 * i], answers[2 * i + 1]
                 if value is not None:  # expired between SCAN and GET
                     taken += self._take(_text(key), value, ttl)
-                if i % APPLY_SLICE == APPLY_SLICE - 1:
-                    await anyio.sleep(0)
+                await self._breathe()
         return taken
 
     def _take(self, key: str, value: Any, ttl_ms: Any) -> int:
@@ -390,10 +376,6 @@ def _shown(key: str) -> str:
     """A key name from Redis as a log line may quote it: bounded, without control codes."""
     shown = key if len(key) <= KEY_SHOWN else key[:KEY_SHOWN] + "..."
     return shown if shown.isprintable() else ascii(shown)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _words(exc: BaseException) -> str:
