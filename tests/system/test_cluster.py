@@ -288,6 +288,16 @@ def test_the_readmes_acl_user_is_enough(fleet: Fleet) -> None:
     )
     wait_until(lambda: b.backend("cloud-a")["spent_today_usd"] == 0.1, 2, what="the spend")
     assert "NOPERM" not in a.log + b.log and "cluster: lost" not in a.log + b.log
+    # A reconnect re-pushes what the hosts hold (pipelined) with the same user's rights.
+    admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    for d in (a, b):
+        d.wait_for_log("cluster: lost")
+        wait_until(
+            lambda d=d: sum("cluster: connected" in x for x in d.lines) == 2, 10, what="back"
+        )
+    assert "NOPERM" not in a.log + b.log and "unexpected failure" not in a.log + b.log
+    assert admin.get(next(admin.scan_iter("hroute:cd:*")))  # the hold, pushed again
     user = redis.Redis(unix_socket_path=str(fleet.redis.socket), username="hroute", password="pw")
     with pytest.raises(redis.exceptions.NoPermissionError):
         user.get("other-app:secret")

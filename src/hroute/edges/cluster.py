@@ -183,6 +183,7 @@ class Cluster:
         self._was_up = False
         await client.ping()
         script = client.register_script(PUBLISH_LUA)
+        await client.script_load(PUBLISH_LUA)  # a pipeline's EVALSHA finds it (no SCRIPT EXISTS)
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(self.channel)
@@ -251,8 +252,9 @@ class Cluster:
             for shared, until in records[start : start + PUSH_BATCH]:
                 ttl_ms = int((until - self.clock.now()) * 1000)
                 if ttl_ms > 0:
-                    args = self._args(shared, ttl_ms)
-                    await script(keys=[self.prefix + shared.key], args=args, client=pipe)
+                    pipe.evalsha(
+                        script.sha, 1, self.prefix + shared.key, *self._args(shared, ttl_ms)
+                    )
                 await self._breathe()
             done = sum(int(x) for x in await pipe.execute())
             self.counts["published"] += done
