@@ -19,6 +19,7 @@ from hroute.core.shared_record import (
     MAX_HOST_CHARS,
     MAX_MODEL_CHARS,
     MAX_REMAINING_S,
+    MAX_VERSION,
     Shared,
     decode,
 )
@@ -27,6 +28,7 @@ from hroute.core.sharing import (
     Ledger,
     from_changes,
     from_clear,
+    from_the_future,
     held_records,
 )
 from hroute.systemd.logs import describe
@@ -443,3 +445,14 @@ def test_a_probe_confirmed_recovery_clears_an_inferred_server_hold_on_every_host
     assert b.sent == []  # a clear told here is not told back
     b.tell(a.sent[:1])  # the held record of that incident, replayed: nothing comes back
     assert b.reg.usable("or-a")["usable"] is True
+
+
+def test_a_version_from_the_future_is_refused(hosts, clock) -> None:
+    """2**53 - 1 would outrank every real incident of its scope, forever."""
+    a, _ = hosts
+    a.reg.record_report("or-a", Report(False, Reason.SERVER_ERROR))
+    [real] = a.sent
+    assert real.version == int(clock.wall() * 1000)
+    assert not from_the_future(real, clock.wall())
+    assert not from_the_future(replace(real, version=real.version + 600_000), clock.wall())
+    assert from_the_future(replace(real, version=MAX_VERSION), clock.wall())

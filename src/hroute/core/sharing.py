@@ -46,12 +46,19 @@ SAME_DEADLINE_S = 0.5
 # A cleared record outlives the hold it ends by this much, so that a held copy of the same
 # incident still on its way (a host that was away re-pushing it) meets the clear, not nothing.
 CLEARED_MARGIN_S = 30.0
+MAX_SKEW_S = 3600.0  # how far another host's wall clock may run ahead of ours
 MAX_KNOWN = 65_536  # scopes the ledger remembers (only those of backends configured here)
 
 
 def shareable(registry: Registry, name: str) -> bool:
     """Whether cooldowns of `name`'s server are the fleet's: a remote backend (tier cloud)."""
     return registry.config.backends[name].tier_name == "cloud"
+
+
+def from_the_future(shared: Shared, wall: float) -> bool:
+    """A version far past this host's wall clock is no hybrid clock's: it would outrank every
+    real incident of its scope for good, so it is refused (clocks may differ by MAX_SKEW_S)."""
+    return shared.version > (wall + MAX_SKEW_S) * 1000
 
 
 def shared_name(registry: Registry, identity: BackendIdentity) -> str | None:

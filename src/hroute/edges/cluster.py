@@ -28,7 +28,14 @@ from hroute.config.cluster import ClusterSettings, redacted_url
 from hroute.core.clock import Clock
 from hroute.core.registry import Registry
 from hroute.core.shared_record import Shared, decode
-from hroute.core.sharing import Ledger, from_changes, from_clear, held_records, shared_name
+from hroute.core.sharing import (
+    Ledger,
+    from_changes,
+    from_clear,
+    from_the_future,
+    held_records,
+    shared_name,
+)
 from hroute.edges.clock import wait_until
 from hroute.edges.fleet_spend import pull_spend, send_spend
 from hroute.edges.redis_text import text as _text
@@ -318,6 +325,8 @@ class Cluster:
             shared = decode(value, ttl_ms)
             if self.prefix + shared.key != key:
                 raise ValueError("its key does not match its content")
+            if from_the_future(shared, self.clock.wall()):
+                raise ValueError("its version is far ahead of this host's clock")
             if shared_name(self.registry, shared.identity) is None:
                 return 0  # a backend not configured here (or not remote here)
             news = self.ledger.take(shared, self.clock.now())
