@@ -97,7 +97,7 @@ class Cluster:
         self.error = ""
         self.counts = {"published": 0, "applied": 0, "skipped": 0, "dropped": 0}
         self._warned: set[str] = set()
-        self._was_up = self._seeded = False
+        self._was_up = self._ever_up = self._seeded = False
         self._slice_at = clock.now()  # when re-sync work last yielded to the loop
         self.ledger = Ledger()  # the newest record known of each shared scope
         self.synced = anyio.Event()  # set once the first pull landed (or could not)
@@ -349,12 +349,15 @@ class Cluster:
             log.warning("cluster: skipping %s in Redis: %s", key, why)
 
     def _up(self, pushed: int, pulled: int) -> None:
-        self._was_up = True
+        # A reconnect says how long Redis was away: the same words as the first connect
+        # would be one identical event line, which the log holds back for a minute.
+        away = f" after {self.clock.wall() - self.since:.1f}s away" if self._ever_up else ""
+        self._was_up = self._ever_up = True
         self.connected, self.since, self.error = True, self.clock.wall(), ""
         self.registry.emit(
             "cluster_connected",
-            detail=f"connected to {self.url} as {self.host}; "
-            f"sent {pushed} cooldowns, took {pulled}",
+            detail=f"connected to {self.url} as {self.host}{away}; "
+            f"sent {pushed} records, took {pulled}",
         )
 
     def _lost(self, exc: BaseException) -> None:
