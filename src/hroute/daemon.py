@@ -171,6 +171,10 @@ async def run_daemon(
             # Signals first: a SIGTERM that comes as soon as the socket answers must stop
             # the daemon cleanly, not kill it with the default action.
             await tg.start(_watch_signals, tg.cancel_scope, notifier, reloader, hup_pending)
+            if cluster is not None:
+                # The fleet's cooldowns before the first answer (a second at most), so that a
+                # starting host does not call usable what the fleet holds.
+                await tg.start(cluster.run)
             await api.serve(sock)
             if owns_socket:
                 tg.start_soon(_keep_socket, socket_path, lock, api, clock)
@@ -181,8 +185,6 @@ async def run_daemon(
             await tg.start(prober.run)  # loads its HTTP client off the loop: the socket answers
             await tg.start(saver.run)
             await tg.start(reloader.watch)
-            if cluster is not None:
-                await tg.start(cluster.run)  # in the background: nothing waits for Redis
             tg.start_soon(_expire_cooldowns, registry, clock)
             tg.start_soon(keep_watchdog, notifier, clock.sleep)
             tg.start_soon(serve_test_hooks)

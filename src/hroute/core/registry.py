@@ -21,7 +21,8 @@ from hroute.core.health import AUTH_REASONS, Health, Policy, ProbeOutcome, Repor
 from hroute.core.health_values import policy_for
 from hroute.core.identity import BackendIdentity, normalize_base_url
 from hroute.core.routing import Router
-from hroute.core.sharing import Shared, apply_shared, shareable
+from hroute.core.shared_record import Shared
+from hroute.core.sharing import apply_record, shared_name
 from hroute.core.tombstones import Tombstones
 from hroute.core.verdict import Verdict
 from hroute.core.views import backend_view, snapshot
@@ -255,13 +256,12 @@ class Registry:
                 tap(name, changes)
         return changes
 
-    def apply_shared(self, shared: Shared) -> bool:
-        """Take a cooldown another host saw on a remote backend configured here too (as a
-        remote one): it extends, never shortens, what is held. False when not ours."""
-        name = next((n for n, e in self._entries.items() if e.identity == shared.identity), None)
-        if name is None or not shareable(self, name):
+    def apply_shared(self, shared: Shared, *, newer: bool = False) -> bool:
+        """Take another host's record (`sharing.apply_record` says how); False if not ours."""
+        if (name := shared_name(self, shared.identity)) is None:
             return False
-        self._publish(name, apply_shared(self._entries[name].health, shared, self.clock.now()))
+        health = self._entries[name].health
+        self._publish(name, apply_record(health, shared, self.clock.now(), newer=newer))
         return True
 
     def block(self, name: str, reason: str, detail: str = "") -> None:

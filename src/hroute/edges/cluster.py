@@ -7,10 +7,12 @@ every (re)connect this host pushes what it holds and pulls everything: Redis may
 its memory, and messages sent while we were away are gone. When Redis is unreachable the
 host works on its own state, says so once, and retries with backoff.
 
-Data model (`core/sharing.py`): one key per scope, `<prefix>cd:<digest>`, whose value says
-which server, scope, model, key fingerprint, reason, incident count and host, and whose TTL
-is the remaining time. A Lua script sets a key only when the new deadline is later than the
-stored one and publishes in the same step, so a report costs one round trip.
+Data model (`core/shared_record.py`): one key per scope, `<prefix>cd:<digest>`, whose TTL is
+the remaining time. A Lua script sets a key only when the new record outranks the stored one
+(version, then cleared over held, then a later deadline) and publishes in the same step, so a
+report costs one round trip. Every record read is untrusted: each is decoded and applied in
+its own try; a bad one is skipped, counted and warned about once per key. A resync pushes in
+pipelined batches and applies what it pulls in slices that yield to the loop.
 """
 
 from __future__ import annotations
@@ -25,27 +27,53 @@ import anyio
 from hroute.config.cluster import ClusterSettings, redacted_url
 from hroute.core.clock import Clock
 from hroute.core.registry import Registry
-from hroute.core.sharing import Shared, decode, from_changes, local_records
+from hroute.core.shared_record import Shared, decode
+from hroute.core.sharing import (
+    Ledger,
+    from_changes,
+    from_clear,
+    from_the_future,
+    held_records,
+    shared_name,
+)
 from hroute.edges.clock import wait_until
+from hroute.edges.fleet_spend import pull_spend, send_spend
+from hroute.edges.redis_text import text as _text
 
 if TYPE_CHECKING:
     from hroute.core.budgets import Day
-    from hroute.core.health import Transition
 
 log = logging.getLogger("hroute.cluster")
 
 QUEUE_MAX = 4096  # cooldowns waiting for Redis; the oldest go first (a resync sends them all)
-BACKOFF_S = (0.2, 10.0)  # first retry, cap
+# First retry, cap: short, so a Redis that comes back is used within a second (a refused
+# connection costs nothing; the outage is told once, not per attempt).
+BACKOFF_S = (0.1, 0.5)
 IDLE_PING_S = 5.0  # a Redis that stopped answering is noticed within this (plus the timeout)
 TIMEOUT_S = 3.0
+CONNECT_TIMEOUT_S = 1.0
+START_WAIT_S = 1.0  # the most a starting daemon waits for the fleet's cooldowns
 SCAN_COUNT = 500
+PUSH_BATCH = 500  # records per pipelined round trip of a resync
+# Re-sync work runs at most this long before it yields to the loop (the socket waits for it
+# no longer than that, whatever a record costs to apply).
+SLICE_S = 0.002
 WARNINGS_KEPT = 1024  # bad keys already warned about (each is told once, not on every resync)
+KEY_SHOWN = 80  # characters of a foreign key name a warning quotes
 
-# Later deadline wins, in Redis too: set only when longer than what is stored, and tell the
-# other hosts in the same step. KEYS[1] the record's key; ARGV: value, TTL (ms), channel.
+# The newer record wins, in Redis too: set only when the new one outranks what is stored
+# (version, then cleared over held, then a later deadline; a stored value that is not a
+# record of ours loses), and tell the other hosts in the same step.
+# KEYS[1] the record's key; ARGV: value, TTL (ms), channel, version, cleared (1/0).
 PUBLISH_LUA = """
-local ttl = tonumber(ARGV[2])
-if redis.call('PTTL', KEYS[1]) >= ttl then return 0 end
+local ttl, ver, cleared = tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local old = redis.call('GET', KEYS[1])
+local ok, rec = pcall(cjson.decode, old or '')
+if ok and type(rec) == 'table' and (rec['v'] == 1 or rec['v'] == 2) then
+  local v, c = tonumber(rec['ver']) or 0, (rec['state'] == 'cleared') and 1 or 0
+  if v > ver or (v == ver and c > cleared) then return 0 end
+  if v == ver and c == cleared and redis.call('PTTL', KEYS[1]) >= ttl then return 0 end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('PUBLISH', ARGV[3], KEYS[1] .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[1])
 return 1
@@ -69,17 +97,27 @@ class Cluster:
         self.error = ""
         self.counts = {"published": 0, "applied": 0, "skipped": 0, "dropped": 0}
         self._warned: set[str] = set()
+        self._was_up = self._ever_up = self._seeded = False
+        self._slice_at = clock.now()  # when re-sync work last yielded to the loop
+        self.ledger = Ledger()  # the newest record known of each shared scope
+        self.synced = anyio.Event()  # set once the first pull landed (or could not)
         self._spend_due = False  # this host's day total changed since it was last sent
-        registry.add_report_tap(self._on_report)
+        host = self.host
+        registry.add_report_tap(lambda n, c: self._tell(from_changes(registry, n, c, host)))
+        registry.add_clear_tap(lambda n, c: self._tell([from_clear(registry, n, c, host)]))
         registry.router.usage_taps.append(self._on_usage)
 
     # --- the registry's side (on the loop, never waits) ---------------------------------
 
-    def _on_report(self, name: str, changes: list[Transition]) -> None:
-        for shared in from_changes(self.registry, name, changes, self.host):
+    def _tell(self, records: list[Shared] | list[Shared | None]) -> None:
+        """Queue what a local report or clear has the fleet hear, versioned by the ledger."""
+        now, wall = self.clock.now(), self.clock.wall()
+        for shared in records:
+            if shared is None or (record := self.ledger.local(shared, now, wall)) is None:
+                continue
             if len(self._queue) == QUEUE_MAX:
                 self.counts["dropped"] += 1
-            self._queue.append((shared, self.clock.now()))
+            self._queue.append((record, now))
             self._wake.set()
 
     def _on_usage(self, name: str, usd: float, day: Day) -> None:
@@ -100,23 +138,33 @@ class Cluster:
     # --- the task -----------------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        """Connect, resync, publish and listen; on any failure, work alone and retry."""
-        task_status.started()  # answers never wait for Redis, so neither does READY=1
+        """Connect, resync, publish and listen; on any failure, work alone and retry. Started
+        once the first pull landed, or after START_WAIT_S: the daemon serves after that, so a
+        starting host does not call usable what the fleet holds, nor waits long for Redis."""
         try:  # the optional extra: loaded only with `cluster:`
             import redis.asyncio as aredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-            from redis.exceptions import RedisError
         except ImportError as exc:
             self._lost(RuntimeError(f"redis-py is missing ({exc}): pip install 'hroute[cluster]'"))
+            task_status.started()
             return  # this host works alone, and says so in its status
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._connect, aredis)
+            if not await wait_until(self.clock, self.synced, self.clock.now() + START_WAIT_S):
+                log.warning("cluster: serving before the fleet's cooldowns arrived")
+            task_status.started()
+
+    async def _connect(self, aredis: Any) -> None:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+
         backoff = BACKOFF_S[0]
         while True:
             started = self.clock.now()
             client = aredis.from_url(
                 self.settings.redis_url,
                 socket_timeout=TIMEOUT_S,
-                socket_connect_timeout=TIMEOUT_S,
+                socket_connect_timeout=CONNECT_TIMEOUT_S,
                 retry=Retry(NoBackoff(), 0),  # a failure must reach us: we resync after it
             )
             try:
@@ -133,6 +181,7 @@ class Cluster:
                 lasted = self._was_up and self.clock.now() - started >= BACKOFF_S[1]
                 backoff = BACKOFF_S[0] if lasted else min(backoff * 2, BACKOFF_S[1])
             finally:
+                self.synced.set()  # a first pull that cannot happen is not waited for
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                     await client.aclose()
             await self.clock.sleep(backoff)
@@ -141,14 +190,20 @@ class Cluster:
         self._was_up = False
         await client.ping()
         script = client.register_script(PUBLISH_LUA)
+        await client.script_load(PUBLISH_LUA)  # a pipeline's EVALSHA finds it (no SCRIPT EXISTS)
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(self.channel)
-            self._queue.clear()  # the push below sends everything running
-            pushed = 0
-            for shared in local_records(self.registry, self.host):
-                pushed += await self._publish(script, shared)
+            # Pull first: the ledger learns the fleet's versions before this host pushes, and
+            # a starting daemon hears what the fleet holds as soon as possible.
             pulled = await self._pull(client)
+            self.synced.set()
+            self._queue.clear()  # the push below sends everything running
+            if not self._seeded:  # holds restored from disk: the ledger learns them once
+                self._seeded = True
+                for shared in held_records(self.registry, self.host):
+                    self.ledger.seed(shared, self.clock.now())
+            pushed = await self._push(script, client)
             await self._send_spend(client)
             await self._pull_spend(client, self.registry.router.day())
             self._up(pushed, pulled)
@@ -191,11 +246,36 @@ class Cluster:
         ttl_ms = int((shared.remaining_s - waited_s) * 1000)  # what is left of it now
         if ttl_ms <= 0:
             return 0
-        done = await script(
-            keys=[self.prefix + shared.key], args=[shared.encode(), ttl_ms, self.channel]
-        )
+        done = await script(keys=[self.prefix + shared.key], args=self._args(shared, ttl_ms))
         self.counts["published"] += int(done)
         return int(done)
+
+    async def _push(self, script: Any, client: Any) -> int:
+        """Every live record this host knows, PUSH_BATCH to a round trip (a Redis that lost
+        its memory gets back what any host holds, not only what its origin does)."""
+        records, pushed = self.ledger.live(self.clock.now()), 0
+        for start in range(0, len(records), PUSH_BATCH):
+            pipe = client.pipeline(transaction=False)
+            for shared, until in records[start : start + PUSH_BATCH]:
+                ttl_ms = int((until - self.clock.now()) * 1000)
+                if ttl_ms > 0:
+                    pipe.evalsha(
+                        script.sha, 1, self.prefix + shared.key, *self._args(shared, ttl_ms)
+                    )
+                await self._breathe()
+            done = sum(int(x) for x in await pipe.execute())
+            self.counts["published"] += done
+            pushed += done
+        return pushed
+
+    async def _breathe(self) -> None:
+        """Yield to the loop once re-sync work ran SLICE_S without a pause."""
+        if self.clock.now() - self._slice_at >= SLICE_S:
+            await anyio.sleep(0)
+            self._slice_at = self.clock.now()
+
+    def _args(self, shared: Shared, ttl_ms: int) -> list[Any]:
+        return [shared.encode(), ttl_ms, self.channel, shared.version, int(shared.cleared)]
 
     async def _listen(self, pubsub: Any, client: Any) -> None:
         while True:
@@ -203,51 +283,26 @@ class Cluster:
             if message is None or message.get("type") != "message":
                 continue
             key, ttl, value = _split(message["data"])
-            if key == "spend":
-                await self._pull_spend(client, ttl)  # "spend\n<day>\n<host>"
+            if key == "spend":  # "spend\n<day>\n<host>"
+                if ttl == self.registry.router.day():  # another day's is no news here
+                    await self._pull_spend(client, ttl)
             else:
                 self._take(key, value, ttl)
 
     async def _send_spend(self, client: Any) -> None:
-        """This host's total per backend for the budget day, as one field per host and
-        backend: writing a total (not adding to one) can be repeated after any failure, and
-        a Redis that lost its memory gets the day back from every host's next send."""
         self._spend_due = False
-        day = self.registry.router.day_window()
-        own = self.registry.spend.own(day)
-        if not own:
-            return
-        key = f"{self.prefix}spend:{day.label}"
-        pipe = client.pipeline(transaction=False)
-        pipe.hset(key, mapping={f"{self.host}\t{b}": repr(usd) for b, usd in own.items()})
-        # Kept a day past the day's end (a relative TTL: no wall clock of another host).
-        pipe.pexpire(key, int((day.ends_at - day.now + 86400) * 1000))
-        pipe.publish(self.channel, f"spend\n{day.label}\n{self.host}")
         try:
-            await pipe.execute()
+            await send_spend(client, self.registry, self.prefix, self.channel, self.host)
         except BaseException:
             self._spend_due = True  # sent again on the next try or reconnect
             raise
 
     async def _pull_spend(self, client: Any, label: str) -> None:
-        """What the other hosts spent in budget day `label`, summed per backend."""
-        fields = await client.hgetall(f"{self.prefix}spend:{label}")
-        others: dict[str, float] = {}
-        for field, value in fields.items():
-            host, _, backend = _text(field).partition("\t")
-            try:
-                usd = float(value)
-            except ValueError:
-                usd = -1.0
-            if not backend or not usd >= 0 or usd == float("inf"):
-                self._warn(f"{self.prefix}spend:{label} {_text(field)}", "not a spend record")
-                continue
-            if host != self.host:
-                others[backend] = others.get(backend, 0.0) + usd
-        self.registry.router.apply_shared_spend(label, others)
+        await pull_spend(client, self.registry, self.prefix, self.host, label, self._warn)
 
     async def _pull(self, client: Any) -> int:
-        """Every shared cooldown in Redis now (values and remaining times), applied here."""
+        """Every shared cooldown in Redis now (values and remaining times), applied here in
+        slices of SLICE_S between which the loop serves the socket."""
         taken = 0
         async for batch in _batches(client.scan_iter(match=self.prefix + "cd:*", count=SCAN_COUNT)):
             pipe = client.pipeline(transaction=False)
@@ -259,37 +314,50 @@ class Cluster:
                 value, ttl = answers[2 * i], answers[2 * i + 1]
                 if value is not None:  # expired between SCAN and GET
                     taken += self._take(_text(key), value, ttl)
+                await self._breathe()
         return taken
 
     def _take(self, key: str, value: Any, ttl_ms: Any) -> int:
-        """One record from Redis, applied unless it is ours, not ours to apply, or garbage."""
+        """One record from Redis, applied when it is news for a backend configured here;
+        garbage is skipped, counted and warned about (once per key). Never raises: one bad
+        record must not end the session (a reconnect would read it again, and again)."""
         try:
-            shared = decode(value, int(ttl_ms))
+            shared = decode(value, ttl_ms)
             if self.prefix + shared.key != key:
                 raise ValueError("its key does not match its content")
-        except (ValueError, TypeError) as exc:
-            self._warn(key, str(exc))
+            if from_the_future(shared, self.clock.wall()):
+                raise ValueError("its version is far ahead of this host's clock")
+            if shared_name(self.registry, shared.identity) is None:
+                return 0  # a backend not configured here (or not remote here)
+            news = self.ledger.take(shared, self.clock.now())
+            if news and self.registry.apply_shared(shared, newer=news == "newer"):
+                self.counts["applied"] += 1
+                return 1
             return 0
-        if shared.host == self.host:
-            return 0  # our own, told back
-        if self.registry.apply_shared(shared):
-            self.counts["applied"] += 1
-            return 1
+        except ValueError as exc:
+            self._warn(key, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug here must not stop sharing
+            log.exception("cluster: cannot apply %s", _shown(key))
+            self._warn(key, _words(exc))
         return 0
 
     def _warn(self, key: str, why: str) -> None:
         self.counts["skipped"] += 1
+        key = _shown(key)
         if key not in self._warned and len(self._warned) < WARNINGS_KEPT:
             self._warned.add(key)
             log.warning("cluster: skipping %s in Redis: %s", key, why)
 
     def _up(self, pushed: int, pulled: int) -> None:
-        self._was_up = True
+        # A reconnect says how long Redis was away: the same words as the first connect
+        # would be one identical event line, which the log holds back for a minute.
+        away = f" after {self.clock.wall() - self.since:.1f}s away" if self._ever_up else ""
+        self._was_up = self._ever_up = True
         self.connected, self.since, self.error = True, self.clock.wall(), ""
         self.registry.emit(
             "cluster_connected",
-            detail=f"connected to {self.url} as {self.host}; "
-            f"sent {pushed} cooldowns, took {pulled}",
+            detail=f"connected to {self.url} as {self.host}{away}; "
+            f"sent {pushed} records, took {pulled}",
         )
 
     def _lost(self, exc: BaseException) -> None:
@@ -300,8 +368,6 @@ class Cluster:
             detail=f"{was} {self.url} ({self.error}); working on this host's state, "
             "reconnecting with backoff",
         )
-
-    _was_up = False
 
 
 async def _batches(keys: Any, size: int = SCAN_COUNT) -> Any:
@@ -317,13 +383,13 @@ async def _batches(keys: Any, size: int = SCAN_COUNT) -> Any:
 
 def _split(data: Any) -> tuple[str, str, str]:
     parts = _text(data).split("\n", 2)
-    if len(parts) != 3:
-        return "", "0", ""
-    return parts[0], parts[1], parts[2]
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else ("", "0", "")
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+def _shown(key: str) -> str:
+    """A key name from Redis as a log line may quote it: bounded, without control codes."""
+    shown = key if len(key) <= KEY_SHOWN else key[:KEY_SHOWN] + "..."
+    return shown if shown.isprintable() else ascii(shown)
 
 
 def _words(exc: BaseException) -> str:

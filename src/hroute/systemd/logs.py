@@ -125,7 +125,9 @@ def _describe(event: dict[str, Any]) -> str:
         return f"{name}: cooldown over ({reason})"
     if kind == "cooldown_cleared":
         why = "a success with that key" if event.get("credential") else "healthy again"
-        return f"{name}: cooldown lifted{cred}: {why} ({reason}, incident {event.get('incident')})"
+        seen = f", seen by {event['seen_by']}" if event.get("seen_by") else ""
+        incident = f"incident {event.get('incident')}"
+        return f"{name}: cooldown lifted{cred}: {why} ({reason}{seen}, {incident})"
     if kind == "config_reloaded":
         return f"{event.get('detail') or 'reloaded'} ({reason})"
     if kind == "config_rejected":
