@@ -3,6 +3,7 @@ three sockets) share cooldowns of a remote backend through a private `redis-serv
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
