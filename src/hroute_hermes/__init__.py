@@ -188,11 +188,12 @@ def register(ctx: Any) -> None:
         ", ".join(wrapped) or "nothing",
     )
     if plugin.gate.escalator is not None and hasattr(ctx, "register_command"):
-        try:
-            ctx.register_command(
-                "escalate",
-                plugin.gate.escalator.request,
-                description="hroute: run the rest of this task on the cloud model",
-            )
-        except Exception:  # noqa: BLE001 - the phrase and /escalate in a message still work
-            log.info("hroute: could not register /escalate; type it at the start of a message")
+        escalator = plugin.gate.escalator
+        for name, handler, description in (
+            ("escalate", escalator.request, "hroute: run the rest of this task on the cloud model"),
+            ("local", escalator.keep_local, "hroute: keep this task on the local model until /new"),
+        ):
+            try:
+                ctx.register_command(name, handler, description=description)
+            except Exception:  # noqa: BLE001 - the phrases and /NAME in a message still work
+                log.info("hroute: could not register /%s; type it at the start of a message", name)

@@ -13,8 +13,9 @@ to hroute once, with the first reason that applies:
   that does not exist, or a result that Hermes itself reads as an error: JSON with `error`), or
   Hermes stopped the turn for invalid tool calls;
 - `invalid_output`: the turn ended with no answer text, or Hermes marked it failed;
-- `no_progress`: Hermes stopped the turn unfinished (iteration budget used up), or the answer
-  is word for word the previous turn's.
+- `no_progress`: Hermes stopped the turn unfinished (iteration budget used up), the answer
+  is word for word the previous turn's to the same request, or the turn called the same tool
+  with the same arguments `TOOL_LOOP` times.
 
 hroute counts the reports; once the task is escalated for the profile (`max_local_attempts`,
 or one `user_request`), the rest of the session runs on the Hermes fallback whose `base_url`
@@ -25,13 +26,40 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 PAID_POLICIES = ("deny", "allow", "confirm")
 DEFAULT_PHRASES = ("use the cloud model",)
+# Words that keep a task on the local model (pin it, until `/new`): the user's words about where
+# their text may go outrank everything else hroute hears.
+DEFAULT_LOCAL_PHRASES = (
+    "keep it local",
+    "keep this local",
+    "keep it on this machine",
+    "stay local",
+    "local only",
+    "locally only",
+    "private",
+    "confidential",
+    "offline",
+    "do not share",
+    "don't share",
+)
 ESCALATE_COMMAND = "/escalate"
+LOCAL_COMMAND = "/local"
+# "don't use the cloud", "never send this online", "no remote model", "without the cloud".
+_NEGATIONS = frozenset(
+    {"don't", "dont", "do not", "never", "no", "not", "without", "avoid", "mustn't", "must not",
+     "shouldn't", "should not", "won't", "cannot", "can't", "nor"}
+)  # fmt: skip
+_CLOUD_WORDS = frozenset(
+    {"cloud", "remote", "online", "internet", "paid", "external", "hosted", "api", "openai",
+     "anthropic", "claude", "gpt", "gemini", "third-party", "upload", "send", "share"}
+)  # fmt: skip
+_NEGATION_REACH = 6  # words between a negation and the cloud word it governs
 # Hermes' own text for a tool call naming a tool that does not exist (0.18-0.22).
 _UNKNOWN_TOOL_MARKERS = ("does not exist. Available tools", "Tool call rejected")
 
@@ -45,6 +73,7 @@ class Settings:
     turn_timeout_s: float | None = None
     tool_failures: int = 2
     phrases: tuple[str, ...] = DEFAULT_PHRASES
+    local_phrases: tuple[str, ...] = DEFAULT_LOCAL_PHRASES
 
     @property
     def enabled(self) -> bool:
@@ -64,6 +93,7 @@ def load_settings(
     timeout = _positive(env.get("HROUTE_TURN_TIMEOUT_S") or block.get("turn_timeout_s"))
     tool_failures = _positive(block.get("tool_failures"))
     phrases = block.get("escalate_phrases")
+    local_phrases = block.get("local_phrases")
     return Settings(
         profile=str(profile).strip() or None if profile else None,
         paid=paid if paid in PAID_POLICIES else "deny",
@@ -73,6 +103,11 @@ def load_settings(
             tuple(str(p).lower() for p in phrases if str(p).strip())
             if isinstance(phrases, list)
             else DEFAULT_PHRASES
+        ),
+        local_phrases=(
+            tuple(str(p).lower() for p in local_phrases if str(p).strip())
+            if isinstance(local_phrases, list)
+            else DEFAULT_LOCAL_PHRASES
         ),
     )
 
@@ -88,14 +123,79 @@ def _positive(value: Any) -> float | None:
 # --- triggers ------------------------------------------------------------------------------
 
 
-def user_request(message: Any, settings: Settings) -> str | None:
-    """The user's words asking for the cloud model, or None."""
+@dataclass(frozen=True)
+class Intent:
+    """What the user said about where this task may run: `local` (pin it to the local model
+    until `/new`) or `escalate` (run the rest of it on the cloud), and the words that said so."""
+
+    where: str  # "local" | "escalate"
+    words: str
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words, with sentence ends kept as tokens (a negation stops at them)."""
+    return re.findall(r"[a-z0-9][a-z0-9'-]*|[.;!?]", text.replace("\u2019", "'").lower())
+
+
+def _contains(words: list[str], phrase: str) -> bool:
+    """Whether `phrase` occurs in `words` as whole words (so "private" is not "privateer")."""
+    wanted = _words(phrase)
+    n = len(wanted)
+    return n > 0 and any(words[i : i + n] == wanted for i in range(len(words) - n + 1))
+
+
+def _negated_cloud(words: list[str]) -> str | None:
+    """"don't use the cloud model", "never send it online", "no remote", "without the API":
+    the negation and the cloud word it governs, or None."""
+    for i, word in enumerate(words):
+        pair = " ".join(words[i : i + 2])
+        if pair in _NEGATIONS:
+            start, said = i + 2, pair
+        elif word in _NEGATIONS:
+            start, said = i + 1, word
+        else:
+            continue
+        for later in words[start : start + _NEGATION_REACH]:
+            if later in _CLOUD_WORDS:
+                return f"{said} ... {later}"
+            if later in (".", ";", "!", "?", "but"):
+                break
+    return None
+
+
+def intent(message: Any, settings: Settings) -> Intent | None:
+    """What the user's message says about where the task may run, or None.
+
+    `/local` and `/escalate` at the start are commands. Otherwise a request to keep the task
+    local (a configured privacy phrase such as "private" or "keep it local", or a negated cloud
+    word: "don't use the cloud model") wins over any phrase asking for the cloud in the same
+    message: a message that says both is never sent to the cloud.
+    """
     if not isinstance(message, str):
         return None
     text = " ".join(message.split()).lower()
+    if text.startswith(LOCAL_COMMAND) and text[len(LOCAL_COMMAND) : len(LOCAL_COMMAND) + 1] in (
+        "", " "
+    ):
+        return Intent("local", LOCAL_COMMAND)
     if text.startswith(ESCALATE_COMMAND):
-        return ESCALATE_COMMAND
-    return next((p for p in settings.phrases if p and p in text), None)
+        return Intent("escalate", ESCALATE_COMMAND)
+    words = _words(text)
+    negated = _negated_cloud(words)
+    if negated:
+        return Intent("local", negated)
+    private = next((p for p in settings.local_phrases if p and _contains(words, p)), None)
+    if private:
+        return Intent("local", private)
+    asked = next((p for p in settings.phrases if p and _contains(words, p)), None)
+    return Intent("escalate", asked) if asked else None
+
+
+def user_request(message: Any, settings: Settings) -> str | None:
+    """The user's words asking for the cloud model, or None (also when the same message asks
+    to keep the task local)."""
+    found = intent(message, settings)
+    return found.words if found is not None and found.where == "escalate" else None
 
 
 def tool_error(message: Any) -> str | None:
@@ -140,8 +240,13 @@ def failed_attempt(
     *,
     user_message: Any = None,
     previous_response: str | None = None,
+    previous_message: Any = None,
 ) -> Failure | None:
-    """Whether a turn (Hermes' `run_conversation` result) was a failed local attempt, and why."""
+    """Whether a turn (Hermes' `run_conversation` result) was a failed local attempt, and why.
+
+    No progress is the same answer to the same request (`previous_message` and
+    `previous_response`: the last turn's), or a loop of the same tool call within the turn;
+    "Done." to three different requests is three answers."""
     asked = user_request(user_message, settings)
     if asked:
         return Failure("user_request", f"the user asked for it ({asked!r})")
@@ -161,8 +266,41 @@ def failed_attempt(
         return Failure("invalid_output", error[:200] or "the turn ended without an answer")
     if result.get("completed") is False:
         return Failure("no_progress", error[:200] or "Hermes stopped the turn unfinished")
-    if previous_response is not None and text == previous_response.strip():
-        return Failure("no_progress", "the same answer as the previous turn")
+    if (
+        previous_response is not None
+        and text == previous_response.strip()
+        and _same_request(user_message, previous_message)
+    ):
+        return Failure("no_progress", "the same answer to the same request as the previous turn")
+    loop = _tool_loop(turn_messages(result.get("messages")))
+    if loop:
+        return Failure("no_progress", loop)
+    return None
+
+
+TOOL_LOOP = 3  # the same tool call (name and arguments) this many times in one turn
+
+
+def _same_request(message: Any, previous: Any) -> bool:
+    if not isinstance(message, str) or not isinstance(previous, str):
+        return False
+    return " ".join(message.split()).lower() == " ".join(previous.split()).lower()
+
+
+def _tool_loop(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """`the same tool call N times` when the turn repeated one call `TOOL_LOOP` times."""
+    seen: dict[tuple[str, str], int] = {}
+    for message in messages:
+        if message.get("role") != "assistant":
+            continue
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") if isinstance(call, Mapping) else None
+            if not isinstance(fn, Mapping):
+                continue
+            key = (str(fn.get("name")), str(fn.get("arguments")))
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] >= TOOL_LOOP:
+                return f"the same tool call {key[0]}({key[1][:60]}) {seen[key]} times this turn"
     return None
 
 

@@ -13,6 +13,7 @@ Every decision is one `hroute_hermes` line in Hermes' log; hroute logs the match
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,12 +21,14 @@ from typing import Any
 
 from .escalation import (
     ESCALATE_COMMAND,
+    LOCAL_COMMAND,
     Decision,
     Failure,
+    Intent,
     Settings,
     decide,
     failed_attempt,
-    user_request,
+    intent,
 )
 from .reports import normalized_url
 
@@ -35,6 +38,9 @@ log = logging.getLogger("hroute_hermes")
 FAILURE_BUDGET_S = 0.5
 _MAX_SESSIONS = 256
 _FORKS = frozenset({"background_review", "side_question"})
+# How long hroute's list of paid backends past their budget is trusted (it gates every fallback
+# activation and auxiliary call; one question per this many seconds at most).
+BUDGET_VIEW_S = 2.0
 
 
 def approval_callback() -> Callable[..., Any] | None:
@@ -68,8 +74,15 @@ class Escalator:
         self.confirmed: set[str] = set()
         self.asked: set[str] = set()  # sessions whose user asked for the cloud
         self._said: dict[str, str] = {}  # session id -> the last decision logged
-        self._last_response: dict[str, str] = {}
-        self._requested: str | None = None  # `/escalate` typed since the last turn
+        self._last_response: dict[str, tuple[Any, str]] = {}
+        # `/escalate` or `/local` typed since the chat's last turn, by who typed it: a gateway
+        # chat ("chat", session key), a CLI session ("session", id), or ("any",) when the
+        # process has one session at most and the command could not say whose it was.
+        self._pending: dict[tuple[str, ...], Intent] = {}
+        self.pinned: dict[str, str] = {}  # session id -> the words that pinned it local
+        self._seen: dict[str, None] = {}  # sessions that ran a turn in this process
+        self._looked_up: set[str] = set()  # sessions hroute was asked about once (--resume)
+        self._budget: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._announced = False
         self._aliases: dict[str, str] = {}  # a session id Hermes' compression rotated to -> task
 
@@ -91,13 +104,60 @@ class Escalator:
         )
 
     def request(self, raw_args: str = "") -> str:
-        """Hermes' `/escalate` slash command: the next turn of this process escalates its
-        session (the command runs outside any turn, so it cannot know the session yet)."""
-        self._requested = f"{ESCALATE_COMMAND} {raw_args}".strip()
-        return (
+        """Hermes' `/escalate` slash command: the next turn of the chat it was typed in runs
+        on the cloud model (the command runs outside any turn: who typed it is found from
+        Hermes' gateway context or the CLI that called it)."""
+        return self._command(Intent("escalate", ESCALATE_COMMAND), (
             f"hroute: the next turn asks hroute (profile {self.settings.profile}) to run this "
             "task on the cloud model"
-        )
+        ))  # fmt: skip
+
+    def keep_local(self, raw_args: str = "") -> str:
+        """Hermes' `/local` slash command: this chat's task stays on the local model (no
+        escalation, no Hermes fallback) until `/new`."""
+        return self._command(Intent("local", LOCAL_COMMAND), (
+            "hroute: this task stays on the local model until /new (no escalation, no "
+            "fallback); /escalate lifts it"
+        ))  # fmt: skip
+
+    def _command(self, wanted: Intent, said: str) -> str:
+        who = command_chat()
+        with self._lock:
+            if who is None:
+                if len(self._seen) > 1:
+                    return (
+                        f"hroute: cannot tell which chat typed {wanted.words}; start your "
+                        f"message with {wanted.words} instead"
+                    )
+                who = ("any",)
+            self._pending[who] = wanted
+            _bound(self._pending)
+        return said
+
+    def _take_pending(self, agent: Any, raw: str | None, session: str) -> Intent | None:
+        keys: list[tuple[str, ...]] = [("session", session)]
+        if raw is not None and raw != session:
+            keys.append(("session", raw))
+        chat = getattr(agent, "_gateway_session_key", None)
+        if isinstance(chat, str) and chat:
+            keys.append(("chat", chat))
+        with self._lock:
+            if len(self._seen) <= 1:
+                keys.append(("any",))
+            found = [w for w in (self._pending.pop(k, None) for k in keys) if w is not None]
+        return found[-1] if found else None
+
+    def _pin(self, session: str, wanted: Intent) -> None:
+        with self._lock:
+            new = session not in self.pinned
+            self.pinned.pop(session, None)
+            self.pinned[session] = wanted.words
+            _bound(self.pinned)
+        if new:
+            log.info(
+                "hroute: task %s: pinned to the local model (the user said %r); no escalation "
+                "and no fallback for it until /new (/escalate lifts it)", session, wanted.words,
+            )  # fmt: skip
 
     # --- a turn --------------------------------------------------------------------------
 
@@ -111,14 +171,28 @@ class Escalator:
         session = self._task(raw)
         asked = None
         if session is not None:
-            words, self._requested = (
-                self._requested or user_request(user_message, self.settings),
-                None,
-            )
-            asked = Failure("user_request", f"the user asked for it ({words!r})") if words else None
+            with self._lock:
+                self._seen.pop(session, None)
+                self._seen[session] = None
+                _bound(self._seen)
+            wanted = self._take_pending(agent, raw, session) or intent(user_message, self.settings)
+            if wanted is not None and wanted.where == "local":
+                self._pin(session, wanted)  # before anything: nothing of it leaves the machine
+            elif wanted is not None and session in self.pinned:
+                if wanted.words == ESCALATE_COMMAND:  # only the explicit command lifts a pin
+                    with self._lock:
+                        self.pinned.pop(session, None)
+                    log.info("hroute: task %s: the user lifted the local pin (/escalate)", session)
+                else:
+                    wanted = None
+                    self._say(session, f"hroute: task {session}: pinned local; a phrase does "
+                              "not lift the pin (/escalate does)")  # fmt: skip
+            if wanted is not None and wanted.where == "escalate":
+                asked = Failure("user_request", f"the user asked for it ({wanted.words!r})")
             if asked is not None and session not in self.asked:
                 self.asked.add(session)  # once is enough: it escalates the whole task
                 self._report(agent, session, asked)  # before the turn: it runs escalated
+        pinned = session is not None and session in self.pinned
         started = self._clock()
         result = run()
         after = _session(agent)
@@ -128,16 +202,18 @@ class Escalator:
             with self._lock:
                 self._aliases[after] = session
                 _bound(self._aliases)
-        if session is None or asked is not None or _on_fallback(agent):
+        if session is None or pinned or asked is not None or _on_fallback(agent):
             return result
-        previous = self._last_response.get(session)
+        previous_message, previous = self._last_response.get(session, (None, None))
         failure = failed_attempt(
-            result, self._clock() - started, self.settings, previous_response=previous
-        )
+            result, self._clock() - started, self.settings,
+            previous_response=previous, user_message=user_message,
+            previous_message=previous_message,
+        )  # fmt: skip
         response = result.get("final_response") if isinstance(result, dict) else None
         if isinstance(response, str) and response.strip():
             self._last_response.pop(session, None)
-            self._last_response[session] = response
+            self._last_response[session] = (user_message, response)
             _bound(self._last_response)
         if failure is not None:
             self._report(agent, session, failure)
@@ -173,9 +249,28 @@ class Escalator:
         the usual gate and Hermes decide; handled means this turn runs on the fallback hroute
         routes the escalated task to."""
         session = self._task(_session(agent))
-        if session is None or session not in self.failed or not _user_facing(agent):
+        if session is None or not _user_facing(agent):
             return False, None
+        if session in self.pinned:
+            # Back to the local primary, whatever kept the agent on a fallback (an escalation
+            # before the pin, Hermes' own rate-limit gate), and never off it for this task.
+            if _on_fallback(agent) and hasattr(agent, "_rate_limited_until"):
+                agent._rate_limited_until = None
+            result = restore()
+            self._say(session, f"hroute: task {session}: pinned local; staying on "
+                      f"{getattr(agent, 'model', '?')}")  # fmt: skip
+            return True, result
+        if session not in self.failed:
+            if session in self._looked_up:
+                return False, None
+            self._looked_up.add(session)  # its first turn in this process (--resume, -c)
+            if len(self._looked_up) > _MAX_SESSIONS:
+                self._looked_up.clear()
         decision = self._decision(agent, session, confirmed=session in self.confirmed)
+        if decision.action != "none" and session not in self.failed:
+            with self._lock:  # escalated in an earlier process: follow it from now on
+                self.failed[session] = 0
+                _bound(self.failed)
         if decision.action == "ask":
             if self._confirm(agent, session, decision):
                 self.confirmed.add(session)
@@ -205,6 +300,39 @@ class Escalator:
             f"{agent.model} at {decision.url}",
         )
         return True, result
+
+    # --- every paid call: Hermes' fallback, auxiliary tasks ---------------------------------
+
+    def fallback_refused(self, agent: Any) -> str | None:
+        """Why Hermes must not switch this agent to any fallback now, or None."""
+        session = self._task(_session(agent))
+        if session is not None and session in self.pinned and _user_facing(agent):
+            return f"task {session} is pinned to the local model ({self.pinned[session]!r})"
+        return None
+
+    def budget_blocked(self, agent: Any = None) -> frozenset[str]:
+        """URLs of the profile's paid backends past their budget, unless paid use is allowed
+        (`paid: allow`, or the user confirmed it for this agent's task)."""
+        if self.settings.paid == "allow":
+            return frozenset()
+        session = self._task(_session(agent)) if agent is not None else None
+        if session is not None and session in self.confirmed:
+            return frozenset()
+        now = self._clock()
+        at, urls = self._budget
+        if now - at < BUDGET_VIEW_S:
+            return urls
+        answer = self.client.route(self.settings.profile)
+        if isinstance(answer, dict):
+            urls = frozenset(
+                u
+                for c in answer.get("chain") or ()
+                if isinstance(c, dict)
+                and str(c.get("reason") or "").startswith("budget_exhausted")
+                and (u := normalized_url(c.get("base_url"))) is not None
+            )
+        self._budget = (now, urls)
+        return urls
 
     def _decision(self, agent: Any, session: str, *, confirmed: bool) -> Decision:
         allow = self.settings.paid == "allow" or confirmed
@@ -256,7 +384,46 @@ class Escalator:
         log.info("%s", line)
 
 
-def _bound(sessions: dict[str, Any]) -> list[str]:
+def command_chat() -> tuple[str, str] | None:
+    """Who typed the slash command being handled: ("chat", the gateway's session key) or
+    ("session", the CLI's session id); None when Hermes does not say.
+
+    Hermes calls a plugin command with its arguments alone. 0.22's gateway binds the chat's
+    `HERMES_SESSION_KEY` around the call; 0.18/0.19's gateway calls it from
+    `GatewayRunner._handle_message(event)`, whose source names the chat; the CLI calls it from
+    `HermesCLI.process_command`, which holds its session id.
+    """
+    context = sys.modules.get("gateway.session_context")
+    if context is not None:
+        try:
+            key = context.get_session_env("HERMES_SESSION_KEY")
+        except Exception:  # noqa: BLE001 - a Hermes without it
+            key = None
+        if isinstance(key, str) and key:
+            return ("chat", key)
+    frame = sys._getframe(1)
+    for _ in range(40):
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            return None
+        owner, event = frame.f_locals.get("self"), frame.f_locals.get("event")
+        if owner is None:
+            continue
+        if event is not None and callable(getattr(owner, "_session_key_for_source", None)):
+            try:
+                key = owner._session_key_for_source(event.source)
+            except Exception:  # noqa: BLE001
+                key = None
+            if isinstance(key, str) and key:
+                return ("chat", key)
+        if hasattr(owner, "agent") and hasattr(owner, "session_id"):
+            session = getattr(owner.agent, "session_id", None) or owner.session_id
+            if isinstance(session, str) and session:
+                return ("session", session)
+    return None
+
+
+def _bound(sessions: dict[Any, Any]) -> list[Any]:
     """Drop the least recently seen sessions past `_MAX_SESSIONS`; the ids dropped."""
     gone = list(sessions)[: max(0, len(sessions) - _MAX_SESSIONS)]
     for session in gone:

@@ -180,6 +180,10 @@ class Gate:
         """
         if getattr(self._local, "activating", False):
             return activate()  # Hermes recurses to skip entries; decided already
+        refused = self.escalator.fallback_refused(agent) if self.escalator is not None else None
+        if refused:
+            self._say_once(f"hroute: not switching to a fallback: {refused}")
+            return False
         if reset_at is not None and self._report is not None:
             body = reset_report(
                 getattr(agent, "base_url", None),
@@ -193,12 +197,32 @@ class Gate:
         chain = getattr(agent, "_fallback_chain", None) or []
         start = getattr(agent, "_fallback_index", 0)
         remaining = [e for e in chain[start:] if isinstance(e, Mapping)]
+        # A paid backend past its budget is never switched to (paid: deny, or confirm without
+        # the user's yes), whichever path chose it: escalation or Hermes' own fallback.
+        paid_blocked = self.escalator.budget_blocked(agent) if self.escalator is not None else ()
+        spent = {
+            entry_key(e): "past its budget (hroute.paid: deny)"
+            for e in remaining
+            if normalized_url(e.get("base_url")) in paid_blocked
+        }
+        keys = {entry_key(e) for e in remaining}
+        if spent and len(spent) >= len(keys):
+            self._say_once(
+                "hroute: not switching to fallback "
+                + ", ".join(str(k) for k in spent)
+                + ": past its budget (paid models need hroute.paid: allow or confirm)"
+            )
+            return False
         down = {
             entry_key(e): why
             for e in remaining
-            if (why := self.view.down(e.get("base_url"), entry_credential(e), e.get("model")))
+            if entry_key(e) not in spent
+            and (why := self.view.down(e.get("base_url"), entry_credential(e), e.get("model")))
         }
-        if not down or len(down) >= len({entry_key(e) for e in remaining}):
+        if len(down) >= len(keys) - len(spent):
+            down = {}  # every affordable entry is down: let Hermes try them anyway
+        down.update(spent)
+        if not down:
             return activate()
         unavailable = getattr(agent, "_unavailable_fallback_keys", None)
         if unavailable is None:
@@ -214,6 +238,22 @@ class Gate:
         finally:
             self._local.activating = False
             unavailable.difference_update(added)
+
+    def _say_once(self, line: str) -> None:
+        said = getattr(self._local, "said", None)
+        if said == line:
+            return
+        self._local.said = line
+        log.info("%s", line)
+
+    def _paid_blocked(self, url: Any) -> str | None:
+        """`past its budget` when `url` is a paid backend of the profile past its budget (and
+        paid use is not allowed): an auxiliary call must not go there either."""
+        if self.escalator is None:
+            return None
+        if normalized_url(url) in self.escalator.budget_blocked(self.current_agent()):
+            return "past its budget (hroute.paid: deny)"
+        return None
 
     # --- auxiliary calls (titles, compression, vision ...) -------------------------------
 
@@ -233,7 +273,7 @@ class Gate:
         provider = str(runtime.get("provider") or "")
         url = runtime.get("base_url")
         if provider and url:
-            why = self.view.down(
+            why = self._paid_blocked(url) or self.view.down(
                 url, credential_fingerprint(runtime.get("api_key")), runtime.get("model")
             )
             if why:
@@ -262,14 +302,16 @@ class Gate:
         if unhealthy:
             return unhealthy
         if isinstance(base_url, str) and base_url.strip():
-            return bool(self.view.down(base_url))
+            return bool(self._paid_blocked(base_url) or self.view.down(base_url))
         return bool(label) and label in getattr(self._local, "aux_down", ())
 
     def resolve_fallback_entry(self, entry: Any, original: Callable[[], Any]) -> Any:
         """Stand-in for `auxiliary_client._resolve_fallback_entry(entry)` (0.18, 0.19): an
         entry hroute says is down resolves to no client, so the auxiliary chain moves on."""
         if isinstance(entry, Mapping):
-            why = self.view.down(entry.get("base_url"), entry_credential(entry), entry.get("model"))
+            why = self._paid_blocked(entry.get("base_url")) or self.view.down(
+                entry.get("base_url"), entry_credential(entry), entry.get("model")
+            )
             if why:
                 log.info(
                     "hroute: auxiliary fallback %s skipped (%s)",

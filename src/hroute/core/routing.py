@@ -80,14 +80,19 @@ class Router:
             if skip is None:
                 ok, skip, wait = self._registry.verdict(member, credential)
                 if ok:
-                    chain.append({"backend": member, "usable": True, "reason": None})
+                    chain.append(
+                        {"backend": member, "usable": True, "reason": None,
+                         "base_url": backend.base_url}
+                    )  # fmt: skip
                     chosen = chosen or member
                     continue
                 if wait is None:
                     unknown.append(
                         f"{member}: {skip} (usable again when a probe or its supervisor says so)"
                     )
-            chain.append({"backend": member, "usable": False, "reason": skip})
+            chain.append(
+                {"backend": member, "usable": False, "reason": skip, "base_url": backend.base_url}
+            )
             if wait is not None:
                 waits.append(wait)
         answer: dict[str, Any] = {"profile": profile, "backend": chosen, "chain": chain}
