@@ -145,7 +145,7 @@ def _contains(words: list[str], phrase: str) -> bool:
 
 
 def _negated_cloud(words: list[str]) -> str | None:
-    """"don't use the cloud model", "never send it online", "no remote", "without the API":
+    """ "don't use the cloud model", "never send it online", "no remote", "without the API":
     the negation and the cloud word it governs, or None."""
     for i, word in enumerate(words):
         pair = " ".join(words[i : i + 2])
@@ -175,7 +175,8 @@ def intent(message: Any, settings: Settings) -> Intent | None:
         return None
     text = " ".join(message.split()).lower()
     if text.startswith(LOCAL_COMMAND) and text[len(LOCAL_COMMAND) : len(LOCAL_COMMAND) + 1] in (
-        "", " "
+        "",
+        " ",
     ):
         return Intent("local", LOCAL_COMMAND)
     if text.startswith(ESCALATE_COMMAND):

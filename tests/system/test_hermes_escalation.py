@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,6 +75,8 @@ def agent_for(
     *,
     paid: str = "deny",
     approve: str | None = None,
+    extra: str = "",
+    **options: Any,
 ) -> HermesAgent:
     return HermesAgent(
         python,
@@ -89,8 +92,9 @@ def agent_for(
             }
         ],
         socket=daemon.socket,
-        extra_config=f"hroute:\n  profile: coding\n  paid: {paid}\n",
+        extra_config=f"hroute:\n  profile: coding\n  paid: {paid}\n{extra}",
         approve=approve,
+        **options,
     )
 
 
@@ -222,3 +226,89 @@ def test_escalate_typed_by_the_user_runs_the_next_turn_on_the_cloud(
             (answer["session_id"], "user_request")
         ], failures
         assert "escalated: user_request; running the rest of it on cloud-model" in agent.agent_log
+
+
+def failures(daemon: Daemon) -> list[tuple[str, str]]:
+    return [(e["task"], e["reason"]) for e in events(daemon, "task_failure")]
+
+
+def test_a_negated_request_for_the_cloud_pins_the_task_local_whatever_fails(
+    python: str, hermes: Hermes, tmp_path: Path, local: FakeBackend, cloud: FakeBackend
+) -> None:
+    local.clear_behaviors()
+    with (
+        hroute_daemon(tmp_path, hroute_config(local, cloud)) as daemon,
+        agent_for(python, tmp_path, local, cloud, daemon) as agent,
+    ):
+        daemon.wait_state("local", "healthy")
+        answer = agent.turn("Please don't use the cloud model for this, it is private")
+        assert answer["response"] == "from local", (answer, agent.stderr)
+        assert posts(cloud) == 0 and failures(daemon) == []
+        session = answer["session_id"]
+        # The local model now fails every way: tool errors, then a dead server. Hermes' own
+        # fallback would take the task's text to the cloud; the pin refuses it.
+        local.set_behavior("/v1/chat/completions", Behavior(body=tool_call_sse("fetch_weather")))
+        for n in range(MAX_LOCAL_ATTEMPTS + 1):
+            answer = agent.turn(f"the private thing, attempt {n}")
+            assert not answer["fallback_active"], answer
+        local.set_behavior("/v1/chat/completions", Behavior(status=503))
+        answer = agent.turn("and now?")
+        assert not answer["fallback_active"] and posts(cloud) == 0, (answer, agent.stderr)
+        assert failures(daemon) == []
+        log = agent.agent_log
+        assert f"task {session}: pinned to the local model" in log, log
+        assert f"not switching to a fallback: task {session} is pinned" in log, log
+
+        local.clear_behaviors()
+        agent.new_session()  # the pin was that task's
+        answer = agent.turn("use the cloud model for this one")
+        assert answer["response"] == "from cloud", (answer, agent.stderr)
+
+
+def test_escalate_and_local_typed_in_one_gateway_chat_touch_only_that_chat(
+    python: str, hermes: Hermes, tmp_path: Path, local: FakeBackend, cloud: FakeBackend
+) -> None:
+    local.clear_behaviors()
+    with (
+        hroute_daemon(tmp_path, hroute_config(local, cloud)) as daemon,
+        agent_for(python, tmp_path, local, cloud, daemon, chats=("A", "B")) as agent,
+    ):
+        daemon.wait_state("local", "healthy")
+        assert agent.chat("A", "hello")["response"] == "from local"
+        assert agent.chat("B", "hello")["response"] == "from local"
+        said = agent.gateway_message("A", "/escalate")["output"] or ""
+        assert "cloud model" in said, (said, agent.stderr)
+        answer = agent.chat("B", "next")  # B's turn runs first: it must not take A's request
+        assert answer["response"] == "from local" and posts(cloud) == 0, (answer, agent.stderr)
+        answer = agent.chat("A", "next")
+        assert answer["response"] == "from cloud", (answer, agent.stderr)
+        assert failures(daemon) == [("chat-A", "user_request")]
+
+        said = agent.gateway_message("B", "/local")["output"] or ""
+        assert "local model until /new" in said, (said, agent.stderr)
+        assert agent.chat("A", "more")["response"] == "from cloud"  # A stays escalated
+        local.set_behavior("/v1/chat/completions", Behavior(body=tool_call_sse("fetch_weather")))
+        before = posts(cloud)
+        for n in range(MAX_LOCAL_ATTEMPTS + 1):  # B fails locally and stays there
+            assert not agent.chat("B", f"attempt {n}")["fallback_active"]
+        assert posts(cloud) == before
+        assert failures(daemon) == [("chat-A", "user_request")]
+        assert "task chat-B: pinned to the local model (the user said '/local')" in agent.agent_log
+
+
+def test_a_spent_budget_means_no_paid_call_when_the_local_model_answers_nothing(
+    python: str, hermes: Hermes, tmp_path: Path, local: FakeBackend, cloud: FakeBackend
+) -> None:
+    local.clear_behaviors()
+    local.reply = ""  # Hermes retries an empty answer, then switches to its fallback in-turn
+    config = hroute_config(local, cloud, budget="budgets: {daily_usd: 0}\n")
+    with (
+        hroute_daemon(tmp_path, config) as daemon,
+        agent_for(python, tmp_path, local, cloud, daemon) as agent,
+    ):
+        daemon.wait_state("local", "healthy")
+        for n in range(MAX_LOCAL_ATTEMPTS + 1):
+            answer = agent.turn(f"question {n}")
+            assert not answer["fallback_active"], (answer, agent.stderr)
+        assert posts(cloud) == 0, agent.stderr
+        assert "past its budget" in agent.agent_log, agent.agent_log
