@@ -80,3 +80,32 @@ def test_a_frame_is_plain_when_not_on_a_terminal() -> None:
     assert "cooldown       llama: cooling down" in frame
     coloured = render([view()], [], colour=True, now=0.0)
     assert "\x1b[31mno" in coloured and "(none yet)" in coloured
+
+
+def test_doctor_reports_one_result_per_guard_the_way_the_plugin_installs_it(
+    tmp_path: Path,
+) -> None:
+    """Hermes 0.22's auxiliary layout is installed by the plugin: the 0.18/0.19 layout of the
+    same guard, absent there, must not turn doctor's answer into "off"."""
+    import os
+    import sys
+
+    from hroute.tools.hermes_setup import probe_python
+
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "__init__.py").write_text("")
+    (agent / "auxiliary_client.py").write_text(
+        "".join(
+            f"def {name}(*a, **k): pass\n"
+            for name in (
+                "_resolve_auto_route", "_is_provider_unhealthy",
+                "_normalize_main_runtime", "_normalize_chain_label",
+            )
+        )  # fmt: skip
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    found, problem = probe_python(sys.executable, env=env)
+    assert found is not None, problem
+    assert found["guards"]["auxiliary"] is None, found["guards"]
+    assert "agent.agent_runtime_helpers" in found["guards"]["restore"]
