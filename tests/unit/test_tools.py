@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hroute.tools.doctor import describe_backend
 from hroute.tools.hermes_setup import Provider, match_url, providers
 from hroute.tools.watch import render
@@ -99,8 +101,10 @@ def test_doctor_reports_one_result_per_guard_the_way_the_plugin_installs_it(
         "".join(
             f"def {name}(*a, **k): pass\n"
             for name in (
-                "_resolve_auto_route", "_is_provider_unhealthy",
-                "_normalize_main_runtime", "_normalize_chain_label",
+                "_resolve_auto_route",
+                "_is_provider_unhealthy",
+                "_normalize_main_runtime",
+                "_normalize_chain_label",
             )
         )  # fmt: skip
     )
