@@ -198,3 +198,17 @@ def test_escalation_is_journalled_with_task_and_profile(reg: Registry) -> None:
     assert fields["HROUTE_TASK"] == "t1" and fields["HROUTE_PROFILE"] == "coding"
     failures = [e for e in reg.events_since() if e["event"] == "task_failure"]
     assert [e["detail"] for e in failures] == ["tool call had no name", "again"]
+
+
+def test_an_escalated_task_in_use_stays_escalated_past_its_ttl(
+    reg: Registry, clock: Clock
+) -> None:
+    """The TTL counts from the task's last use, not its last failure: an agent that asks
+    about the task every turn keeps it on the cloud; one that stops asking lets it go."""
+    reg.record_task_failure("t1", "invalid_output")
+    reg.record_task_failure("t1", "invalid_output")
+    for _ in range(5):  # a turn every 40 s, 200 s in all: past coding's 60 s
+        clock.advance(40)
+        assert reg.route("coding", task="t1")["backend"] == "router"
+    clock.advance(61)
+    assert reg.route("coding", task="t1")["backend"] == "llama"  # idle past the TTL

@@ -28,7 +28,8 @@ class TaskState:
     def escalated(self, escalation: Any, now: float) -> tuple[bool, str]:
         """Whether the task has failed locally often enough to skip the local tier, and why.
 
-        A profile forgets a task `escalation.task_ttl_s` after its last failure."""
+        A profile forgets a task `escalation.task_ttl_s` after its last use: its last
+        failure, or the last time it was routed while escalated (a task in use stays)."""
         if now - self.last_at > escalation.task_ttl_s:
             return False, ""
         counted = [r for r in self.reasons if r in escalation.trigger_on]
@@ -40,7 +41,7 @@ class TaskState:
 
 
 class Tasks:
-    """Task-level failures reported by agents, forgotten `ttl_s` after the last one."""
+    """Task-level failures reported by agents, forgotten `ttl_s` after the task's last use."""
 
     MAX_TASKS = 10_000  # a misbehaving client cannot grow this without bound
 
@@ -59,6 +60,15 @@ class Tasks:
         self._tasks[task] = state
         self.changes += 1
         return state
+
+    def touch(self, task: str, now: float) -> None:
+        """The task was used now (routed while escalated): its TTL counts from now."""
+        state = self._tasks.pop(task, None)
+        if state is None:
+            return
+        state.last_at = now
+        self._tasks[task] = state  # most recently used last: expire() stays oldest-first
+        self.changes += 1
 
     def get(self, task: str, now: float, ttl_s: float) -> TaskState | None:
         state = self._tasks.get(task)

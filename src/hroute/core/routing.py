@@ -125,6 +125,8 @@ class Router:
         on, why = state.escalated(prof.escalation, now)
         if on and not self.has_cloud_tier(profile):
             return False, "", f"{why}, but profile {profile} has no cloud tier: staying local"
+        if on and state.last_at != now:
+            self.tasks.touch(task, now)  # in use: an escalated task does not expire mid-task
         return on, why, ""
 
     def has_cloud_tier(self, profile: str) -> bool:
