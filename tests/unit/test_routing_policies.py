@@ -200,9 +200,7 @@ def test_escalation_is_journalled_with_task_and_profile(reg: Registry) -> None:
     assert [e["detail"] for e in failures] == ["tool call had no name", "again"]
 
 
-def test_an_escalated_task_in_use_stays_escalated_past_its_ttl(
-    reg: Registry, clock: Clock
-) -> None:
+def test_an_escalated_task_in_use_stays_escalated_past_its_ttl(reg: Registry, clock: Clock) -> None:
     """The TTL counts from the task's last use, not its last failure: an agent that asks
     about the task every turn keeps it on the cloud; one that stops asking lets it go."""
     reg.record_task_failure("t1", "invalid_output")
