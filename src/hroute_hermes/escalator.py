@@ -83,6 +83,7 @@ class Escalator:
         self._seen: dict[str, None] = {}  # sessions that ran a turn in this process
         self._looked_up: set[str] = set()  # sessions hroute was asked about once (--resume)
         self._budget: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+        self._turn = threading.local()  # what Hermes did within the turn on this thread
         self._announced = False
         self._aliases: dict[str, str] = {}  # a session id Hermes' compression rotated to -> task
 
@@ -193,6 +194,7 @@ class Escalator:
                 self.asked.add(session)  # once is enough: it escalates the whole task
                 self._report(agent, session, asked)  # before the turn: it runs escalated
         pinned = session is not None and session in self.pinned
+        self._turn.left_for_answer = False
         started = self._clock()
         result = run()
         after = _session(agent)
@@ -202,7 +204,18 @@ class Escalator:
             with self._lock:
                 self._aliases[after] = session
                 _bound(self._aliases)
-        if session is None or pinned or asked is not None or _on_fallback(agent):
+        if session is None or pinned or asked is not None:
+            return result
+        if _on_fallback(agent):
+            if getattr(self._turn, "left_for_answer", False):
+                # The local model answered nothing usable; Hermes retried it, then finished
+                # the turn on its fallback. A failed local attempt all the same: counted, it
+                # escalates the task instead of retrying the local model every turn.
+                self._report(agent, session, Failure(
+                    "invalid_output",
+                    "the local model's answer was empty or unusable; Hermes finished the "
+                    "turn on its fallback",
+                ))  # fmt: skip
             return result
         previous_message, previous = self._last_response.get(session, (None, None))
         failure = failed_attempt(
@@ -302,6 +315,13 @@ class Escalator:
         return True, result
 
     # --- every paid call: Hermes' fallback, auxiliary tasks ---------------------------------
+
+    def note_fallback(self, agent: Any, reason: Any) -> None:
+        """Hermes is leaving the primary within a turn. With no API error as the reason (an
+        empty, invalid or truncated answer), it is the local model's answer that failed."""
+        why = str(getattr(reason, "value", reason) or "")
+        if not _on_fallback(agent) and why in ("", "incomplete_response"):
+            self._turn.left_for_answer = True
 
     def fallback_refused(self, agent: Any) -> str | None:
         """Why Hermes must not switch this agent to any fallback now, or None."""

@@ -112,6 +112,13 @@ class Gate:
         move to the first usable fallback before the turn's first request.
         """
         self._remember(agent)
+        self._local.restoring = True  # a switch made here is hroute's, not Hermes' verdict
+        try:
+            return self._restore_primary(agent, restore)
+        finally:
+            self._local.restoring = False
+
+    def _restore_primary(self, agent: Any, restore: Callable[[], Any]) -> Any:
         if self.escalator is not None:
             handled, result = self.escalator.restore(agent, restore)
             if handled:
@@ -180,6 +187,8 @@ class Gate:
         """
         if getattr(self._local, "activating", False):
             return activate()  # Hermes recurses to skip entries; decided already
+        if self.escalator is not None and not getattr(self._local, "restoring", False):
+            self.escalator.note_fallback(agent, reason)
         refused = self.escalator.fallback_refused(agent) if self.escalator is not None else None
         if refused:
             self._say_once(f"hroute: not switching to a fallback: {refused}")

@@ -312,3 +312,25 @@ def test_a_spent_budget_means_no_paid_call_when_the_local_model_answers_nothing(
             assert not answer["fallback_active"], (answer, agent.stderr)
         assert posts(cloud) == 0, agent.stderr
         assert "past its budget" in agent.agent_log, agent.agent_log
+
+
+def test_an_empty_local_answer_escalates_instead_of_being_retried_every_turn(
+    python: str, hermes: Hermes, tmp_path: Path, local: FakeBackend, cloud: FakeBackend
+) -> None:
+    local.clear_behaviors()
+    local.reply = ""  # Hermes retries it, then finishes the turn on its fallback
+    with (
+        hroute_daemon(tmp_path, hroute_config(local, cloud)) as daemon,
+        agent_for(python, tmp_path, local, cloud, daemon) as agent,
+    ):
+        daemon.wait_state("local", "healthy")
+        for n in range(MAX_LOCAL_ATTEMPTS):
+            before = posts(local)
+            answer = agent.turn(f"question {n}")
+            assert posts(local) > before, (answer, agent.stderr)
+        session = answer["session_id"]
+        assert failures(daemon) == [(session, "invalid_output")] * MAX_LOCAL_ATTEMPTS
+        before = posts(local)
+        answer = agent.turn("and now?")  # escalated: no more empty local attempts
+        assert answer["fallback_active"] and posts(local) == before, (answer, agent.stderr)
+        assert "Hermes finished the turn on its fallback" in agent.agent_log

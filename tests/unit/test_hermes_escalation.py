@@ -682,3 +682,35 @@ def test_paid_allow_or_an_unspent_budget_lets_hermes_fallback_run() -> None:
     agent, _, _ = escalating(FakeRouter(budget_spent=False))
     agent._fallback_chain = [dict(CHAIN[1])]
     assert agent._try_activate_fallback() is True and agent.model == "fb2"
+
+
+def test_an_empty_local_answer_that_hermes_finished_on_its_fallback_counts_once_per_turn() -> None:
+    """Hermes retries an empty answer, then switches to its fallback within the turn (no API
+    error as the reason): a failed local attempt, so the task escalates instead of paying
+    for local retries every turn."""
+    router = FakeRouter(max_local=2)
+    agent, escalator, _ = escalating(router, Settings("coding", paid="allow"))
+
+    def empty_then_fallback() -> Any:
+        agent._restore_primary_runtime()
+        agent._try_activate_fallback()  # as Hermes' empty-answer handling calls it
+        return result(f"answer on {agent.model}")
+
+    for _ in range(2):
+        escalator.turn(agent, "question", empty_then_fallback)
+    assert router.failures == {"s1": ["invalid_output", "invalid_output"]}
+    assert turn(escalator, agent)["final_response"] == "answer on fb2"  # escalated, stays
+
+
+def test_a_fallback_for_an_api_error_is_not_the_local_models_failure() -> None:
+    router = FakeRouter(max_local=2)
+    agent, escalator, _ = escalating(router)
+
+    def overloaded() -> Any:
+        agent._restore_primary_runtime()
+        agent._try_activate_fallback("overloaded")
+        return result(f"answer on {agent.model}")
+
+    for _ in range(3):
+        escalator.turn(agent, "question", overloaded)
+    assert router.failures == {}
