@@ -33,7 +33,7 @@ from hroute.client import Client
 
 from .escalation import Settings, load_settings
 from .escalator import FAILURE_BUDGET_S, Escalator
-from .gate import Gate, HealthView
+from .gate import Gate, HealthView, SocketWatch
 from .reports import (
     Reporter,
     credential_fingerprint,
@@ -68,7 +68,9 @@ class HermesPlugin:
         self.client = client if client is not None else Client(budget_s=USABLE_BUDGET_S)
         self.status = Status()
         self.reporter = Reporter(self._send, maxsize=queue_size)
-        self.gate = Gate(HealthView(self.client.usable), report=self._report)
+        path = getattr(self.client, "socket_path", None)
+        watch = SocketWatch(path) if path is not None else None
+        self.gate = Gate(HealthView(self.client.usable, watch=watch), report=self._report)
         self.wiring = Wiring(self.gate, self.status)
         self.settings = settings if settings is not None else Settings()
         if self.settings.enabled:
@@ -151,6 +153,24 @@ class _FailureClient:
 
     def route(self, profile: str | None, **kwargs: Any) -> Any:
         return self._client.route(profile, **kwargs) if profile else None
+
+    def profile_missing(self, profile: str | None) -> list[str] | None:
+        """[] when hroute has `profile`; ["", *the profiles it has] when it has not; None when
+        hroute did not answer (asked again at the next turn)."""
+        try:
+            status, answer = self._client.request(
+                "GET", f"/v1/route?profile={quote(str(profile), safe='')}",
+                budget_s=FAILURE_BUDGET_S,
+            )  # fmt: skip
+        except Exception:  # noqa: BLE001 - fail open
+            return None
+        if status in (200, 503):
+            return []
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if status == 404 and isinstance(error, dict) and error.get("code") == "unknown_profile":
+            known = error.get("known")
+            return ["", *(str(k) for k in known)] if isinstance(known, list) else [""]
+        return None
 
 
 def hermes_config() -> dict[str, Any]:

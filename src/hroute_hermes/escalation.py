@@ -24,6 +24,7 @@ is the one hroute routes the task to.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -303,6 +304,26 @@ def _tool_loop(messages: Sequence[Mapping[str, Any]]) -> str | None:
             if seen[key] >= TOOL_LOOP:
                 return f"the same tool call {key[0]}({key[1][:60]}) {seen[key]} times this turn"
     return None
+
+
+def closest_name(name: str, known: Sequence[str]) -> str | None:
+    """The configured name `name` was most likely meant to be (`Coding` -> `coding`)."""
+    folded = {k.lower(): k for k in known}
+    if name.lower() in folded:
+        return folded[name.lower()]
+    close = difflib.get_close_matches(name.lower(), list(folded), n=1, cutoff=0.6)
+    return folded[close[0]] if close else None
+
+
+def missing_profile(name: str, known: Sequence[str]) -> str:
+    """What the plugin says when hroute has no profile `name`."""
+    closest = closest_name(name, known)
+    return (
+        f"hroute: profile {name!r} does not exist in hroute (it has: "
+        f"{', '.join(known) or 'none'})"
+        + (f"; did you mean {closest!r}?" if closest else "")
+        + " Escalation is off until hroute.profile (or HROUTE_PROFILE) names one of them"
+    )
 
 
 # --- decisions -----------------------------------------------------------------------------

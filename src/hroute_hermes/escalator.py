@@ -29,6 +29,7 @@ from .escalation import (
     decide,
     failed_attempt,
     intent,
+    missing_profile,
 )
 from .reports import normalized_url
 
@@ -85,6 +86,8 @@ class Escalator:
         self._budget: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._turn = threading.local()  # what Hermes did within the turn on this thread
         self._announced = False
+        self._profile_checked = False
+        self.profile_missing = False  # hroute said it has no such profile: escalation off
         self._aliases: dict[str, str] = {}  # a session id Hermes' compression rotated to -> task
 
     def _task(self, session: str | None) -> str | None:
@@ -92,10 +95,21 @@ class Escalator:
         return self._aliases.get(session, session) if session is not None else None
 
     def announce(self) -> None:
-        """Say once that escalation is on, at the first turn: Hermes' log exists by then."""
+        """Say once that escalation is on, at the first turn: Hermes' log exists by then.
+        Until hroute has answered, each turn checks that the profile exists; a profile hroute
+        does not have switches escalation off, said once with the closest name."""
+        if not self._profile_checked:
+            known = self.client.profile_missing(self.settings.profile)
+            if known is not None:
+                self._profile_checked = True
+                if known:
+                    self.profile_missing = True
+                    log.warning("%s", missing_profile(str(self.settings.profile), known[1:]))
         if self._announced:
             return
         self._announced = True
+        if self.profile_missing:
+            return
         limit = self.settings.turn_timeout_s
         log.info(
             "hroute: escalation on for profile %s (paid past budget: %s%s)",
@@ -166,7 +180,7 @@ class Escalator:
         """Stand-in for `run_conversation(agent, user_message, ...)`: runs it, then reports the
         turn to hroute if it was a failed local attempt."""
         self.announce()
-        if not _user_facing(agent):
+        if self.profile_missing or not _user_facing(agent):
             return run()
         raw = _session(agent)
         session = self._task(raw)
@@ -262,7 +276,7 @@ class Escalator:
         the usual gate and Hermes decide; handled means this turn runs on the fallback hroute
         routes the escalated task to."""
         session = self._task(_session(agent))
-        if session is None or not _user_facing(agent):
+        if session is None or not _user_facing(agent) or self.profile_missing:
             return False, None
         if session in self.pinned:
             # Back to the local primary, whatever kept the agent on a fallback (an escalation

@@ -12,15 +12,101 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
+import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .reports import credential_fingerprint, normalized_url, reset_report
 
 log = logging.getLogger("hroute_hermes")
+
+
+def socket_trouble(path: Path) -> tuple[str, str]:
+    """Why hroute's socket at `path` does not answer, and the fix: (cause, fix)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return (
+            "missing: no socket there (hroute not running, or another socket path)",
+            "start hroute (sudo systemctl enable --now hroute, or hroute run), or point "
+            "HROUTE_SOCKET at its socket",
+        )
+    except PermissionError:
+        return _denied(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})", "check the socket's directory"
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.2)
+    try:
+        probe.connect(str(path))
+    except PermissionError:
+        return _denied(path)
+    except ConnectionRefusedError:
+        return (
+            "not answering: connection refused (a socket left by a daemon that is gone)",
+            "restart hroute (sudo systemctl restart hroute)",
+        )
+    except OSError as exc:
+        return f"not answering ({exc.strerror or exc})", "check hroute: hroute status"
+    finally:
+        probe.close()
+    return (
+        "not answering in time, or not a directory hroute may trust",
+        "check hroute (hroute status) and the socket directory's owner and mode (hroute doctor)",
+    )
+
+
+def _denied(path: Path) -> tuple[str, str]:
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = str(os.getuid())
+    return (
+        f"permission denied for user {user}",
+        "add the user to hroute's group: sudo usermod -aG hroute $USER (then log in again)",
+    )
+
+
+class SocketWatch:
+    """Says once in Hermes' log that hroute cannot be reached (the socket, the cause, the
+    fix) and once when it answers again; turns go on without it meanwhile."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        diagnose: Callable[[Path], tuple[str, str]] = socket_trouble,
+    ) -> None:
+        self.path = Path(path)
+        self._diagnose = diagnose
+        self.lost = False
+        self._lock = threading.Lock()
+
+    def unreachable(self) -> None:
+        with self._lock:
+            if self.lost:
+                return
+            self.lost = True
+        try:
+            cause, fix = self._diagnose(self.path)
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must not cost a turn
+            cause, fix = f"unknown ({type(exc).__name__})", "hroute doctor"
+        log.warning(
+            "hroute: cannot reach hroute at %s (%s); Hermes goes on without it (no health "
+            "gate, no escalation, no budget gate) until it answers. Fix: %s",
+            self.path, cause, fix,
+        )  # fmt: skip
+
+    def answered(self) -> None:
+        with self._lock:
+            if not self.lost:
+                return
+            self.lost = False
+        log.warning("hroute: hroute answers again at %s", self.path)
 
 
 class HealthView:
@@ -36,11 +122,13 @@ class HealthView:
         usable: Callable[..., Any],
         clock: Callable[[], float] = time.monotonic,
         quiet_s: float = 5.0,
+        watch: SocketWatch | None = None,
     ) -> None:
         self._usable = usable
         self._clock = clock
         self._quiet_s = quiet_s
         self._quiet_until = float("-inf")
+        self.watch = watch
 
     def down(
         self, base_url: object, credential: str | None = None, model: object = None
@@ -59,7 +147,11 @@ class HealthView:
             return None
         if getattr(answer, "source", None) == "fail-open":
             self._quiet_until = self._clock() + self._quiet_s
+            if self.watch is not None:
+                self.watch.unreachable()
             return None
+        if self.watch is not None:
+            self.watch.answered()
         if answer:
             return None
         return str(getattr(answer, "reason", None) or "unusable")

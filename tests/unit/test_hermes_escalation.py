@@ -265,6 +265,13 @@ class FakeRouter:
         self.failures: dict[str, list[str]] = {}
         self.calls: list[tuple[str, Any]] = []
 
+    profiles: list[str] | None = ["coding"]  # None: hroute does not answer
+
+    def profile_missing(self, profile: str) -> list[str] | None:
+        if self.profiles is None:
+            return None
+        return [] if profile in self.profiles else ["", *self.profiles]
+
     def task_failure(self, task: str, reason: str, *, detail: str | None = None) -> dict:
         self.calls.append(("task_failure", (task, reason)))
         reasons = self.failures.setdefault(task, [])
@@ -410,6 +417,9 @@ def test_without_hroute_escalation_changes_nothing() -> None:
             return None
 
         def route(self, *a: Any, **kw: Any) -> None:
+            return None
+
+        def profile_missing(self, *a: Any) -> None:
             return None
 
     agent, escalator, _ = escalating(Gone())  # type: ignore[arg-type]
@@ -714,3 +724,75 @@ def test_a_fallback_for_an_api_error_is_not_the_local_models_failure() -> None:
     for _ in range(3):
         escalator.turn(agent, "question", overloaded)
     assert router.failures == {}
+
+
+def test_a_misspelt_profile_is_said_at_the_first_turn_with_the_closest_name_and_is_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = FakeRouter(max_local=1)
+    router.profiles = ["coding", "research"]
+    agent, escalator, _ = escalating(router, Settings(profile="Coding"))
+    caplog.set_level(logging.INFO, "hroute_hermes")
+    bad = result("", tool(BAD), tool(BAD))
+    for _ in range(3):
+        turn(escalator, agent, "/escalate", answer=bad)
+    lines = [r.getMessage() for r in caplog.records]
+    said = [line for line in lines if "does not exist in hroute" in line]
+    assert said == [
+        "hroute: profile 'Coding' does not exist in hroute (it has: coding, research); did you "
+        "mean 'coding'? Escalation is off until hroute.profile (or HROUTE_PROFILE) names one "
+        "of them"
+    ], lines
+    assert not any("escalation on" in line for line in lines)
+    assert router.calls == [] and agent.model == "gemma"
+
+
+def test_the_profile_is_checked_again_until_hroute_answers() -> None:
+    router = FakeRouter()
+    router.profiles = None
+    agent, escalator, _ = escalating(router, Settings(profile="codin"))
+    turn(escalator, agent)
+    assert not escalator.profile_missing
+    router.profiles = ["coding"]
+    turn(escalator, agent)
+    assert escalator.profile_missing
+
+
+def test_an_unreachable_socket_is_said_once_with_its_cause_and_fix_and_once_when_back(
+    caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    from hroute_hermes.gate import SocketWatch, socket_trouble
+
+    caplog.set_level(logging.INFO, "hroute_hermes")
+    answers = {"down": True}
+
+    class Answer:
+        def __init__(self) -> None:
+            self.source = "fail-open" if answers["down"] else "socket"
+
+        def __bool__(self) -> bool:
+            return True
+
+    clock = Clock()
+    path = tmp_path / "hroute.sock"
+    view = HealthView(lambda **_: Answer(), clock=clock, quiet_s=5, watch=SocketWatch(path))
+    for _ in range(4):
+        view.down(PRIMARY)
+        clock.t += 6
+    answers["down"] = False
+    for _ in range(2):
+        view.down(PRIMARY)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert f"cannot reach hroute at {path} (missing: no socket there" in lines[0]
+    assert "Fix: start hroute" in lines[0]
+    assert lines[1] == f"hroute: hroute answers again at {path}"
+    # The other causes, as the diagnosis names them.
+    import socket as sockets
+
+    server = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    server.bind(str(path))  # bound, never listening: a daemon that is gone
+    try:
+        assert socket_trouble(path)[0].startswith("not answering: connection refused")
+    finally:
+        server.close()

@@ -113,3 +113,20 @@ def test_doctor_reports_one_result_per_guard_the_way_the_plugin_installs_it(
     assert found is not None, problem
     assert found["guards"]["auxiliary"] is None, found["guards"]
     assert "agent.agent_runtime_helpers" in found["guards"]["restore"]
+
+
+def test_doctor_reads_the_plugins_hroute_block_and_names_the_closest_profile() -> None:
+    from hroute.tools.doctor import FAIL, INFO, OK, check_hroute_block
+
+    profiles = ["coding", "research"]
+    [check] = check_hroute_block({"hroute": {"profile": "Coding"}}, profiles, env={})
+    assert check.status == FAIL and "'Coding' is not a profile of hroute" in check.message
+    assert check.fix == "set hroute.profile: coding"
+    [check] = check_hroute_block({"hroute": {"profile": "coding"}}, profiles, env={})
+    assert check.status == OK and "on for profile coding (paid past budget: deny)" in check.message
+    [check] = check_hroute_block({}, profiles, env={})
+    assert check.status == INFO and check.message.startswith("off")
+    checks = check_hroute_block({"hroute": {"profile": "coding", "paid": "yes"}}, profiles, env={})
+    assert [c.status for c in checks] == [FAIL, OK] and "'yes' is not one of" in checks[0].message
+    [check] = check_hroute_block({}, profiles, env={"HROUTE_PROFILE": "reserch"})
+    assert check.status == FAIL and check.fix == "set HROUTE_PROFILE: research"

@@ -355,7 +355,7 @@ def _error_of(exc: HrouteError) -> Response:
     if isinstance(exc, UnknownBackendError):
         return error_response(404, "unknown_backend", str(exc))
     if isinstance(exc, UnknownProfileError):
-        return error_response(404, "unknown_profile", str(exc))
+        return error_response(404, "unknown_profile", str(exc), known=exc.known)
     if isinstance(exc, NotSupervisedError):
         return error_response(409, "not_supervised", str(exc))
     return error_response(400, "bad_request", str(exc))

@@ -104,6 +104,17 @@ def check_config(path: Path) -> tuple[Check, dict[str, str]]:
     return Check("config", OK, f"{path} is valid ({len(urls)} backends)"), urls
 
 
+def _profiles(path: Path) -> list[str] | None:
+    """hroute's profile names, or None when its config cannot be read."""
+    from hroute.config.model import read_config
+    from hroute.errors import ConfigError
+
+    try:
+        return sorted(read_config(path).profiles)
+    except (ConfigError, OSError):
+        return None
+
+
 def check_daemon(client: Client) -> tuple[list[Check], list[dict[str, Any]] | None]:
     """Can this user reach the daemon, and read its snapshot? The backends when it can."""
     sock = client.socket_path
@@ -204,8 +215,10 @@ def check_hermes(
     python: str | None,
     urls: dict[str, str],
     socket_path: Path | None = None,
+    profiles: list[str] | None = None,
 ) -> list[Check]:
-    """Hermes' providers against hroute's backends; the plugin in the Python that runs hermes."""
+    """Hermes' providers against hroute's backends; the plugin in the Python that runs hermes;
+    the plugin's `hroute:` block against hroute's profiles."""
     config_file = home / "config.yaml"
     try:
         config = yaml.safe_load(config_file.read_text()) or {}
@@ -233,6 +246,66 @@ def check_hermes(
     for p in hermes_setup.providers(config):
         checks.append(_check_provider(p, urls))
     checks += _check_plugin(config, python)
+    checks += check_hroute_block(config, profiles)
+    return checks
+
+
+def check_hroute_block(
+    config: dict[str, Any], profiles: list[str] | None, env: Any = os.environ
+) -> list[Check]:
+    """The plugin's `hroute:` block in Hermes' config.yaml, read as the plugin reads it: the
+    profile must be one of hroute's (`profiles` None: hroute's config could not be read)."""
+    from hroute_hermes.escalation import PAID_POLICIES, closest_name, load_settings
+
+    block = config.get("hroute")
+    if block is not None and not isinstance(block, dict):
+        return [Check("hermes hroute block", FAIL, "hroute: in config.yaml is not a mapping")]
+    settings = load_settings(config, env)
+    if not settings.enabled:
+        return [
+            Check(
+                "hermes escalation",
+                INFO,
+                "off: no hroute.profile in config.yaml (nor HROUTE_PROFILE)",
+                "set hroute: {profile: NAME} to escalate failing tasks to the cloud",
+            )
+        ]
+    checks = []
+    raw_paid = env.get("HROUTE_PAID") or (block or {}).get("paid") or "deny"
+    if str(raw_paid).strip().lower() not in PAID_POLICIES:
+        checks.append(
+            Check(
+                "hermes hroute.paid",
+                FAIL,
+                f"{raw_paid!r} is not one of {', '.join(PAID_POLICIES)}; the plugin uses deny",
+                "set hroute.paid: deny, allow or confirm",
+            )
+        )
+    profile = str(settings.profile)
+    via = "HROUTE_PROFILE" if env.get("HROUTE_PROFILE") else "hroute.profile"
+    if profiles is None:
+        checks.append(
+            Check("hermes escalation", INFO, f"{via} {profile}: hroute's profiles unknown")
+        )
+    elif profile not in profiles:
+        closest = closest_name(profile, profiles)
+        checks.append(
+            Check(
+                "hermes escalation",
+                FAIL,
+                f"{via} {profile!r} is not a profile of hroute (it has: "
+                f"{', '.join(profiles) or 'none'}): escalation stays off",
+                f"set {via}: {closest}" if closest else "name one of hroute's profiles",
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                "hermes escalation",
+                OK,
+                f"on for profile {profile} (paid past budget: {settings.paid})",
+            )
+        )
     return checks
 
 
@@ -330,7 +403,10 @@ def run_checks(
     if backends is not None and not urls:
         urls = {b["name"]: b["base_url"] for b in backends}  # what the daemon really watches
     home = hermes_setup.hermes_home(hermes_home)
-    checks += check_hermes(home, hermes_home is not None, hermes_python, urls, socket_path)
+    profiles = _profiles(config_path)
+    checks += check_hermes(
+        home, hermes_home is not None, hermes_python, urls, socket_path, profiles
+    )
     checks += [describe_backend(b) for b in backends or []]
     return checks
 
