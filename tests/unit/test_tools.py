@@ -116,17 +116,17 @@ def test_doctor_reports_one_result_per_guard_the_way_the_plugin_installs_it(
 
 
 def test_doctor_reads_the_plugins_hroute_block_and_names_the_closest_profile() -> None:
-    from hroute.tools.doctor import FAIL, INFO, OK, check_hroute_block
+    from hroute.tools.hermes_block import FAIL, INFO, OK, check_hroute_block
 
     profiles = ["coding", "research"]
     [check] = check_hroute_block({"hroute": {"profile": "Coding"}}, profiles, env={})
-    assert check.status == FAIL and "'Coding' is not a profile of hroute" in check.message
-    assert check.fix == "set hroute.profile: coding"
+    assert check[1] == FAIL and "'Coding' is not a profile of hroute" in check[2]
+    assert check[3] == "set hroute.profile: coding"
     [check] = check_hroute_block({"hroute": {"profile": "coding"}}, profiles, env={})
-    assert check.status == OK and "on for profile coding (paid past budget: deny)" in check.message
+    assert check[1] == OK and "on for profile coding (paid past budget: deny)" in check[2]
     [check] = check_hroute_block({}, profiles, env={})
-    assert check.status == INFO and check.message.startswith("off")
+    assert check[1] == INFO and check[2].startswith("off")
     checks = check_hroute_block({"hroute": {"profile": "coding", "paid": "yes"}}, profiles, env={})
-    assert [c.status for c in checks] == [FAIL, OK] and "'yes' is not one of" in checks[0].message
+    assert [c[1] for c in checks] == [FAIL, OK] and "'yes' is not one of" in checks[0][2]
     [check] = check_hroute_block({}, profiles, env={"HROUTE_PROFILE": "reserch"})
-    assert check.status == FAIL and check.fix == "set HROUTE_PROFILE: research"
+    assert check[1] == FAIL and check[3] == "set HROUTE_PROFILE: research"

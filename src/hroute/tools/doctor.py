@@ -21,7 +21,7 @@ import yaml
 
 from hroute.client import Client
 from hroute.paths import default_socket_path, snapshot_path
-from hroute.tools import hermes_setup
+from hroute.tools import hermes_block, hermes_setup
 
 OK, FAIL, WARN, INFO = "ok", "fail", "warn", "info"
 _MARK = {OK: "ok  ", FAIL: "FAIL", WARN: "warn", INFO: "info"}
@@ -102,17 +102,6 @@ def check_config(path: Path) -> tuple[Check, dict[str, str]]:
         return Check("config", FAIL, text, f"fix it, then: hroute check-config {path}"), {}
     urls = {name: b.base_url for name, b in config.backends.items()}
     return Check("config", OK, f"{path} is valid ({len(urls)} backends)"), urls
-
-
-def _profiles(path: Path) -> list[str] | None:
-    """hroute's profile names, or None when its config cannot be read."""
-    from hroute.config.model import read_config
-    from hroute.errors import ConfigError
-
-    try:
-        return sorted(read_config(path).profiles)
-    except (ConfigError, OSError):
-        return None
 
 
 def check_daemon(client: Client) -> tuple[list[Check], list[dict[str, Any]] | None]:
@@ -246,66 +235,7 @@ def check_hermes(
     for p in hermes_setup.providers(config):
         checks.append(_check_provider(p, urls))
     checks += _check_plugin(config, python)
-    checks += check_hroute_block(config, profiles)
-    return checks
-
-
-def check_hroute_block(
-    config: dict[str, Any], profiles: list[str] | None, env: Any = os.environ
-) -> list[Check]:
-    """The plugin's `hroute:` block in Hermes' config.yaml, read as the plugin reads it: the
-    profile must be one of hroute's (`profiles` None: hroute's config could not be read)."""
-    from hroute_hermes.escalation import PAID_POLICIES, closest_name, load_settings
-
-    block = config.get("hroute")
-    if block is not None and not isinstance(block, dict):
-        return [Check("hermes hroute block", FAIL, "hroute: in config.yaml is not a mapping")]
-    settings = load_settings(config, env)
-    if not settings.enabled:
-        return [
-            Check(
-                "hermes escalation",
-                INFO,
-                "off: no hroute.profile in config.yaml (nor HROUTE_PROFILE)",
-                "set hroute: {profile: NAME} to escalate failing tasks to the cloud",
-            )
-        ]
-    checks = []
-    raw_paid = env.get("HROUTE_PAID") or (block or {}).get("paid") or "deny"
-    if str(raw_paid).strip().lower() not in PAID_POLICIES:
-        checks.append(
-            Check(
-                "hermes hroute.paid",
-                FAIL,
-                f"{raw_paid!r} is not one of {', '.join(PAID_POLICIES)}; the plugin uses deny",
-                "set hroute.paid: deny, allow or confirm",
-            )
-        )
-    profile = str(settings.profile)
-    via = "HROUTE_PROFILE" if env.get("HROUTE_PROFILE") else "hroute.profile"
-    if profiles is None:
-        checks.append(
-            Check("hermes escalation", INFO, f"{via} {profile}: hroute's profiles unknown")
-        )
-    elif profile not in profiles:
-        closest = closest_name(profile, profiles)
-        checks.append(
-            Check(
-                "hermes escalation",
-                FAIL,
-                f"{via} {profile!r} is not a profile of hroute (it has: "
-                f"{', '.join(profiles) or 'none'}): escalation stays off",
-                f"set {via}: {closest}" if closest else "name one of hroute's profiles",
-            )
-        )
-    else:
-        checks.append(
-            Check(
-                "hermes escalation",
-                OK,
-                f"on for profile {profile} (paid past budget: {settings.paid})",
-            )
-        )
+    checks += [Check(*c) for c in hermes_block.check_hroute_block(config, profiles)]
     return checks
 
 
@@ -403,7 +333,7 @@ def run_checks(
     if backends is not None and not urls:
         urls = {b["name"]: b["base_url"] for b in backends}  # what the daemon really watches
     home = hermes_setup.hermes_home(hermes_home)
-    profiles = _profiles(config_path)
+    profiles = hermes_block.profiles(config_path)
     checks += check_hermes(
         home, hermes_home is not None, hermes_python, urls, socket_path, profiles
     )
