@@ -7,6 +7,7 @@ its venv. Fake backends on loopback only.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ def agent_for(
     paid: str = "deny",
     approve: str | None = None,
     extra: str = "",
+    profile: str = "coding",
+    socket: Path | None = None,
     **options: Any,
 ) -> HermesAgent:
     return HermesAgent(
@@ -91,8 +94,8 @@ def agent_for(
                 "api_key": "cloud-key",
             }
         ],
-        socket=daemon.socket,
-        extra_config=f"hroute:\n  profile: coding\n  paid: {paid}\n{extra}",
+        socket=socket or daemon.socket,
+        extra_config=f"hroute:\n  profile: {profile}\n  paid: {paid}\n{extra}",
         approve=approve,
         **options,
     )
@@ -378,3 +381,55 @@ def test_done_to_different_requests_is_not_a_failure(
         assert failures(daemon) == [] and posts(cloud) == 0
         agent.turn("delete c.txt")  # the same answer to the same request: no progress
         assert [r for _, r in failures(daemon)] == ["no_progress"]
+
+
+def test_a_misspelt_profile_is_said_by_the_plugin_and_by_doctor(
+    python: str, hermes: Hermes, tmp_path: Path, local: FakeBackend, cloud: FakeBackend
+) -> None:
+    from hroute.tools.doctor import run_checks
+
+    with (
+        hroute_daemon(tmp_path, hroute_config(local, cloud)) as daemon,
+        agent_for(python, tmp_path, local, cloud, daemon, profile="Coding") as agent,
+    ):
+        daemon.wait_state("local", "healthy")
+        for n in range(MAX_LOCAL_ATTEMPTS + 1):  # failing turns: nothing escalates, as said
+            agent.turn(f"what is the weather, attempt {n}")
+        log = agent.agent_log
+        said = "hroute: profile 'Coding' does not exist in hroute (it has: coding); did you mean"
+        assert log.count(said) == 1, log
+        assert "escalation on for profile" not in log, log
+        checks = run_checks(daemon.config_path, daemon.socket, str(agent.home), python)
+    by_name = {c.check: c for c in checks}
+    escalation = by_name["hermes escalation"]
+    assert escalation.status == "fail", checks
+    assert "'Coding' is not a profile of hroute" in escalation.message
+    assert escalation.fix == "set hroute.profile: coding"
+    # doctor says of each guard what the plugin installed on this Hermes (0.22 included)
+    guards = {n: c.status for n, c in by_name.items() if n.startswith("hermes guard ")}
+    assert guards == {f"hermes guard {g}": "ok" for g in ("restore", "fallback", "auxiliary")}
+    loaded = agent.stderr_path.read_text()  # said at load time, before agent.log exists
+    assert "guarding: restore, fallback, auxiliary, escalation" in loaded, loaded[-2000:]
+
+
+def test_an_unreachable_hroute_is_said_once_and_once_when_it_answers_again(
+    python: str, hermes: Hermes, tmp_path: Path, local: FakeBackend, cloud: FakeBackend
+) -> None:
+    local.clear_behaviors()
+    daemon = hroute_daemon(tmp_path, hroute_config(local, cloud))  # not started yet
+    with agent_for(python, tmp_path, local, cloud, daemon) as agent:
+        for n in range(3):  # turns go on without hroute
+            assert agent.turn(f"hello {n}")["response"] == "from local", agent.stderr
+        log = agent.agent_log
+        said = f"cannot reach hroute at {daemon.socket} (missing: no socket there"
+        assert log.count(said) == 1 and "Fix: start hroute" in log, log
+        with daemon:
+            daemon.wait_state("local", "healthy")
+            deadline = time.monotonic() + 60  # the plugin asks again once its quiet time ends
+            n = 0
+            while "hroute answers again" not in agent.agent_log:
+                assert time.monotonic() < deadline, agent.stderr
+                n += 1
+                assert agent.turn(f"are you there? ({n})")["response"] == "from local"
+        assert agent.agent_log.count(f"hroute: hroute answers again at {daemon.socket}") == 1
+        assert agent.agent_log.count("cannot reach hroute") == 1
