@@ -138,8 +138,14 @@ class _FailureClient:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def task_failure(self, task: str, reason: str, *, detail: str | None = None) -> Any:
-        body = {"reason": reason, **({"detail": detail[:2000]} if detail else {})}
+    def task_failure(
+        self, task: str, reason: str, *, detail: str | None = None, task_type: str | None = None
+    ) -> Any:
+        body = {
+            "reason": reason,
+            **({"detail": detail[:2000]} if detail else {}),
+            **({"type": task_type} if task_type else {}),
+        }
         try:
             status, answer = self._client.request(
                 "POST",
@@ -212,6 +218,7 @@ def register(ctx: Any) -> None:
         for name, handler, description in (
             ("escalate", escalator.request, "hroute: run the rest of this task on the cloud model"),
             ("local", escalator.keep_local, "hroute: keep this task on the local model until /new"),
+            ("task", escalator.set_type, "hroute: this task's type (chat, coding, ...) until /new"),
         ):
             try:
                 ctx.register_command(name, handler, description=description)

@@ -51,6 +51,14 @@ DEFAULT_LOCAL_PHRASES = (
 )
 ESCALATE_COMMAND = "/escalate"
 LOCAL_COMMAND = "/local"
+TASK_COMMAND = "/task"
+# Tools that touch code or the machine: a task that used one is `coding` (Hermes' names,
+# 0.18-0.22); `hroute: {coding_tools: [...]}` adds to them. A task that used no tool is `chat`.
+DEFAULT_CODING_TOOLS = (
+    "terminal", "process", "execute_code", "code_execution", "read_file", "write_file",
+    "patch", "apply_patch", "edit_file", "search_files", "file", "shell", "python",
+    "delegate_task", "cronjob",
+)  # fmt: skip
 # "don't use the cloud", "never send this online", "no remote model", "without the cloud".
 _NEGATIONS = frozenset(
     {"don't", "dont", "do not", "never", "no", "not", "without", "avoid", "mustn't", "must not",
@@ -75,6 +83,7 @@ class Settings:
     tool_failures: int = 2
     phrases: tuple[str, ...] = DEFAULT_PHRASES
     local_phrases: tuple[str, ...] = DEFAULT_LOCAL_PHRASES
+    coding_tools: tuple[str, ...] = DEFAULT_CODING_TOOLS
 
     @property
     def enabled(self) -> bool:
@@ -95,6 +104,8 @@ def load_settings(
     tool_failures = _positive(block.get("tool_failures"))
     phrases = block.get("escalate_phrases")
     local_phrases = block.get("local_phrases")
+    extra_tools = block.get("coding_tools")
+    extra = tuple(str(t).strip() for t in extra_tools) if isinstance(extra_tools, list) else ()
     return Settings(
         profile=str(profile).strip() or None if profile else None,
         paid=paid if paid in PAID_POLICIES else "deny",
@@ -110,6 +121,7 @@ def load_settings(
             if isinstance(local_phrases, list)
             else DEFAULT_LOCAL_PHRASES
         ),
+        coding_tools=DEFAULT_CODING_TOOLS + tuple(t for t in extra if t),
     )
 
 
@@ -129,7 +141,7 @@ class Intent:
     """What the user said about where this task may run: `local` (pin it to the local model
     until `/new`) or `escalate` (run the rest of it on the cloud), and the words that said so."""
 
-    where: str  # "local" | "escalate"
+    where: str  # "local" | "escalate" | "task" (words: the type the user gave)
     words: str
 
 
@@ -182,6 +194,10 @@ def intent(message: Any, settings: Settings) -> Intent | None:
         return Intent("local", LOCAL_COMMAND)
     if text.startswith(ESCALATE_COMMAND):
         return Intent("escalate", ESCALATE_COMMAND)
+    if text.startswith(TASK_COMMAND + " "):
+        kind = task_type_arg(text[len(TASK_COMMAND) :])
+        if kind:
+            return Intent("task", kind)
     words = _words(text)
     negated = _negated_cloud(words)
     if negated:
@@ -191,6 +207,37 @@ def intent(message: Any, settings: Settings) -> Intent | None:
         return Intent("local", private)
     asked = next((p for p in settings.phrases if p and _contains(words, p)), None)
     return Intent("escalate", asked) if asked else None
+
+
+def task_type_arg(raw: str) -> str | None:
+    """The type in `/task TYPE` (a word of letters, digits, `_ . -`), or None."""
+    word = raw.strip().split(" ", 1)[0].lower() if raw.strip() else ""
+    return word if re.fullmatch(r"[a-z0-9_.-]{1,64}", word) else None
+
+
+def tools_used(messages: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The names of the tools the assistant called in these messages."""
+    names = []
+    for message in messages:
+        if message.get("role") == "assistant":
+            for call in message.get("tool_calls") or ():
+                fn = call.get("function") if isinstance(call, Mapping) else None
+                if isinstance(fn, Mapping) and fn.get("name"):
+                    names.append(str(fn["name"]))
+        elif message.get("role") == "tool" and message.get("name"):
+            names.append(str(message["name"]))
+    return names
+
+
+def task_type(current: str | None, used: Sequence[str], settings: Settings) -> str:
+    """A task's type after a turn that called `used`: `coding` once it used a tool that
+    touches code or the machine (it stays coding), `chat` while it used no tool at all, and
+    "" (no type: the profile's escalation as it is) once it used other tools only."""
+    if current == "coding" or any(name in settings.coding_tools for name in used):
+        return "coding"
+    if used:
+        return ""
+    return "chat" if current in (None, "chat") else current
 
 
 def user_request(message: Any, settings: Settings) -> str | None:

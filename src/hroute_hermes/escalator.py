@@ -30,6 +30,10 @@ from .escalation import (
     failed_attempt,
     intent,
     missing_profile,
+    task_type,
+    task_type_arg,
+    tools_used,
+    turn_messages,
 )
 from .reports import normalized_url
 
@@ -85,6 +89,9 @@ class Escalator:
         self._looked_up: set[str] = set()  # sessions hroute was asked about once (--resume)
         self._budget: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._turn = threading.local()  # what Hermes did within the turn on this thread
+        self.types: dict[str, str] = {}  # session -> its task type ("" for none)
+        self._typed_by_user: set[str] = set()  # sessions whose type the user set (/task)
+        self._local_only: set[str] = set()  # sessions hroute said are local_only by type
         self._announced = False
         self._profile_checked = False
         self.profile_missing = False  # hroute said it has no such profile: escalation off
@@ -135,6 +142,14 @@ class Escalator:
             "fallback); /escalate lifts it"
         ))  # fmt: skip
 
+    def set_type(self, raw_args: str = "") -> str:
+        """Hermes' `/task TYPE` slash command: this chat's task is of type TYPE (its
+        `escalation.task_types` rule in hroute applies) until /new."""
+        kind = task_type_arg(raw_args)
+        if kind is None:
+            return "hroute: /task TYPE, e.g. /task chat or /task coding"
+        return self._command(Intent("task", kind), f"hroute: this task is {kind} until /new")
+
     def _command(self, wanted: Intent, said: str) -> str:
         who = command_chat()
         with self._lock:
@@ -161,6 +176,18 @@ class Escalator:
                 keys.append(("any",))
             found = [w for w in (self._pending.pop(k, None) for k in keys) if w is not None]
         return found[-1] if found else None
+
+    def _set_type(self, session: str, kind: str, why: str) -> None:
+        with self._lock:
+            before = self.types.pop(session, None)
+            self.types[session] = kind
+            _bound(self.types)
+            if before == kind:
+                return
+            self._looked_up.discard(session)  # ask hroute again: the type's rule may differ
+            self._local_only.discard(session)
+        if before is not None or kind != "chat":
+            log.info("hroute: task %s is %s (%s)", session, kind or "of no listed type", why)
 
     def _pin(self, session: str, wanted: Intent) -> None:
         with self._lock:
@@ -191,6 +218,14 @@ class Escalator:
                 self._seen[session] = None
                 _bound(self._seen)
             wanted = self._take_pending(agent, raw, session) or intent(user_message, self.settings)
+            if wanted is not None and wanted.where == "task":
+                self._set_type(session, wanted.words, "the user said /task")
+                self._typed_by_user.add(session)
+                wanted = intent(user_message, self.settings)
+                wanted = wanted if wanted is not None and wanted.where != "task" else None
+            elif session not in self.types:
+                self.types[session] = "chat"  # no tool used yet
+                _bound(self.types)
             if wanted is not None and wanted.where == "local":
                 self._pin(session, wanted)  # before anything: nothing of it leaves the machine
             elif wanted is not None and session in self.pinned:
@@ -218,6 +253,11 @@ class Escalator:
             with self._lock:
                 self._aliases[after] = session
                 _bound(self._aliases)
+        if session is not None and session not in self._typed_by_user:
+            used = tools_used(turn_messages(result.get("messages") if isinstance(result, dict)
+                                            else None))  # fmt: skip
+            kind = task_type(self.types.get(session), used, self.settings)
+            self._set_type(session, kind, f"it used {', '.join(dict.fromkeys(used))}")
         if session is None or pinned or asked is not None:
             return result
         if _on_fallback(agent):
@@ -253,7 +293,9 @@ class Escalator:
                 self.confirmed.discard(gone)
                 self.asked.discard(gone)
                 self._said.pop(gone, None)
-        answer = self.client.task_failure(session, failure.reason, detail=failure.detail)
+        answer = self.client.task_failure(
+            session, failure.reason, detail=failure.detail, task_type=self.types.get(session)
+        )
         profile = self.settings.profile
         if not isinstance(answer, dict):
             log.info(
@@ -342,6 +384,9 @@ class Escalator:
         session = self._task(_session(agent))
         if session is not None and session in self.pinned and _user_facing(agent):
             return f"task {session} is pinned to the local model ({self.pinned[session]!r})"
+        if session is not None and session in self._local_only and _user_facing(agent):
+            kind = self.types.get(session)
+            return f"task {session} is {kind}, local_only in profile {self.settings.profile}"
         return None
 
     def budget_blocked(self, agent: Any = None) -> frozenset[str]:
@@ -370,9 +415,19 @@ class Escalator:
 
     def _decision(self, agent: Any, session: str, *, confirmed: bool) -> Decision:
         allow = self.settings.paid == "allow" or confirmed
-        answer = self.client.route(self.settings.profile, task=session, allow_paid=allow)
+        kind = self.types.get(session) or None
+        answer = self.client.route(
+            self.settings.profile, task=session, allow_paid=allow,
+            **({"task_type": kind} if kind else {}),
+        )  # fmt: skip
         if isinstance(answer, dict):
             answer = {**answer, "base_url": normalized_url(answer.get("base_url"))}
+            rule = (answer.get("task_type") or {}).get("rule")
+            with self._lock:
+                if rule == "local_only":
+                    self._local_only.add(session)
+                else:
+                    self._local_only.discard(session)
         chain = getattr(agent, "_fallback_chain", None) or []
         urls = [normalized_url(e.get("base_url")) if isinstance(e, dict) else None for e in chain]
         return decide(

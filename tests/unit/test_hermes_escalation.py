@@ -18,7 +18,9 @@ from hroute_hermes.escalation import (
     failed_attempt,
     intent,
     load_settings,
+    task_type,
     tool_error,
+    tools_used,
     turn_messages,
     user_request,
 )
@@ -272,8 +274,14 @@ class FakeRouter:
             return None
         return [] if profile in self.profiles else ["", *self.profiles]
 
-    def task_failure(self, task: str, reason: str, *, detail: str | None = None) -> dict:
+    rules: dict[str, str] = {}  # task type -> local_only | escalate, as in the profile
+    types: list[str | None] = []
+
+    def task_failure(
+        self, task: str, reason: str, *, detail: str | None = None, task_type: str | None = None
+    ) -> dict:
         self.calls.append(("task_failure", (task, reason)))
+        self.types = [*self.types, task_type]
         reasons = self.failures.setdefault(task, [])
         reasons.append(reason)
         return {"task": task, "failures": len(reasons), "escalated": {"coding": self._on(task)}}
@@ -282,8 +290,20 @@ class FakeRouter:
         reasons = self.failures.get(task, [])
         return "user_request" in reasons or len(reasons) >= self.max_local
 
-    def route(self, profile: str, *, task: str | None = None, allow_paid: bool = False) -> dict:
+    def route(
+        self,
+        profile: str,
+        *,
+        task: str | None = None,
+        allow_paid: bool = False,
+        task_type: str | None = None,
+    ) -> dict:
         self.calls.append(("route", (task, allow_paid)))
+        rule = self.rules.get(task_type or "")
+        if rule == "local_only":
+            return {"profile": profile, "backend": "qwen", "chain": [], "base_url": PRIMARY,
+                    "note": f"task type {task_type} is local_only in profile {profile}: "
+                    "staying local", "task_type": {"type": task_type, "rule": rule}}  # fmt: skip
         if task is None:  # the plain route: which paid backends are past their budget
             reason = "budget_exhausted: $5.00 of $5.00 today" if self.budget_spent else None
             return {"profile": profile, "backend": "qwen", "chain": [
@@ -796,3 +816,76 @@ def test_an_unreachable_socket_is_said_once_with_its_cause_and_fix_and_once_when
         assert socket_trouble(path)[0].startswith("not answering: connection refused")
     finally:
         server.close()
+
+
+# --- task types (issue 22): chat stays local, coding escalates ------------------------------
+
+
+def call(name: str, arguments: str = "{}") -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "tool_calls": [{"function": {"name": name, "arguments": arguments}}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("current", "used", "kind"),
+    [
+        (None, [], "chat"),
+        ("chat", ["terminal"], "coding"),
+        ("coding", [], "coding"),  # once coding, it stays coding
+        ("chat", ["web_search"], ""),  # used a tool, none that touches code: no type
+        ("", [], ""),
+        ("chat", ["my_build_tool"], ""),
+    ],
+)
+def test_a_tasks_type_follows_what_it_did(current: str | None, used: list[str], kind: str) -> None:
+    assert task_type(current, used, ON) == kind
+
+
+def test_the_coding_tool_list_is_extended_in_the_hroute_block() -> None:
+    settings = load_settings({"hroute": {"profile": "p", "coding_tools": ["my_build_tool"]}}, {})
+    assert task_type("chat", ["my_build_tool"], settings) == "coding"
+    assert "terminal" in settings.coding_tools
+    assert tools_used([call("terminal"), tool("x", "terminal"), call("read_file")]) == [
+        "terminal", "terminal", "read_file",
+    ]  # fmt: skip
+
+
+def test_a_chat_task_that_is_local_only_stays_local_whatever_fails_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = FakeRouter(max_local=1)
+    router.rules = {"chat": "local_only", "coding": "escalate"}
+    agent, escalator, _ = escalating(router)
+    caplog.set_level(logging.INFO, "hroute_hermes")
+    for _ in range(3):  # no tool: chat; the answer is empty every time
+        turn(escalator, agent, "tell me a story", answer=result(""))
+        assert agent.model == "gemma" and not agent._fallback_activated
+    assert router.types == ["chat"] * 3
+    assert agent._try_activate_fallback() is False  # Hermes' own fallback too
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("task type chat is local_only in profile coding" in line for line in lines) >= 1
+
+    agent.session_id = "s2"  # a coding task: its failures escalate
+    coding = result("", call("terminal"), tool(BAD), tool(BAD))
+    turn(escalator, agent, "fix the build", answer=coding)
+    assert router.types[-1] == "coding"
+    assert turn(escalator, agent, "go on")["final_response"] == "answer on fb2"
+    assert any("task s2 is coding (it used terminal" in line for line in lines + [
+        r.getMessage() for r in caplog.records
+    ])  # fmt: skip
+
+
+def test_task_command_sets_the_type_until_new() -> None:
+    router = FakeRouter(max_local=1)
+    router.rules = {"chat": "local_only"}
+    agent, escalator, _ = escalating(router)
+    assert "this task is chat" in escalator.set_type("chat")
+    turn(
+        escalator, agent, "run the tests", answer=result("", call("terminal"), tool(BAD), tool(BAD))
+    )
+    assert router.types == ["chat"]  # the user said chat: the terminal does not change it
+    assert agent.model == "gemma"
+    turn(escalator, agent, "/task coding now")
+    assert escalator.types["s1"] == "coding"

@@ -8,6 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+LOCAL_ONLY = "local_only"
+ESCALATE = "escalate"
+
+
+def task_rule(escalation: Any, task_type: str | None) -> str | None:
+    """The profile's rule for a task type: local_only, escalate, another profile's name, or
+    None (the type is not listed, or not known: the profile's escalation as it is)."""
+    if not task_type:
+        return None
+    return escalation.task_types.get(task_type)
+
+
 # The one list of task-level failure reasons (config, API, CLI and client use it).
 TASK_REASONS = (
     "repeated_tool_failure",
@@ -24,6 +36,7 @@ class TaskState:
     last_at: float = 0.0
     detail: str = ""  # what the agent said of the last failure
     announced: set[str] = field(default_factory=set)  # profiles whose escalation was logged
+    task_type: str | None = None  # what the agent last said the task is (chat, coding, ...)
 
     def escalated(self, escalation: Any, now: float) -> tuple[bool, str]:
         """Whether the task has failed locally often enough to skip the local tier, and why.
@@ -49,10 +62,14 @@ class Tasks:
         self._tasks: dict[str, TaskState] = {}
         self.changes = 0  # bumped on every change: the state saver compares this, not 10k tasks
 
-    def record(self, task: str, reason: str, now: float, ttl_s: float) -> TaskState:
-        """Count one failure of `task`."""
+    def record(
+        self, task: str, reason: str, now: float, ttl_s: float, task_type: str | None = None
+    ) -> TaskState:
+        """Count one failure of `task` (of type `task_type`, when the agent says)."""
         self.expire(now, ttl_s)
         state = self._tasks.pop(task, None) or TaskState()
+        if task_type:
+            state.task_type = task_type
         if len(self._tasks) >= self.MAX_TASKS:
             del self._tasks[next(iter(self._tasks))]  # the least recently failed
         state.reasons = (state.reasons + [reason])[-50:]

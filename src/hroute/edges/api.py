@@ -97,6 +97,7 @@ class TaskFailureBody(BaseModel):
     reason: Literal[TASK_REASONS]  # type: ignore[valid-type]
     profile: str | None = None
     detail: str | None = Field(None, max_length=2000)
+    type: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class UsageBody(BaseModel):
@@ -200,6 +201,7 @@ def make_api(deps: Deps, *, max_connections: int = 512) -> HttpServer:
             needs=needs,
             allow_paid=allow_paid,
             credential=credential,
+            task_type=query.get("task_type") or None,
         )
         if answer["backend"] is None:
             headers = {}
@@ -238,7 +240,9 @@ def make_api(deps: Deps, *, max_connections: int = 512) -> HttpServer:
             return error_response(400, "bad_request", _problems(exc))
         if not re.match(TASK_ID_PATTERN, task):
             raise _BadRequest("task ids are 1-128 of A-Z a-z 0-9 _ . : @ / + = -")
-        answer = reg.record_task_failure(task, data.reason, clean(data.detail or "", DETAIL_CHARS))
+        answer = reg.record_task_failure(
+            task, data.reason, clean(data.detail or "", DETAIL_CHARS), data.type
+        )
         return json_response(answer, 202)
 
     def usage(request: Request) -> Response:
