@@ -265,13 +265,28 @@ def tool_error(message: Any) -> str | None:
     return None
 
 
-def turn_messages(messages: Any) -> list[Mapping[str, Any]]:
-    """The messages of the latest turn: everything after the last user message."""
+def turn_messages(messages: Any, user_message: Any = None) -> list[Mapping[str, Any]]:
+    """The messages of the latest turn: everything after the user's message of the turn
+    (`user_message`; else the last user message). Hermes adds user-role messages of its own
+    within a turn ("[Tool loop warning: ...]"): they do not start a new turn."""
     if not isinstance(messages, Sequence) or isinstance(messages, str):
         return []
     rows = [m for m in messages if isinstance(m, Mapping)]
-    last_user = max((i for i, m in enumerate(rows) if m.get("role") == "user"), default=-1)
-    return rows[last_user + 1 :]
+    users = [i for i, m in enumerate(rows) if m.get("role") == "user"]
+    if isinstance(user_message, str) and user_message.strip():
+        mine = [i for i in users if _text(rows[i].get("content")) == user_message.strip()]
+        users = mine or users
+    return rows[users[-1] + 1 :] if users else rows
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content.strip()
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        return " ".join(
+            str(p.get("text")) for p in content if isinstance(p, Mapping) and p.get("text")
+        ).strip()
+    return ""
 
 
 @dataclass(frozen=True)
@@ -305,7 +320,8 @@ def failed_attempt(
         )
     result = result if isinstance(result, Mapping) else {}
     error = str(result.get("error") or "")
-    errors = [e for e in map(tool_error, turn_messages(result.get("messages"))) if e]
+    messages = turn_messages(result.get("messages"), user_message)
+    errors = [e for e in map(tool_error, messages) if e]
     if len(errors) >= settings.tool_failures or "invalid tool call" in error.lower():
         shown = "; ".join(dict.fromkeys(errors)) or error
         return Failure("repeated_tool_failure", f"{len(errors)} tool errors this turn ({shown})")
@@ -321,7 +337,7 @@ def failed_attempt(
         and _same_request(user_message, previous_message)
     ):
         return Failure("no_progress", "the same answer to the same request as the previous turn")
-    loop = _tool_loop(turn_messages(result.get("messages")))
+    loop = _tool_loop(messages)
     if loop:
         return Failure("no_progress", loop)
     return None

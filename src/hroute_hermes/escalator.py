@@ -254,8 +254,8 @@ class Escalator:
                 self._aliases[after] = session
                 _bound(self._aliases)
         if session is not None and session not in self._typed_by_user:
-            used = tools_used(turn_messages(result.get("messages") if isinstance(result, dict)
-                                            else None))  # fmt: skip
+            messages = result.get("messages") if isinstance(result, dict) else None
+            used = tools_used(turn_messages(messages, user_message))
             kind = task_type(self.types.get(session), used, self.settings)
             self._set_type(session, kind, f"it used {', '.join(dict.fromkeys(used))}")
         if session is None or pinned or asked is not None:
@@ -348,7 +348,8 @@ class Escalator:
                 decision = Decision("local", f"{decision.why}, but the user did not allow paid use")
         if decision.action in ("none", "local"):
             if decision.why:
-                self._say(session, f"hroute: task {session}: {decision.why}; staying local")
+                tail = "" if decision.why.endswith("staying local") else "; staying local"
+                self._say(session, f"hroute: task {session}: {decision.why}{tail}")
             return False, None
         if decision.action == "stay":
             self._say(session, f"hroute: task {session}: {decision.why}; staying on {agent.model}")

@@ -49,7 +49,9 @@ def cloud() -> Iterator[FakeBackend]:
         yield fb
 
 
-def hroute_config(local: FakeBackend, cloud: FakeBackend, budget: str = "") -> str:
+def hroute_config(
+    local: FakeBackend, cloud: FakeBackend, budget: str = "", escalation: str = ""
+) -> str:
     return (
         "defaults:\n"
         "  probe: {interval_s: 0.3, timeout_s: 1, fall: 1, rise: 1, jitter: 0}\n"
@@ -63,7 +65,7 @@ def hroute_config(local: FakeBackend, cloud: FakeBackend, budget: str = "") -> s
         "    escalation:\n"
         f"      max_local_attempts: {MAX_LOCAL_ATTEMPTS}\n"
         "      trigger_on: [repeated_tool_failure, invalid_output, no_progress, task_timeout,"
-        " user_request]\n" + budget
+        " user_request]\n" + escalation + budget
     )
 
 
@@ -433,3 +435,42 @@ def test_an_unreachable_hroute_is_said_once_and_once_when_it_answers_again(
                 assert agent.turn(f"are you there? ({n})")["response"] == "from local"
         assert agent.agent_log.count(f"hroute: hroute answers again at {daemon.socket}") == 1
         assert agent.agent_log.count("cannot reach hroute") == 1
+
+
+def test_with_task_types_chat_stays_local_and_coding_escalates_in_one_hermes(
+    python: str, hermes: Hermes, tmp_path: Path, local: FakeBackend, cloud: FakeBackend
+) -> None:
+    rules = "      task_types: {chat: local_only, coding: escalate}\n"
+    config = hroute_config(local, cloud, escalation=rules)
+    with (
+        hroute_daemon(tmp_path, config) as daemon,
+        agent_for(python, tmp_path, local, cloud, daemon, toolsets=("file",)) as agent,
+    ):
+        daemon.wait_state("local", "healthy")
+        # A chat (no tool): the same answer to the same question, again and again.
+        local.clear_behaviors()
+        local.reply = "I am not sure."
+        for _ in range(MAX_LOCAL_ATTEMPTS + 2):
+            answer = agent.turn("what is the capital of Australia?")
+            assert answer["response"] == "I am not sure.", (answer, agent.stderr)
+        chat = answer["session_id"]
+        assert [r for t, r in failures(daemon) if t == chat] == ["no_progress"] * (
+            MAX_LOCAL_ATTEMPTS + 1
+        )
+        assert posts(cloud) == 0
+        assert "task type chat is local_only in profile coding: staying local" in agent.agent_log
+
+        # A coding task (a file tool) that keeps failing: escalated after max_local_attempts.
+        agent.new_session()
+        missing = '{"path": "/nonexistent/hroute-test/main.py"}'
+        local.set_behavior(
+            "/v1/chat/completions", Behavior(body=tool_call_sse("read_file", missing))
+        )
+        for n in range(MAX_LOCAL_ATTEMPTS):
+            answer = agent.turn(f"fix main.py, attempt {n}")
+        coding = answer["session_id"]
+        assert coding != chat
+        log = agent.agent_log
+        assert f"task {coding} is coding (it used read_file)" in log, log
+        answer = agent.turn("and now?")
+        assert answer["response"] == "from cloud", (answer, agent.stderr)

@@ -889,3 +889,18 @@ def test_task_command_sets_the_type_until_new() -> None:
     assert agent.model == "gemma"
     turn(escalator, agent, "/task coding now")
     assert escalator.types["s1"] == "coding"
+
+
+def test_hermes_own_user_messages_within_a_turn_do_not_hide_its_tool_calls() -> None:
+    """Hermes 0.18-0.22 add "[Tool loop warning: ...]" as a user message mid-turn."""
+    messages = [
+        {"role": "user", "content": "fix main.py"},
+        call("read_file"),
+        tool(BAD, "read_file"),
+        {"role": "user", "content": "[Tool loop warning: repeated_exact_failure_warning]"},
+        call("read_file"),
+        tool(BAD, "read_file"),
+    ]
+    assert tools_used(turn_messages(messages, "fix main.py")) == ["read_file"] * 4
+    failure = failed_attempt(result("", *messages[1:]), 1.0, ON, user_message="q")
+    assert failure is not None and failure.reason == "repeated_tool_failure", failure
