@@ -46,6 +46,8 @@ _FORKS = frozenset({"background_review", "side_question"})
 # How long hroute's list of paid backends past their budget is trusted (it gates every fallback
 # activation and auxiliary call; one question per this many seconds at most).
 BUDGET_VIEW_S = 2.0
+# While hroute does not answer, whether the profile exists is asked again this often at most.
+PROFILE_RETRY_S = 30.0
 
 
 def approval_callback() -> Callable[..., Any] | None:
@@ -94,6 +96,7 @@ class Escalator:
         self._local_only: set[str] = set()  # sessions hroute said are local_only by type
         self._announced = False
         self._profile_checked = False
+        self._profile_retry_at = float("-inf")
         self.profile_missing = False  # hroute said it has no such profile: escalation off
         self._aliases: dict[str, str] = {}  # a session id Hermes' compression rotated to -> task
 
@@ -105,9 +108,11 @@ class Escalator:
         """Say once that escalation is on, at the first turn: Hermes' log exists by then.
         Until hroute has answered, each turn checks that the profile exists; a profile hroute
         does not have switches escalation off, said once with the closest name."""
-        if not self._profile_checked:
+        if not self._profile_checked and self._clock() >= self._profile_retry_at:
             known = self.client.profile_missing(self.settings.profile)
-            if known is not None:
+            if known is None:  # no answer: ask again later, not at every turn
+                self._profile_retry_at = self._clock() + PROFILE_RETRY_S
+            else:
                 self._profile_checked = True
                 if known:
                     self.profile_missing = True

@@ -770,10 +770,13 @@ def test_a_misspelt_profile_is_said_at_the_first_turn_with_the_closest_name_and_
 def test_the_profile_is_checked_again_until_hroute_answers() -> None:
     router = FakeRouter()
     router.profiles = None
-    agent, escalator, _ = escalating(router, Settings(profile="codin"))
+    agent, escalator, clock = escalating(router, Settings(profile="codin"))
     turn(escalator, agent)
     assert not escalator.profile_missing
     router.profiles = ["coding"]
+    turn(escalator, agent)
+    assert not escalator.profile_missing  # not asked again at every turn
+    clock.t += 31
     turn(escalator, agent)
     assert escalator.profile_missing
 
