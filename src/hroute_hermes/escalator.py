@@ -496,12 +496,12 @@ def command_chat() -> tuple[str, str] | None:
             key = None
         if isinstance(key, str) and key:
             return ("chat", key)
-    frame = sys._getframe(1)
+    frame: Any = sys._getframe(1)
     for _ in range(40):
-        frame = frame.f_back  # type: ignore[assignment]
         if frame is None:
             return None
         owner, event = frame.f_locals.get("self"), frame.f_locals.get("event")
+        frame = frame.f_back
         if owner is None:
             continue
         if event is not None and callable(getattr(owner, "_session_key_for_source", None)):

@@ -907,3 +907,34 @@ def test_hermes_own_user_messages_within_a_turn_do_not_hide_its_tool_calls() -> 
     assert tools_used(turn_messages(messages, "fix main.py")) == ["read_file"] * 4
     failure = failed_attempt(result("", *messages[1:]), 1.0, ON, user_message="q")
     assert failure is not None and failure.reason == "repeated_tool_failure", failure
+
+
+def test_hermes_022_gateway_names_the_chat_of_a_command_in_its_session_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+    import types
+
+    from hroute_hermes.escalator import command_chat
+
+    context = types.ModuleType("gateway.session_context")
+    key = {"HERMES_SESSION_KEY": "agent:main:telegram:dm:B"}
+    context.get_session_env = lambda name, default="": key.get(name, default)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "gateway.session_context", context)
+    assert command_chat() == ("chat", "agent:main:telegram:dm:B")
+    key.clear()
+    assert command_chat() is None  # outside a gateway command, and no CLI up the stack
+
+
+def test_the_cli_names_its_session_from_up_the_stack() -> None:
+    from hroute_hermes.escalator import command_chat
+
+    class HermesCLI:
+        def __init__(self) -> None:
+            self.session_id = "cli-1"
+            self.agent = None
+
+        def process_command(self) -> Any:
+            return command_chat()
+
+    assert HermesCLI().process_command() == ("session", "cli-1")
