@@ -233,6 +233,15 @@ def test_escalate_typed_by_the_user_runs_the_next_turn_on_the_cloud(
         assert "escalated: user_request; running the rest of it on cloud-model" in agent.agent_log
 
 
+def logged(agent: HermesAgent, text: str, timeout_s: float = 10.0) -> str:
+    """agent.log once it has `text` (Hermes may write its log a moment after the turn)."""
+    deadline = time.monotonic() + timeout_s
+    while text not in (log := agent.agent_log):
+        assert time.monotonic() < deadline, f"{text!r} not in agent.log:\n{log[-3000:]}"
+        time.sleep(0.05)
+    return log
+
+
 def failures(daemon: Daemon) -> list[tuple[str, str]]:
     return [(e["task"], e["reason"]) for e in events(daemon, "task_failure")]
 
@@ -262,9 +271,8 @@ def test_a_negated_request_for_the_cloud_pins_the_task_local_whatever_fails(
         answer = agent.turn("and now?", timeout_s=120)
         assert not answer["fallback_active"] and posts(cloud) == 0, (answer, agent.stderr)
         assert failures(daemon) == []
-        log = agent.agent_log
+        log = logged(agent, f"not switching to a fallback: task {session} is pinned")
         assert f"task {session}: pinned to the local model" in log, log
-        assert f"not switching to a fallback: task {session} is pinned" in log, log
 
         local.clear_behaviors()
         agent.new_session()  # the pin was that task's
@@ -300,7 +308,7 @@ def test_escalate_and_local_typed_in_one_gateway_chat_touch_only_that_chat(
             assert not agent.chat("B", f"attempt {n}")["fallback_active"]
         assert posts(cloud) == before
         assert failures(daemon) == [("chat-A", "user_request")]
-        assert "task chat-B: pinned to the local model (the user said '/local')" in agent.agent_log
+        logged(agent, "task chat-B: pinned to the local model (the user said '/local')")
 
 
 @pytest.mark.timeout(300)  # Hermes 0.22 takes ~50 s over an empty answer
@@ -319,9 +327,8 @@ def test_a_spent_budget_means_no_paid_call_when_the_local_model_answers_nothing(
             answer = agent.turn(f"question {n}", timeout_s=120)
             assert not answer["fallback_active"], (answer, agent.stderr)
         assert posts(cloud) == 0, agent.stderr
-        log = agent.agent_log
+        log = logged(agent, "a paid model needs hroute.paid: allow (or confirm); staying local")
         assert "not switching to fallback" in log and "past its budget" in log, log
-        assert "a paid model needs hroute.paid: allow (or confirm); staying local" in log, log
 
 
 @pytest.mark.timeout(300)  # Hermes 0.22 takes ~50 s over an empty answer
@@ -344,7 +351,7 @@ def test_an_empty_local_answer_escalates_instead_of_being_retried_every_turn(
         before = posts(local)
         answer = agent.turn("and now?")  # escalated: no more empty local attempts
         assert answer["fallback_active"] and posts(local) == before, (answer, agent.stderr)
-        assert "Hermes finished the turn on its fallback" in agent.agent_log
+        logged(agent, "Hermes finished the turn on its fallback")
 
 
 def test_a_resumed_escalated_session_runs_on_the_cloud_in_a_new_process(
@@ -397,8 +404,8 @@ def test_a_misspelt_profile_is_said_by_the_plugin_and_by_doctor(
         daemon.wait_state("local", "healthy")
         for n in range(MAX_LOCAL_ATTEMPTS + 1):  # failing turns: nothing escalates, as said
             agent.turn(f"what is the weather, attempt {n}")
-        log = agent.agent_log
         said = "hroute: profile 'Coding' does not exist in hroute (it has: coding); did you mean"
+        log = logged(agent, said)
         assert log.count(said) == 1, log
         assert "escalation on for profile" not in log, log
         checks = run_checks(daemon.config_path, daemon.socket, str(agent.home), python)
@@ -422,8 +429,8 @@ def test_an_unreachable_hroute_is_said_once_and_once_when_it_answers_again(
     with agent_for(python, tmp_path, local, cloud, daemon) as agent:
         for n in range(3):  # turns go on without hroute
             assert agent.turn(f"hello {n}")["response"] == "from local", agent.stderr
-        log = agent.agent_log
         said = f"cannot reach hroute at {daemon.socket} (missing: no socket there"
+        log = logged(agent, said)
         assert log.count(said) == 1 and "Fix: start hroute" in log, log
         with daemon:
             daemon.wait_state("local", "healthy")
@@ -458,7 +465,7 @@ def test_with_task_types_chat_stays_local_and_coding_escalates_in_one_hermes(
             MAX_LOCAL_ATTEMPTS + 1
         )
         assert posts(cloud) == 0
-        assert "task type chat is local_only in profile coding: staying local" in agent.agent_log
+        logged(agent, "task type chat is local_only in profile coding: staying local")
 
         # A coding task (a file tool) that keeps failing: escalated after max_local_attempts.
         agent.new_session()
@@ -470,7 +477,6 @@ def test_with_task_types_chat_stays_local_and_coding_escalates_in_one_hermes(
             answer = agent.turn(f"fix main.py, attempt {n}")
         coding = answer["session_id"]
         assert coding != chat
-        log = agent.agent_log
-        assert f"task {coding} is coding (it used read_file)" in log, log
+        logged(agent, f"task {coding} is coding (it used read_file)")
         answer = agent.turn("and now?")
         assert answer["response"] == "from cloud", (answer, agent.stderr)
