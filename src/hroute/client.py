@@ -170,6 +170,7 @@ class Client:
         needs: str | None = None,
         allow_paid: bool = False,
         credential: str | None = None,
+        task_type: str | None = None,
     ) -> dict[str, Any] | None:
         """The backend to use for `profile`, or None when hroute cannot say (fail open).
 
@@ -182,7 +183,9 @@ class Client:
         query = {"profile": profile}
         if exclude:
             query["exclude"] = ",".join(exclude)
-        for key, value in (("task", task), ("needs", needs), ("credential", credential)):
+        for key, value in (
+            ("task", task), ("needs", needs), ("credential", credential), ("task_type", task_type)
+        ):  # fmt: skip
             if value:
                 query[key] = value
         if allow_paid:

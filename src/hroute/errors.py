@@ -48,6 +48,7 @@ class UnknownProfileError(HrouteError):
 
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
+        self.known = sorted(known)
         super().__init__(
             f"unknown profile {name!r} (configured: {', '.join(sorted(known)) or 'none'})"
         )

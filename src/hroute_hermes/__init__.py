@@ -33,7 +33,7 @@ from hroute.client import Client
 
 from .escalation import Settings, load_settings
 from .escalator import FAILURE_BUDGET_S, Escalator
-from .gate import Gate, HealthView
+from .gate import Gate, HealthView, SocketWatch
 from .reports import (
     Reporter,
     credential_fingerprint,
@@ -68,7 +68,9 @@ class HermesPlugin:
         self.client = client if client is not None else Client(budget_s=USABLE_BUDGET_S)
         self.status = Status()
         self.reporter = Reporter(self._send, maxsize=queue_size)
-        self.gate = Gate(HealthView(self.client.usable), report=self._report)
+        path = getattr(self.client, "socket_path", None)
+        watch = SocketWatch(path) if path is not None else None
+        self.gate = Gate(HealthView(self.client.usable, watch=watch), report=self._report)
         self.wiring = Wiring(self.gate, self.status)
         self.settings = settings if settings is not None else Settings()
         if self.settings.enabled:
@@ -136,8 +138,14 @@ class _FailureClient:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def task_failure(self, task: str, reason: str, *, detail: str | None = None) -> Any:
-        body = {"reason": reason, **({"detail": detail[:2000]} if detail else {})}
+    def task_failure(
+        self, task: str, reason: str, *, detail: str | None = None, task_type: str | None = None
+    ) -> Any:
+        body = {
+            "reason": reason,
+            **({"detail": detail[:2000]} if detail else {}),
+            **({"type": task_type} if task_type else {}),
+        }
         try:
             status, answer = self._client.request(
                 "POST",
@@ -151,6 +159,24 @@ class _FailureClient:
 
     def route(self, profile: str | None, **kwargs: Any) -> Any:
         return self._client.route(profile, **kwargs) if profile else None
+
+    def profile_missing(self, profile: str | None) -> list[str] | None:
+        """[] when hroute has `profile`; ["", *the profiles it has] when it has not; None when
+        hroute did not answer (asked again at the next turn)."""
+        try:
+            status, answer = self._client.request(
+                "GET", f"/v1/route?profile={quote(str(profile), safe='')}",
+                budget_s=FAILURE_BUDGET_S,
+            )  # fmt: skip
+        except Exception:  # noqa: BLE001 - fail open
+            return None
+        if status in (200, 503):
+            return []
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if status == 404 and isinstance(error, dict) and error.get("code") == "unknown_profile":
+            known = error.get("known")
+            return ["", *(str(k) for k in known)] if isinstance(known, list) else [""]
+        return None
 
 
 def hermes_config() -> dict[str, Any]:
@@ -188,11 +214,13 @@ def register(ctx: Any) -> None:
         ", ".join(wrapped) or "nothing",
     )
     if plugin.gate.escalator is not None and hasattr(ctx, "register_command"):
-        try:
-            ctx.register_command(
-                "escalate",
-                plugin.gate.escalator.request,
-                description="hroute: run the rest of this task on the cloud model",
-            )
-        except Exception:  # noqa: BLE001 - the phrase and /escalate in a message still work
-            log.info("hroute: could not register /escalate; type it at the start of a message")
+        escalator = plugin.gate.escalator
+        for name, handler, description in (
+            ("escalate", escalator.request, "hroute: run the rest of this task on the cloud model"),
+            ("local", escalator.keep_local, "hroute: keep this task on the local model until /new"),
+            ("task", escalator.set_type, "hroute: this task's type (chat, coding, ...) until /new"),
+        ):
+            try:
+                ctx.register_command(name, handler, description=description)
+            except Exception:  # noqa: BLE001 - the phrases and /NAME in a message still work
+                log.info("hroute: could not register /%s; type it at the start of a message", name)

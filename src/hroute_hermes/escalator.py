@@ -13,6 +13,7 @@ Every decision is one `hroute_hermes` line in Hermes' log; hroute logs the match
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,12 +21,19 @@ from typing import Any
 
 from .escalation import (
     ESCALATE_COMMAND,
+    LOCAL_COMMAND,
     Decision,
     Failure,
+    Intent,
     Settings,
     decide,
     failed_attempt,
-    user_request,
+    intent,
+    missing_profile,
+    task_type,
+    task_type_arg,
+    tools_used,
+    turn_messages,
 )
 from .reports import normalized_url
 
@@ -35,6 +43,11 @@ log = logging.getLogger("hroute_hermes")
 FAILURE_BUDGET_S = 0.5
 _MAX_SESSIONS = 256
 _FORKS = frozenset({"background_review", "side_question"})
+# How long hroute's list of paid backends past their budget is trusted (it gates every fallback
+# activation and auxiliary call; one question per this many seconds at most).
+BUDGET_VIEW_S = 2.0
+# While hroute does not answer, whether the profile exists is asked again this often at most.
+PROFILE_RETRY_S = 30.0
 
 
 def approval_callback() -> Callable[..., Any] | None:
@@ -68,9 +81,23 @@ class Escalator:
         self.confirmed: set[str] = set()
         self.asked: set[str] = set()  # sessions whose user asked for the cloud
         self._said: dict[str, str] = {}  # session id -> the last decision logged
-        self._last_response: dict[str, str] = {}
-        self._requested: str | None = None  # `/escalate` typed since the last turn
+        self._last_response: dict[str, tuple[Any, str]] = {}
+        # `/escalate` or `/local` typed since the chat's last turn, by who typed it: a gateway
+        # chat ("chat", session key), a CLI session ("session", id), or ("any",) when the
+        # process has one session at most and the command could not say whose it was.
+        self._pending: dict[tuple[str, ...], Intent] = {}
+        self.pinned: dict[str, str] = {}  # session id -> the words that pinned it local
+        self._seen: dict[str, None] = {}  # sessions that ran a turn in this process
+        self._looked_up: set[str] = set()  # sessions hroute was asked about once (--resume)
+        self._budget: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+        self._turn = threading.local()  # what Hermes did within the turn on this thread
+        self.types: dict[str, str] = {}  # session -> its task type ("" for none)
+        self._typed_by_user: set[str] = set()  # sessions whose type the user set (/task)
+        self._local_only: set[str] = set()  # sessions hroute said are local_only by type
         self._announced = False
+        self._profile_checked = False
+        self._profile_retry_at = float("-inf")
+        self.profile_missing = False  # hroute said it has no such profile: escalation off
         self._aliases: dict[str, str] = {}  # a session id Hermes' compression rotated to -> task
 
     def _task(self, session: str | None) -> str | None:
@@ -78,10 +105,23 @@ class Escalator:
         return self._aliases.get(session, session) if session is not None else None
 
     def announce(self) -> None:
-        """Say once that escalation is on, at the first turn: Hermes' log exists by then."""
+        """Say once that escalation is on, at the first turn: Hermes' log exists by then.
+        Until hroute has answered, each turn checks that the profile exists; a profile hroute
+        does not have switches escalation off, said once with the closest name."""
+        if not self._profile_checked and self._clock() >= self._profile_retry_at:
+            known = self.client.profile_missing(self.settings.profile)
+            if known is None:  # no answer: ask again later, not at every turn
+                self._profile_retry_at = self._clock() + PROFILE_RETRY_S
+            else:
+                self._profile_checked = True
+                if known:
+                    self.profile_missing = True
+                    log.warning("%s", missing_profile(str(self.settings.profile), known[1:]))
         if self._announced:
             return
         self._announced = True
+        if self.profile_missing:
+            return
         limit = self.settings.turn_timeout_s
         log.info(
             "hroute: escalation on for profile %s (paid past budget: %s%s)",
@@ -91,13 +131,80 @@ class Escalator:
         )
 
     def request(self, raw_args: str = "") -> str:
-        """Hermes' `/escalate` slash command: the next turn of this process escalates its
-        session (the command runs outside any turn, so it cannot know the session yet)."""
-        self._requested = f"{ESCALATE_COMMAND} {raw_args}".strip()
-        return (
+        """Hermes' `/escalate` slash command: the next turn of the chat it was typed in runs
+        on the cloud model (the command runs outside any turn: who typed it is found from
+        Hermes' gateway context or the CLI that called it)."""
+        return self._command(Intent("escalate", ESCALATE_COMMAND), (
             f"hroute: the next turn asks hroute (profile {self.settings.profile}) to run this "
             "task on the cloud model"
-        )
+        ))  # fmt: skip
+
+    def keep_local(self, raw_args: str = "") -> str:
+        """Hermes' `/local` slash command: this chat's task stays on the local model (no
+        escalation, no Hermes fallback) until `/new`."""
+        return self._command(Intent("local", LOCAL_COMMAND), (
+            "hroute: this task stays on the local model until /new (no escalation, no "
+            "fallback); /escalate lifts it"
+        ))  # fmt: skip
+
+    def set_type(self, raw_args: str = "") -> str:
+        """Hermes' `/task TYPE` slash command: this chat's task is of type TYPE (its
+        `escalation.task_types` rule in hroute applies) until /new."""
+        kind = task_type_arg(raw_args)
+        if kind is None:
+            return "hroute: /task TYPE, e.g. /task chat or /task coding"
+        return self._command(Intent("task", kind), f"hroute: this task is {kind} until /new")
+
+    def _command(self, wanted: Intent, said: str) -> str:
+        who = command_chat()
+        with self._lock:
+            if who is None:
+                if len(self._seen) > 1:
+                    return (
+                        f"hroute: cannot tell which chat typed {wanted.words}; start your "
+                        f"message with {wanted.words} instead"
+                    )
+                who = ("any",)
+            self._pending[who] = wanted
+            _bound(self._pending)
+        return said
+
+    def _take_pending(self, agent: Any, raw: str | None, session: str) -> Intent | None:
+        keys: list[tuple[str, ...]] = [("session", session)]
+        if raw is not None and raw != session:
+            keys.append(("session", raw))
+        chat = getattr(agent, "_gateway_session_key", None)
+        if isinstance(chat, str) and chat:
+            keys.append(("chat", chat))
+        with self._lock:
+            if len(self._seen) <= 1:
+                keys.append(("any",))
+            found = [w for w in (self._pending.pop(k, None) for k in keys) if w is not None]
+        return found[-1] if found else None
+
+    def _set_type(self, session: str, kind: str, why: str) -> None:
+        with self._lock:
+            before = self.types.pop(session, None)
+            self.types[session] = kind
+            _bound(self.types)
+            if before == kind:
+                return
+            self._looked_up.discard(session)  # ask hroute again: the type's rule may differ
+            self._local_only.discard(session)
+        if before is not None or kind != "chat":
+            log.info("hroute: task %s is %s (%s)", session, kind or "of no listed type", why)
+
+    def _pin(self, session: str, wanted: Intent) -> None:
+        with self._lock:
+            new = session not in self.pinned
+            self.pinned.pop(session, None)
+            self.pinned[session] = wanted.words
+            _bound(self.pinned)
+        if new:
+            log.info(
+                "hroute: task %s: pinned to the local model (the user said %r); no escalation "
+                "and no fallback for it until /new (/escalate lifts it)", session, wanted.words,
+            )  # fmt: skip
 
     # --- a turn --------------------------------------------------------------------------
 
@@ -105,20 +212,43 @@ class Escalator:
         """Stand-in for `run_conversation(agent, user_message, ...)`: runs it, then reports the
         turn to hroute if it was a failed local attempt."""
         self.announce()
-        if not _user_facing(agent):
+        if self.profile_missing or not _user_facing(agent):
             return run()
         raw = _session(agent)
         session = self._task(raw)
         asked = None
         if session is not None:
-            words, self._requested = (
-                self._requested or user_request(user_message, self.settings),
-                None,
-            )
-            asked = Failure("user_request", f"the user asked for it ({words!r})") if words else None
+            with self._lock:
+                self._seen.pop(session, None)
+                self._seen[session] = None
+                _bound(self._seen)
+            wanted = self._take_pending(agent, raw, session) or intent(user_message, self.settings)
+            if wanted is not None and wanted.where == "task":
+                self._set_type(session, wanted.words, "the user said /task")
+                self._typed_by_user.add(session)
+                wanted = intent(user_message, self.settings)
+                wanted = wanted if wanted is not None and wanted.where != "task" else None
+            elif session not in self.types:
+                self.types[session] = "chat"  # no tool used yet
+                _bound(self.types)
+            if wanted is not None and wanted.where == "local":
+                self._pin(session, wanted)  # before anything: nothing of it leaves the machine
+            elif wanted is not None and session in self.pinned:
+                if wanted.words == ESCALATE_COMMAND:  # only the explicit command lifts a pin
+                    with self._lock:
+                        self.pinned.pop(session, None)
+                    log.info("hroute: task %s: the user lifted the local pin (/escalate)", session)
+                else:
+                    wanted = None
+                    self._say(session, f"hroute: task {session}: pinned local; a phrase does "
+                              "not lift the pin (/escalate does)")  # fmt: skip
+            if wanted is not None and wanted.where == "escalate":
+                asked = Failure("user_request", f"the user asked for it ({wanted.words!r})")
             if asked is not None and session not in self.asked:
                 self.asked.add(session)  # once is enough: it escalates the whole task
                 self._report(agent, session, asked)  # before the turn: it runs escalated
+        pinned = session is not None and session in self.pinned
+        self._turn.left_for_answer = False
         started = self._clock()
         result = run()
         after = _session(agent)
@@ -128,16 +258,34 @@ class Escalator:
             with self._lock:
                 self._aliases[after] = session
                 _bound(self._aliases)
-        if session is None or asked is not None or _on_fallback(agent):
+        if session is not None and session not in self._typed_by_user:
+            messages = result.get("messages") if isinstance(result, dict) else None
+            used = tools_used(turn_messages(messages, user_message))
+            kind = task_type(self.types.get(session), used, self.settings)
+            self._set_type(session, kind, f"it used {', '.join(dict.fromkeys(used))}")
+        if session is None or pinned or asked is not None:
             return result
-        previous = self._last_response.get(session)
+        if _on_fallback(agent):
+            if getattr(self._turn, "left_for_answer", False):
+                # The local model answered nothing usable; Hermes retried it, then finished
+                # the turn on its fallback. A failed local attempt all the same: counted, it
+                # escalates the task instead of retrying the local model every turn.
+                self._report(agent, session, Failure(
+                    "invalid_output",
+                    "the local model's answer was empty or unusable; Hermes finished the "
+                    "turn on its fallback",
+                ))  # fmt: skip
+            return result
+        previous_message, previous = self._last_response.get(session, (None, None))
         failure = failed_attempt(
-            result, self._clock() - started, self.settings, previous_response=previous
-        )
+            result, self._clock() - started, self.settings,
+            previous_response=previous, user_message=user_message,
+            previous_message=previous_message,
+        )  # fmt: skip
         response = result.get("final_response") if isinstance(result, dict) else None
         if isinstance(response, str) and response.strip():
             self._last_response.pop(session, None)
-            self._last_response[session] = response
+            self._last_response[session] = (user_message, response)
             _bound(self._last_response)
         if failure is not None:
             self._report(agent, session, failure)
@@ -150,7 +298,9 @@ class Escalator:
                 self.confirmed.discard(gone)
                 self.asked.discard(gone)
                 self._said.pop(gone, None)
-        answer = self.client.task_failure(session, failure.reason, detail=failure.detail)
+        answer = self.client.task_failure(
+            session, failure.reason, detail=failure.detail, task_type=self.types.get(session)
+        )
         profile = self.settings.profile
         if not isinstance(answer, dict):
             log.info(
@@ -173,9 +323,28 @@ class Escalator:
         the usual gate and Hermes decide; handled means this turn runs on the fallback hroute
         routes the escalated task to."""
         session = self._task(_session(agent))
-        if session is None or session not in self.failed or not _user_facing(agent):
+        if session is None or not _user_facing(agent) or self.profile_missing:
             return False, None
+        if session in self.pinned:
+            # Back to the local primary, whatever kept the agent on a fallback (an escalation
+            # before the pin, Hermes' own rate-limit gate), and never off it for this task.
+            if _on_fallback(agent) and hasattr(agent, "_rate_limited_until"):
+                agent._rate_limited_until = None
+            result = restore()
+            self._say(session, f"hroute: task {session}: pinned local; staying on "
+                      f"{getattr(agent, 'model', '?')}")  # fmt: skip
+            return True, result
+        if session not in self.failed:
+            if session in self._looked_up:
+                return False, None
+            self._looked_up.add(session)  # its first turn in this process (--resume, -c)
+            if len(self._looked_up) > _MAX_SESSIONS:
+                self._looked_up.clear()
         decision = self._decision(agent, session, confirmed=session in self.confirmed)
+        if decision.action != "none" and session not in self.failed:
+            with self._lock:  # escalated in an earlier process: follow it from now on
+                self.failed[session] = 0
+                _bound(self.failed)
         if decision.action == "ask":
             if self._confirm(agent, session, decision):
                 self.confirmed.add(session)
@@ -184,7 +353,8 @@ class Escalator:
                 decision = Decision("local", f"{decision.why}, but the user did not allow paid use")
         if decision.action in ("none", "local"):
             if decision.why:
-                self._say(session, f"hroute: task {session}: {decision.why}; staying local")
+                tail = "" if decision.why.endswith("staying local") else "; staying local"
+                self._say(session, f"hroute: task {session}: {decision.why}{tail}")
             return False, None
         if decision.action == "stay":
             self._say(session, f"hroute: task {session}: {decision.why}; staying on {agent.model}")
@@ -206,11 +376,64 @@ class Escalator:
         )
         return True, result
 
+    # --- every paid call: Hermes' fallback, auxiliary tasks ---------------------------------
+
+    def note_fallback(self, agent: Any, reason: Any) -> None:
+        """Hermes is leaving the primary within a turn. With no API error as the reason (an
+        empty, invalid or truncated answer), it is the local model's answer that failed."""
+        why = str(getattr(reason, "value", reason) or "")
+        if not _on_fallback(agent) and why in ("", "incomplete_response"):
+            self._turn.left_for_answer = True
+
+    def fallback_refused(self, agent: Any) -> str | None:
+        """Why Hermes must not switch this agent to any fallback now, or None."""
+        session = self._task(_session(agent))
+        if session is not None and session in self.pinned and _user_facing(agent):
+            return f"task {session} is pinned to the local model ({self.pinned[session]!r})"
+        if session is not None and session in self._local_only and _user_facing(agent):
+            kind = self.types.get(session)
+            return f"task {session} is {kind}, local_only in profile {self.settings.profile}"
+        return None
+
+    def budget_blocked(self, agent: Any = None) -> frozenset[str]:
+        """URLs of the profile's paid backends past their budget, unless paid use is allowed
+        (`paid: allow`, or the user confirmed it for this agent's task)."""
+        if self.settings.paid == "allow":
+            return frozenset()
+        session = self._task(_session(agent)) if agent is not None else None
+        if session is not None and session in self.confirmed:
+            return frozenset()
+        now = self._clock()
+        at, urls = self._budget
+        if now - at < BUDGET_VIEW_S:
+            return urls
+        answer = self.client.route(self.settings.profile)
+        if isinstance(answer, dict):
+            urls = frozenset(
+                u
+                for c in answer.get("chain") or ()
+                if isinstance(c, dict)
+                and str(c.get("reason") or "").startswith("budget_exhausted")
+                and (u := normalized_url(c.get("base_url"))) is not None
+            )
+        self._budget = (now, urls)
+        return urls
+
     def _decision(self, agent: Any, session: str, *, confirmed: bool) -> Decision:
         allow = self.settings.paid == "allow" or confirmed
-        answer = self.client.route(self.settings.profile, task=session, allow_paid=allow)
+        kind = self.types.get(session) or None
+        answer = self.client.route(
+            self.settings.profile, task=session, allow_paid=allow,
+            **({"task_type": kind} if kind else {}),
+        )  # fmt: skip
         if isinstance(answer, dict):
             answer = {**answer, "base_url": normalized_url(answer.get("base_url"))}
+            rule = (answer.get("task_type") or {}).get("rule")
+            with self._lock:
+                if rule == "local_only":
+                    self._local_only.add(session)
+                else:
+                    self._local_only.discard(session)
         chain = getattr(agent, "_fallback_chain", None) or []
         urls = [normalized_url(e.get("base_url")) if isinstance(e, dict) else None for e in chain]
         return decide(
@@ -256,7 +479,46 @@ class Escalator:
         log.info("%s", line)
 
 
-def _bound(sessions: dict[str, Any]) -> list[str]:
+def command_chat() -> tuple[str, str] | None:
+    """Who typed the slash command being handled: ("chat", the gateway's session key) or
+    ("session", the CLI's session id); None when Hermes does not say.
+
+    Hermes calls a plugin command with its arguments alone. 0.22's gateway binds the chat's
+    `HERMES_SESSION_KEY` around the call; 0.18/0.19's gateway calls it from
+    `GatewayRunner._handle_message(event)`, whose source names the chat; the CLI calls it from
+    `HermesCLI.process_command`, which holds its session id.
+    """
+    context = sys.modules.get("gateway.session_context")
+    if context is not None:
+        try:
+            key = context.get_session_env("HERMES_SESSION_KEY")
+        except Exception:  # noqa: BLE001 - a Hermes without it
+            key = None
+        if isinstance(key, str) and key:
+            return ("chat", key)
+    frame: Any = sys._getframe(1)
+    for _ in range(40):
+        if frame is None:
+            return None
+        owner, event = frame.f_locals.get("self"), frame.f_locals.get("event")
+        frame = frame.f_back
+        if owner is None:
+            continue
+        if event is not None and callable(getattr(owner, "_session_key_for_source", None)):
+            try:
+                key = owner._session_key_for_source(event.source)
+            except Exception:  # noqa: BLE001
+                key = None
+            if isinstance(key, str) and key:
+                return ("chat", key)
+        if hasattr(owner, "agent") and hasattr(owner, "session_id"):
+            session = getattr(owner.agent, "session_id", None) or owner.session_id
+            if isinstance(session, str) and session:
+                return ("session", session)
+    return None
+
+
+def _bound(sessions: dict[Any, Any]) -> list[Any]:
     """Drop the least recently seen sessions past `_MAX_SESSIONS`; the ids dropped."""
     gone = list(sessions)[: max(0, len(sessions) - _MAX_SESSIONS)]
     for session in gone:

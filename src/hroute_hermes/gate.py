@@ -12,15 +12,101 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
+import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .reports import credential_fingerprint, normalized_url, reset_report
 
 log = logging.getLogger("hroute_hermes")
+
+
+def socket_trouble(path: Path) -> tuple[str, str]:
+    """Why hroute's socket at `path` does not answer, and the fix: (cause, fix)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return (
+            "missing: no socket there (hroute not running, or another socket path)",
+            "start hroute (sudo systemctl enable --now hroute, or hroute run), or point "
+            "HROUTE_SOCKET at its socket",
+        )
+    except PermissionError:
+        return _denied(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})", "check the socket's directory"
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.2)
+    try:
+        probe.connect(str(path))
+    except PermissionError:
+        return _denied(path)
+    except ConnectionRefusedError:
+        return (
+            "not answering: connection refused (a socket left by a daemon that is gone)",
+            "restart hroute (sudo systemctl restart hroute)",
+        )
+    except OSError as exc:
+        return f"not answering ({exc.strerror or exc})", "check hroute: hroute status"
+    finally:
+        probe.close()
+    return (
+        "not answering in time, or not a directory hroute may trust",
+        "check hroute (hroute status) and the socket directory's owner and mode (hroute doctor)",
+    )
+
+
+def _denied(path: Path) -> tuple[str, str]:
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = str(os.getuid())
+    return (
+        f"permission denied for user {user}",
+        "add the user to hroute's group: sudo usermod -aG hroute $USER (then log in again)",
+    )
+
+
+class SocketWatch:
+    """Says once in Hermes' log that hroute cannot be reached (the socket, the cause, the
+    fix) and once when it answers again; turns go on without it meanwhile."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        diagnose: Callable[[Path], tuple[str, str]] = socket_trouble,
+    ) -> None:
+        self.path = Path(path)
+        self._diagnose = diagnose
+        self.lost = False
+        self._lock = threading.Lock()
+
+    def unreachable(self) -> None:
+        with self._lock:
+            if self.lost:
+                return
+            self.lost = True
+        try:
+            cause, fix = self._diagnose(self.path)
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must not cost a turn
+            cause, fix = f"unknown ({type(exc).__name__})", "hroute doctor"
+        log.warning(
+            "hroute: cannot reach hroute at %s (%s); Hermes goes on without it (no health "
+            "gate, no escalation, no budget gate) until it answers. Fix: %s",
+            self.path, cause, fix,
+        )  # fmt: skip
+
+    def answered(self) -> None:
+        with self._lock:
+            if not self.lost:
+                return
+            self.lost = False
+        log.warning("hroute: hroute answers again at %s", self.path)
 
 
 class HealthView:
@@ -36,11 +122,13 @@ class HealthView:
         usable: Callable[..., Any],
         clock: Callable[[], float] = time.monotonic,
         quiet_s: float = 5.0,
+        watch: SocketWatch | None = None,
     ) -> None:
         self._usable = usable
         self._clock = clock
         self._quiet_s = quiet_s
         self._quiet_until = float("-inf")
+        self.watch = watch
 
     def down(
         self, base_url: object, credential: str | None = None, model: object = None
@@ -59,7 +147,11 @@ class HealthView:
             return None
         if getattr(answer, "source", None) == "fail-open":
             self._quiet_until = self._clock() + self._quiet_s
+            if self.watch is not None:
+                self.watch.unreachable()
             return None
+        if self.watch is not None:
+            self.watch.answered()
         if answer:
             return None
         return str(getattr(answer, "reason", None) or "unusable")
@@ -112,6 +204,13 @@ class Gate:
         move to the first usable fallback before the turn's first request.
         """
         self._remember(agent)
+        self._local.restoring = True  # a switch made here is hroute's, not Hermes' verdict
+        try:
+            return self._restore_primary(agent, restore)
+        finally:
+            self._local.restoring = False
+
+    def _restore_primary(self, agent: Any, restore: Callable[[], Any]) -> Any:
         if self.escalator is not None:
             handled, result = self.escalator.restore(agent, restore)
             if handled:
@@ -180,6 +279,12 @@ class Gate:
         """
         if getattr(self._local, "activating", False):
             return activate()  # Hermes recurses to skip entries; decided already
+        if self.escalator is not None and not getattr(self._local, "restoring", False):
+            self.escalator.note_fallback(agent, reason)
+        refused = self.escalator.fallback_refused(agent) if self.escalator is not None else None
+        if refused:
+            self._say_once(f"hroute: not switching to a fallback: {refused}")
+            return False
         if reset_at is not None and self._report is not None:
             body = reset_report(
                 getattr(agent, "base_url", None),
@@ -193,12 +298,32 @@ class Gate:
         chain = getattr(agent, "_fallback_chain", None) or []
         start = getattr(agent, "_fallback_index", 0)
         remaining = [e for e in chain[start:] if isinstance(e, Mapping)]
+        # A paid backend past its budget is never switched to (paid: deny, or confirm without
+        # the user's yes), whichever path chose it: escalation or Hermes' own fallback.
+        paid_blocked = self.escalator.budget_blocked(agent) if self.escalator is not None else ()
+        spent = {
+            entry_key(e): "past its budget (hroute.paid: deny)"
+            for e in remaining
+            if normalized_url(e.get("base_url")) in paid_blocked
+        }
+        keys = {entry_key(e) for e in remaining}
+        if spent and len(spent) >= len(keys):
+            self._say_once(
+                "hroute: not switching to fallback "
+                + ", ".join(str(k) for k in spent)
+                + ": past its budget (paid models need hroute.paid: allow or confirm)"
+            )
+            return False
         down = {
             entry_key(e): why
             for e in remaining
-            if (why := self.view.down(e.get("base_url"), entry_credential(e), e.get("model")))
+            if entry_key(e) not in spent
+            and (why := self.view.down(e.get("base_url"), entry_credential(e), e.get("model")))
         }
-        if not down or len(down) >= len({entry_key(e) for e in remaining}):
+        if len(down) >= len(keys) - len(spent):
+            down = {}  # every affordable entry is down: let Hermes try them anyway
+        down.update(spent)
+        if not down:
             return activate()
         unavailable = getattr(agent, "_unavailable_fallback_keys", None)
         if unavailable is None:
@@ -214,6 +339,22 @@ class Gate:
         finally:
             self._local.activating = False
             unavailable.difference_update(added)
+
+    def _say_once(self, line: str) -> None:
+        said = getattr(self._local, "said", None)
+        if said == line:
+            return
+        self._local.said = line
+        log.info("%s", line)
+
+    def _paid_blocked(self, url: Any) -> str | None:
+        """`past its budget` when `url` is a paid backend of the profile past its budget (and
+        paid use is not allowed): an auxiliary call must not go there either."""
+        if self.escalator is None:
+            return None
+        if normalized_url(url) in self.escalator.budget_blocked(self.current_agent()):
+            return "past its budget (hroute.paid: deny)"
+        return None
 
     # --- auxiliary calls (titles, compression, vision ...) -------------------------------
 
@@ -233,7 +374,7 @@ class Gate:
         provider = str(runtime.get("provider") or "")
         url = runtime.get("base_url")
         if provider and url:
-            why = self.view.down(
+            why = self._paid_blocked(url) or self.view.down(
                 url, credential_fingerprint(runtime.get("api_key")), runtime.get("model")
             )
             if why:
@@ -262,14 +403,16 @@ class Gate:
         if unhealthy:
             return unhealthy
         if isinstance(base_url, str) and base_url.strip():
-            return bool(self.view.down(base_url))
+            return bool(self._paid_blocked(base_url) or self.view.down(base_url))
         return bool(label) and label in getattr(self._local, "aux_down", ())
 
     def resolve_fallback_entry(self, entry: Any, original: Callable[[], Any]) -> Any:
         """Stand-in for `auxiliary_client._resolve_fallback_entry(entry)` (0.18, 0.19): an
         entry hroute says is down resolves to no client, so the auxiliary chain moves on."""
         if isinstance(entry, Mapping):
-            why = self.view.down(entry.get("base_url"), entry_credential(entry), entry.get("model"))
+            why = self._paid_blocked(entry.get("base_url")) or self.view.down(
+                entry.get("base_url"), entry_credential(entry), entry.get("model")
+            )
             if why:
                 log.info(
                     "hroute: auxiliary fallback %s skipped (%s)",

@@ -138,6 +138,9 @@ class HermesAgent:
         remove: tuple[str, ...] = (),
         extra_config: str = "",
         approve: str | None = None,
+        chats: tuple[str, ...] = (),
+        session_id: str | None = None,
+        toolsets: tuple[str, ...] = (),
     ) -> None:
         self.home = write_hermes_home(
             home, primary_url, model, api_key, plugin=plugin, isolation=isolation,
@@ -151,11 +154,16 @@ class HermesAgent:
             "flush_reports": flush_reports,
             "remove": list(remove),
             "approve": approve,
+            "chats": list(chats),
+            "session_id": session_id,
+            "toolsets": list(toolsets),
         }
         self.spec_path = home / "driver-spec.json"
         self.spec_path.write_text(json.dumps(spec))
         self.stderr_path = home / "driver.stderr"
         self.env = {**os.environ, "HERMES_HOME": str(home), "HROUTE_SOCKET": str(socket)}
+        if chats:
+            self.env["GATEWAY_ALLOW_ALL_USERS"] = "true"  # the gateway's chats are the test's
         for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENROUTER_API_KEY", "ANTHROPIC_API_KEY"):
             self.env.pop(var, None)  # Hermes must talk to the fakes and nothing else
         self.python = python
@@ -209,6 +217,14 @@ class HermesAgent:
     def slash(self, command: str, timeout_s: float = 30.0) -> dict[str, Any]:
         """Run a plugin's slash command (`/escalate`) the way Hermes' CLI does, between turns."""
         return self._ask(f"slash {command.lstrip('/')}", timeout_s)
+
+    def chat(self, name: str, text: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        """A turn in gateway chat `name` (its own AIAgent and session)."""
+        return self._ask(f"chat {name} {text}", timeout_s)
+
+    def gateway_message(self, name: str, text: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        """`text` typed in gateway chat `name`, dispatched by Hermes' real gateway runner."""
+        return self._ask(f"gwslash {name} {text}", timeout_s)
 
     def new_session(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Start a new session in the same agent, as Hermes' `/new` does."""

@@ -13,6 +13,11 @@ each answer one JSON line on stdout:
                  "fallback_active", "seconds", "failed"}
     slash NAME ARGS  a plugin's slash command, as the CLI runs it -> {"output"}
     new          a new session in the same agent, as `/new` does -> {"session_id"}
+    chat NAME TEXT   with "chats": [NAME, ...] in SPEC: a turn of that gateway chat's agent
+                 (one AIAgent per chat, with the gateway's session key for it) -> as `turn`
+    gwslash NAME TEXT  TEXT sent in gateway chat NAME through Hermes' real
+                 `GatewayRunner._handle_message` (how a gateway runs a plugin's slash
+                 command) -> {"output"}
     title        generate_title() with the primary's runtime -> {"title", "error", "seconds"}
     quit         exit 0
 
@@ -80,18 +85,39 @@ def main() -> int:
                 delattr(importlib.import_module(module), attr)
         import run_agent
 
-        agent = run_agent.AIAgent(
-            base_url=spec["base_url"],
-            api_key=spec["api_key"],
-            provider="custom",
-            model=spec["model"],
-            fallback_model=spec.get("fallback") or None,
-            quiet_mode=True,
-            enabled_toolsets=[],
-            skip_context_files=True,
-            skip_memory=True,
-            max_iterations=spec.get("max_iterations", 4),
-        )
+        def build(**extra: object) -> object:
+            return run_agent.AIAgent(
+                base_url=spec["base_url"],
+                api_key=spec["api_key"],
+                provider="custom",
+                model=spec["model"],
+                fallback_model=spec.get("fallback") or None,
+                quiet_mode=True,
+                enabled_toolsets=spec.get("toolsets", []),
+                skip_context_files=True,
+                skip_memory=True,
+                max_iterations=spec.get("max_iterations", 4),
+                **extra,
+            )
+
+        agent = build(**({"session_id": spec["session_id"]} if spec.get("session_id") else {}))
+        chats: dict = {}
+        runner = None
+        if spec.get("chats"):
+            from gateway.config import GatewayConfig, Platform
+            from gateway.run import GatewayRunner
+            from gateway.session import SessionSource
+
+            runner = GatewayRunner(GatewayConfig())
+            for name in spec["chats"]:
+                source = SessionSource(
+                    platform=Platform.TELEGRAM, chat_id=name, user_id="u1", chat_type="dm"
+                )
+                key = runner._session_key_for_source(source)
+                chats[name] = (
+                    build(session_id=f"chat-{name}", gateway_session_key=key),
+                    source,
+                )
     except Exception as exc:  # noqa: BLE001
         emit(
             {
@@ -113,11 +139,25 @@ def main() -> int:
     emit({"ready": True, "plugin": plugin_state()})
     reports = reporter()
     turns = 0
+    default = agent
     for line in sys.stdin:
         cmd, _, arg = line.strip().partition(" ")
         if cmd == "quit":
             break
         started = time.perf_counter()
+        agent = default
+        if cmd == "chat":
+            name, _, arg = arg.partition(" ")
+            agent, cmd = chats[name][0], "turn"
+        if cmd == "gwslash":
+            import asyncio
+
+            from gateway.platforms.base import MessageEvent
+
+            name, _, text = arg.partition(" ")
+            event = MessageEvent(text=text, source=chats[name][1])
+            emit({"output": asyncio.run(runner._handle_message(event))})
+            continue
         if cmd == "turn":
             turns += 1
             try:

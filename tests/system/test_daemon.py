@@ -151,6 +151,7 @@ def test_report_route_and_client_reads_its_own_write(tmp_path: Path, llama: Fake
                 "backend": "llama-local",
                 "usable": False,
                 "reason": "server_error",
+                "base_url": llama.base_url,
             }
             d.wait_for_log("profile coding: llama-local -> ollama")
             assert client.route("coding", exclude=["ollama"])["backend"] is None

@@ -198,3 +198,70 @@ def test_escalation_is_journalled_with_task_and_profile(reg: Registry) -> None:
     assert fields["HROUTE_TASK"] == "t1" and fields["HROUTE_PROFILE"] == "coding"
     failures = [e for e in reg.events_since() if e["event"] == "task_failure"]
     assert [e["detail"] for e in failures] == ["tool call had no name", "again"]
+
+
+def test_an_escalated_task_in_use_stays_escalated_past_its_ttl(reg: Registry, clock: Clock) -> None:
+    """The TTL counts from the task's last use, not its last failure: an agent that asks
+    about the task every turn keeps it on the cloud; one that stops asking lets it go."""
+    reg.record_task_failure("t1", "invalid_output")
+    reg.record_task_failure("t1", "invalid_output")
+    for _ in range(5):  # a turn every 40 s, 200 s in all: past coding's 60 s
+        clock.advance(40)
+        assert reg.route("coding", task="t1")["backend"] == "router"
+    clock.advance(61)
+    assert reg.route("coding", task="t1")["backend"] == "llama"  # idle past the TTL
+
+
+TYPED = """
+backends:
+  llama: {kind: llama-server, base_url: "http://127.0.0.1:8080"}
+  router: {kind: openrouter, base_url: "https://openrouter.ai/api/v1"}
+  strong: {kind: openai, base_url: "https://api.openai.com/v1", model: big}
+profiles:
+  coding:
+    chain: [llama, router]
+    escalation:
+      max_local_attempts: 2
+      task_types: {chat: local_only, coding: escalate, research: deep}
+  deep:
+    chain: [llama, strong]
+    escalation: {max_local_attempts: 1}
+"""
+
+
+def typed_registry(clock: Clock) -> Registry:
+    return Registry(load_config(TYPED), clock=clock)  # type: ignore[arg-type]
+
+
+def test_a_local_only_task_type_stays_local_whatever_fails_and_says_why(clock: Clock) -> None:
+    reg = typed_registry(clock)
+    for _ in range(3):
+        answer = reg.record_task_failure("t1", "repeated_tool_failure", task_type="chat")
+    assert answer["escalated"]["coding"] is False
+    route = reg.route("coding", task="t1")
+    assert route["backend"] == "llama" and "escalated" not in route
+    assert route["note"] == "task type chat is local_only in profile coding: staying local"
+    assert route["task_type"] == {"type": "chat", "rule": "local_only"}
+    # The type the agent gives now wins over the one it reported: coding escalates.
+    assert reg.route("coding", task="t1", task_type="coding")["backend"] == "router"
+
+
+def test_an_unlisted_type_follows_the_profile_and_a_type_may_name_another_profile(
+    clock: Clock,
+) -> None:
+    reg = typed_registry(clock)
+    reg.record_task_failure("t1", "no_progress", task_type="poetry")
+    reg.record_task_failure("t1", "no_progress", task_type="poetry")
+    assert reg.route("coding", task="t1")["backend"] == "router"  # as the profile
+    reg.record_task_failure("t2", "no_progress", task_type="research")
+    answer = reg.route("coding", task="t2")  # deep: one failure escalates, to its chain
+    assert answer["backend"] == "strong" and answer["profile"] == "deep"
+    assert answer["task_type"] == {"type": "research", "rule": "deep", "profile": "coding"}
+
+
+def test_task_types_must_name_a_rule_or_a_profile() -> None:
+    from hroute.errors import ConfigError
+
+    bad = TYPED.replace("research: deep", "research: deeep")
+    with pytest.raises((ConfigError, ValueError), match="task_types.research: 'deeep'"):
+        load_config(bad)

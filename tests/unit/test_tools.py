@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hroute.tools.doctor import describe_backend
 from hroute.tools.hermes_setup import Provider, match_url, providers
 from hroute.tools.watch import render
@@ -120,3 +122,51 @@ def test_doctor_names_who_holds_vram_that_is_not_hroutes() -> None:
     [fine] = check_gpus([card], holders[1:], ours={100})
     assert fine.status == "ok" and "pid 100 (llama-server, hroute's)" in fine.message
     assert check_gpus([], [], ours=set()) == []
+
+
+def test_doctor_reports_one_result_per_guard_the_way_the_plugin_installs_it(
+    tmp_path: Path,
+) -> None:
+    """Hermes 0.22's auxiliary layout is installed by the plugin: the 0.18/0.19 layout of the
+    same guard, absent there, must not turn doctor's answer into "off"."""
+    import os
+    import sys
+
+    from hroute.tools.hermes_setup import probe_python
+
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "__init__.py").write_text("")
+    (agent / "auxiliary_client.py").write_text(
+        "".join(
+            f"def {name}(*a, **k): pass\n"
+            for name in (
+                "_resolve_auto_route",
+                "_is_provider_unhealthy",
+                "_normalize_main_runtime",
+                "_normalize_chain_label",
+            )
+        )  # fmt: skip
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    found, problem = probe_python(sys.executable, env=env)
+    assert found is not None, problem
+    assert found["guards"]["auxiliary"] is None, found["guards"]
+    assert "agent.agent_runtime_helpers" in found["guards"]["restore"]
+
+
+def test_doctor_reads_the_plugins_hroute_block_and_names_the_closest_profile() -> None:
+    from hroute.tools.hermes_block import FAIL, INFO, OK, check_hroute_block
+
+    profiles = ["coding", "research"]
+    [check] = check_hroute_block({"hroute": {"profile": "Coding"}}, profiles, env={})
+    assert check[1] == FAIL and "'Coding' is not a profile of hroute" in check[2]
+    assert check[3] == "set hroute.profile: coding"
+    [check] = check_hroute_block({"hroute": {"profile": "coding"}}, profiles, env={})
+    assert check[1] == OK and "on for profile coding (paid past budget: deny)" in check[2]
+    [check] = check_hroute_block({}, profiles, env={})
+    assert check[1] == INFO and check[2].startswith("off")
+    checks = check_hroute_block({"hroute": {"profile": "coding", "paid": "yes"}}, profiles, env={})
+    assert [c[1] for c in checks] == [FAIL, OK] and "'yes' is not one of" in checks[0][2]
+    [check] = check_hroute_block({}, profiles, env={"HROUTE_PROFILE": "reserch"})
+    assert check[1] == FAIL and check[3] == "set HROUTE_PROFILE: research"

@@ -219,6 +219,10 @@ class Escalation(_Frozen):
     max_local_attempts: int = Field(3, ge=1)
     trigger_on: list[TaskReason] = Field(default_factory=lambda: list(TASK_REASONS))
     task_ttl_s: PositiveS = 3600.0
+    # Per task type (the agent says it: Hermes' plugin sends chat, coding, or the user's
+    # `/task TYPE`): local_only (never escalates), escalate (as the profile), or the name
+    # of another profile whose escalation and chain the task follows. Unlisted: as the profile.
+    task_types: dict[str, str] = Field(default_factory=dict)
 
 
 class ProfileConfig(_Frozen):
@@ -318,6 +322,14 @@ class Config(_Frozen):
                     problems.append(
                         f"profiles.{pname}.chain.{i}: unknown backend {_short(member)} "
                         f"(valid: {_known(self.backends)})"
+                    )
+        for pname, profile in self.profiles.items():
+            for kind, rule in profile.escalation.task_types.items():
+                if rule not in ("local_only", "escalate") and rule not in self.profiles:
+                    known = ", ".join(["local_only", "escalate", *sorted(self.profiles)])
+                    problems.append(
+                        f"profiles.{pname}.escalation.task_types.{kind}: {rule!r} is not "
+                        f"local_only, escalate or a profile (valid: {known})"
                     )
         for name in self.budgets.per_backend_daily_usd:
             if name not in self.backends:

@@ -363,8 +363,10 @@ class Registry:
         """`Router.route`: the first usable backend of a profile's chain."""
         return self.router.route(profile, exclude, **kw)
 
-    def record_task_failure(self, task: str, reason: str, detail: str = "") -> dict[str, Any]:
-        return self.router.record_task_failure(task, reason, detail)
+    def record_task_failure(
+        self, task: str, reason: str, detail: str = "", task_type: str | None = None
+    ) -> dict[str, Any]:
+        return self.router.record_task_failure(task, reason, detail, task_type)
 
     def record_usage(self, name: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
         return self.router.record_usage(name, input_tokens, output_tokens)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from hroute.core.budgets import Day, Spend, budget_block, budget_day, cost_usd
-from hroute.core.escalation import Tasks
+from hroute.core.escalation import ESCALATE, LOCAL_ONLY, Tasks, task_rule
 from hroute.core.needs import NO_NEEDS, Needs, capability_gap
 from hroute.errors import UnknownProfileError
 
@@ -39,8 +39,14 @@ class Router:
         needs: Needs = NO_NEEDS,
         allow_paid: bool = False,
         credential: str | None = None,
+        task_type: str | None = None,
+        redirected: bool = False,
     ) -> dict[str, Any]:
         """The first usable backend of a profile's chain, and why each other one was passed over.
+
+        `task_type` (or the type the task's last failure report gave) picks the profile's
+        `escalation.task_types` rule: a type whose rule names another profile is routed as
+        that profile (once: no chains of redirects).
 
         Each member is judged for its server, its model there and, when given, the key.
 
@@ -54,9 +60,17 @@ class Router:
         if profile not in config.profiles:
             raise UnknownProfileError(profile, list(config.profiles))
         prof = config.profiles[profile]
-        excluded = set(exclude)
         now = self._registry.clock.now()
-        escalated, why_escalated, note = self._escalation(profile, task, now)
+        kind = self._task_type(task, task_type, now)
+        rule = task_rule(prof.escalation, kind)
+        if rule not in (None, LOCAL_ONLY, ESCALATE) and not redirected:
+            answer = self.route(
+                rule, exclude, task=task, needs=needs, allow_paid=allow_paid,
+                credential=credential, task_type=kind, redirected=True,
+            )  # fmt: skip
+            return {**answer, "task_type": {"type": kind, "rule": rule, "profile": profile}}
+        excluded = set(exclude)
+        escalated, why_escalated, note = self._escalation(profile, task, now, kind)
         day: Day | None = None  # only paid backends need it
         chain, chosen = [], None
         waits: list[float] = []
@@ -80,14 +94,19 @@ class Router:
             if skip is None:
                 ok, skip, wait = self._registry.verdict(member, credential)
                 if ok:
-                    chain.append({"backend": member, "usable": True, "reason": None})
+                    chain.append(
+                        {"backend": member, "usable": True, "reason": None,
+                         "base_url": backend.base_url}
+                    )  # fmt: skip
                     chosen = chosen or member
                     continue
                 if wait is None:
                     unknown.append(
                         f"{member}: {skip} (usable again when a probe or its supervisor says so)"
                     )
-            chain.append({"backend": member, "usable": False, "reason": skip})
+            chain.append(
+                {"backend": member, "usable": False, "reason": skip, "base_url": backend.base_url}
+            )
             if wait is not None:
                 waits.append(wait)
         answer: dict[str, Any] = {"profile": profile, "backend": chosen, "chain": chain}
@@ -96,6 +115,8 @@ class Router:
             help_.append(f"a new task (or none) starts on the local tier again; {why_escalated}")
         if note:
             answer["note"] = note
+        if rule is not None:
+            answer["task_type"] = {"type": kind, "rule": rule}
         if chosen is None:
             if waits:
                 answer["retry_after_s"] = round(min(waits), 3)
@@ -108,29 +129,48 @@ class Router:
         answer.update(base_url=backend.base_url, model=backend.model, kind=backend.kind)
         return answer
 
-    def _escalation(self, profile: str, task: str | None, now: float) -> tuple[bool, str, str]:
+    def _task_type(self, task: str | None, given: str | None, now: float) -> str | None:
+        if given or task is None:
+            return given or None
+        state = self.tasks.get(task, now, self._task_ttl_s())
+        return state.task_type if state is not None else None
+
+    def _escalation(
+        self, profile: str, task: str | None, now: float, kind: str | None = None
+    ) -> tuple[bool, str, str]:
         """(escalated, why, note) for `task` in `profile`: a profile with no cloud tier stays
-        local whatever the task's failures (escalating would only leave nothing to use)."""
+        local whatever the task's failures (escalating would only leave nothing to use), and
+        so does a task whose type is local_only in the profile."""
         if task is None:
             return False, "", ""
         prof = self._registry.config.profiles[profile]
         state = self.tasks.get(task, now, self._task_ttl_s())
+        kind = kind or (state.task_type if state is not None else None)
+        rule = task_rule(prof.escalation, kind)
+        if rule == LOCAL_ONLY:
+            return False, "", f"task type {kind} is local_only in profile {profile}: staying local"
+        if rule not in (None, ESCALATE):
+            return self._escalation(rule, task, now, kind) if rule != profile else (False, "", "")
         if state is None:
             return False, "", ""
         on, why = state.escalated(prof.escalation, now)
         if on and not self.has_cloud_tier(profile):
             return False, "", f"{why}, but profile {profile} has no cloud tier: staying local"
+        if on and state.last_at != now:
+            self.tasks.touch(task, now)  # in use: an escalated task does not expire mid-task
         return on, why, ""
 
     def has_cloud_tier(self, profile: str) -> bool:
         config = self._registry.config
         return any(config.backends[m].tier_name != "local" for m in config.profiles[profile].chain)
 
-    def record_task_failure(self, task: str, reason: str, detail: str = "") -> dict[str, Any]:
+    def record_task_failure(
+        self, task: str, reason: str, detail: str = "", task_type: str | None = None
+    ) -> dict[str, Any]:
         """Count a task-level failure (seed 001); say whether each profile now escalates it."""
         registry = self._registry
         now = registry.clock.now()
-        state = self.tasks.record(task, reason, now, self._task_ttl_s())
+        state = self.tasks.record(task, reason, now, self._task_ttl_s(), task_type)
         state.detail = detail
         registry.emit("task_failure", task=task, reason=reason, detail=detail)
         escalated = {}

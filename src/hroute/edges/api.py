@@ -101,6 +101,7 @@ class TaskFailureBody(BaseModel):
     reason: Literal[TASK_REASONS]  # type: ignore[valid-type]
     profile: str | None = Field(None, max_length=NAME_CHARS)
     detail: str | None = Field(None, max_length=2000)
+    type: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class UsageBody(BaseModel):
@@ -212,6 +213,7 @@ def make_api(
             needs=needs,
             allow_paid=allow_paid,
             credential=credential,
+            task_type=query.get("task_type") or None,
         )
         if answer["backend"] is None:
             headers = {}
@@ -253,7 +255,9 @@ def make_api(
             return error_response(400, "bad_request", _problems(exc))
         if not re.match(TASK_ID_PATTERN, task):
             raise _BadRequest("task ids are 1-128 of A-Z a-z 0-9 _ . : @ / + = -")
-        answer = reg.record_task_failure(task, data.reason, clean(data.detail or "", DETAIL_CHARS))
+        answer = reg.record_task_failure(
+            task, data.reason, clean(data.detail or "", DETAIL_CHARS), data.type
+        )
         return json_response(answer, 202)
 
     def usage(request: Request) -> Response:
@@ -372,7 +376,7 @@ def _error_of(exc: HrouteError) -> Response:
     if isinstance(exc, UnknownBackendError):
         return error_response(404, "unknown_backend", str(exc))
     if isinstance(exc, UnknownProfileError):
-        return error_response(404, "unknown_profile", str(exc))
+        return error_response(404, "unknown_profile", str(exc), known=exc.known)
     if isinstance(exc, NotSupervisedError):
         return error_response(409, "not_supervised", str(exc))
     return error_response(400, "bad_request", str(exc))

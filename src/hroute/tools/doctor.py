@@ -24,7 +24,7 @@ from hroute.core.gpu import GpuSample, VramHolder, describe_holders, describe_sa
 from hroute.core.identity import without_credentials
 from hroute.core.sanitize import clean
 from hroute.paths import default_socket_path, snapshot_path
-from hroute.tools import hermes_setup
+from hroute.tools import hermes_block, hermes_setup
 
 OK, FAIL, WARN, INFO = "ok", "fail", "warn", "info"
 _MARK = {OK: "ok  ", FAIL: "FAIL", WARN: "warn", INFO: "info"}
@@ -207,8 +207,10 @@ def check_hermes(
     python: str | None,
     urls: dict[str, str],
     socket_path: Path | None = None,
+    profiles: list[str] | None = None,
 ) -> list[Check]:
-    """Hermes' providers against hroute's backends; the plugin in the Python that runs hermes."""
+    """Hermes' providers against hroute's backends; the plugin in the Python that runs hermes;
+    the plugin's `hroute:` block against hroute's profiles."""
     config_file = home / "config.yaml"
     try:
         config = yaml.safe_load(config_file.read_text()) or {}
@@ -236,6 +238,7 @@ def check_hermes(
     for p in hermes_setup.providers(config):
         checks.append(_check_provider(p, urls))
     checks += _check_plugin(config, python)
+    checks += [Check(*c) for c in hermes_block.check_hroute_block(config, profiles)]
     return checks
 
 
@@ -362,7 +365,10 @@ def run_checks(
     if backends is not None and not urls:
         urls = {b["name"]: b["base_url"] for b in backends}  # what the daemon really watches
     home = hermes_setup.hermes_home(hermes_home)
-    checks += check_hermes(home, hermes_home is not None, hermes_python, urls, socket_path)
+    profiles = hermes_block.profiles(config_path)
+    checks += check_hermes(
+        home, hermes_home is not None, hermes_python, urls, socket_path, profiles
+    )
     checks += [describe_backend(b) for b in backends or []]
     checks += _gpu_checks(backends)
     return checks

@@ -150,14 +150,19 @@ except Exception as exc:
     out["plugin_error"] = f"{type(exc).__name__}: {exc}"
 eps = [e for e in md.entry_points(group="hermes_agent.plugins") if e.name == "hroute"]
 out["entry_point"] = eps[0].value if eps else None
+# One result per guard name, as the plugin installs it: the first layout whose functions all
+# exist wins; only when none does is the guard off, with every layout's reason.
 for name, module, attrs in groups:
+    if name in out["guards"] and out["guards"][name] is None:
+        continue
     try:
         mod = importlib.import_module(module)
+        missing = [a for a in attrs if not callable(getattr(mod, a, None))]
+        why = f"{module} has no {', '.join(missing)}" if missing else None
     except Exception as exc:
-        out["guards"][name] = f"cannot import {module} ({type(exc).__name__}: {exc})"[:300]
-        continue
-    missing = [a for a in attrs if not callable(getattr(mod, a, None))]
-    out["guards"][name] = f"{module} has no {', '.join(missing)}" if missing else None
+        why = f"cannot import {module} ({type(exc).__name__}: {exc})"[:300]
+    before = out["guards"].get(name)
+    out["guards"][name] = why if why is None or before is None else f"{before}; {why}"
 print(json.dumps(out))
 """
 
