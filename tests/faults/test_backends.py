@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 
 from tests.support.daemon import Daemon, wait_until
 from tests.support.fakebackend import Behavior, FakeBackend
-from tests.support.faults import config, files_text, still_answers
+from tests.support.faults import config, files_text, hroute_cli, still_answers
 
 pytestmark = [pytest.mark.faults, pytest.mark.system]
 
@@ -153,17 +151,6 @@ def test_an_answer_that_is_not_http_is_a_probe_failure(tmp_path: Path) -> None:
             still_answers(d)
 
 
-def _cli(d: Daemon, *args: str) -> str:
-    run = subprocess.run(
-        [sys.executable, "-m", "hroute.cli", "--socket", str(d.socket), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=d.env,
-    )
-    return run.stdout + run.stderr
-
-
 def test_credentials_in_base_url_are_basic_auth_and_never_shown(tmp_path: Path) -> None:
     # A LiteLLM or vLLM proxy behind basic auth: `https://user:pw@host/v1`.
     password = "pw-Zq81-secret"
@@ -189,8 +176,8 @@ def test_credentials_in_base_url_are_basic_auth_and_never_shown(tmp_path: Path) 
                 str(d.get("/v1/events")[1]),
                 str(d.get(f"/v1/usable?base_url={good}")[1]),
                 d.get_text("/metrics"),
-                _cli(d, "status"),
-                _cli(d, "status", "--json"),
+                hroute_cli(d, "status"),
+                hroute_cli(d, "status", "--json"),
                 files_text(d),
             ]
             d.stop()

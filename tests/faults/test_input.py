@@ -9,7 +9,14 @@ import pytest
 
 from hroute.client import fingerprint
 from tests.support.daemon import Daemon, wait_until
-from tests.support.faults import config, files_text, post_raw_json, still_answers, unprobed
+from tests.support.faults import (
+    config,
+    files_text,
+    hroute_cli,
+    post_raw_json,
+    still_answers,
+    unprobed,
+)
 from tests.support.procs import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.system]
@@ -158,20 +165,6 @@ def test_names_in_reports_are_bounded(shared: Daemon) -> None:
     still_answers(shared)
 
 
-def _cli(d: Daemon, *args: str) -> str:
-    import subprocess
-    import sys
-
-    run = subprocess.run(
-        [sys.executable, "-m", "hroute.cli", "--socket", str(d.socket), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=d.env,
-    )
-    return run.stdout + run.stderr
-
-
 def test_text_from_clients_never_reaches_a_terminal_raw(tmp_path: Path) -> None:
     # A plugin's `version` is shown by `hroute status` when a guard is off.
     evil = "\x1b]0;pwned\x07\x1b[2J\x1b[31m9.9"
@@ -181,9 +174,9 @@ def test_text_from_clients_never_reaches_a_terminal_raw(tmp_path: Path) -> None:
         status, answer = d.client().request("POST", "/v1/reports", body)
         assert status == 202, answer
         shown = {
-            "status": _cli(d, "status"),
-            "events": _cli(d, "events"),
-            "watch": _cli(d, "status", "--watch", "--count", "1"),
+            "status": hroute_cli(d, "status"),
+            "events": hroute_cli(d, "events"),
+            "watch": hroute_cli(d, "status", "--watch", "--count", "1"),
         }
         assert "hermes" in shown["status"] and "9.9" in shown["status"], shown["status"]
         for what, text in shown.items():

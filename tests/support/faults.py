@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +71,15 @@ def files_text(d: Daemon) -> str:
         if path.exists():
             parts.append(path.read_text())
     return "\n".join(parts)
+
+
+def hroute_cli(d: Daemon, *args: str) -> str:
+    """What `hroute ARGS` prints (stdout and stderr) against this daemon's socket."""
+    run = subprocess.run(
+        [sys.executable, "-m", "hroute.cli", "--socket", str(d.socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=d.env,
+    )
+    return run.stdout + run.stderr
