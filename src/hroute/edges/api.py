@@ -108,8 +108,9 @@ class UsageBody(BaseModel):
 
     backend: str | None = Field(None, max_length=NAME_CHARS)
     base_url: str | None = Field(None, max_length=NAME_CHARS)
-    input_tokens: int = Field(0, ge=0, le=10**9)
-    output_tokens: int = Field(0, ge=0, le=10**9)
+    # Strict, as in reports: `true` is not one token, "10" is not a number.
+    input_tokens: int = Field(0, ge=0, le=10**9, strict=True)
+    output_tokens: int = Field(0, ge=0, le=10**9, strict=True)
 
 
 def credential_of(query: Any, *, empty_is_none: bool = False) -> str | None:
