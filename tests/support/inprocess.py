@@ -188,14 +188,17 @@ class InProcessDaemon:
         events = (await self.get("/v1/events"))[1]["events"]
         return [e for e in events if kind is None or e["event"] == kind]
 
-    async def raw(self, data: bytes, timeout_s: float = 5.0) -> bytes:
-        """Send bytes as they are; whatever comes back until the daemon closes."""
+    async def raw(self, data: bytes, timeout_s: float = 5.0, *, eof: bool = False) -> bytes:
+        """Send bytes as they are (then end the stream, with `eof`); whatever comes back
+        until the daemon closes."""
 
         def exchange() -> bytes:
             with socket.socket(socket.AF_UNIX) as s:
                 s.settimeout(timeout_s)
                 s.connect(str(self.socket))
                 s.sendall(data)
+                if eof:
+                    s.shutdown(socket.SHUT_WR)
                 chunks = []
                 try:
                     while chunk := s.recv(65536):
