@@ -16,7 +16,7 @@ from hroute.client import fingerprint
 from hroute.core.cooldowns import MAX_SCOPES as MAX_CREDENTIALS
 from tests.support.inprocess import InProcessDaemon
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.faults]
 
 CONFIG = """
 defaults:
