@@ -82,7 +82,7 @@ def test_query_storm_during_reloads_never_errs_nor_mixes(tmp_path: Path) -> None
                     status, body = client.request("GET", "/v1/backends")
                     if status != 200 or len({x["name"][0] for x in body["backends"]}) != 1:
                         errors.append(f"{status} {body}")
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     errors.append(repr(exc))
 
         threads = [threading.Thread(target=storm) for _ in range(3)]

@@ -28,7 +28,7 @@ from hroute.edges.http import (
     error_response,
     json_response,
 )
-from hroute.edges.limits import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S
+from hroute.edges.limits import IDLE_TIMEOUT_S, MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 from hroute.edges.metrics import Metrics
 from hroute.errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
 
@@ -137,7 +137,7 @@ class _BadRequest(HrouteError):
 def make_api(
     deps: Deps,
     *,
-    max_connections: int = 512,
+    max_connections: int = MAX_CONNECTIONS,
     idle_timeout_s: float = IDLE_TIMEOUT_S,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> HttpServer:

@@ -176,7 +176,7 @@ class Reloader:
             return digest, (new, diff_configs(current, new))
         except ConfigError as exc:
             return digest, str(exc)
-        except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the running config stays
+        except Exception as exc:  # whatever goes wrong, the running config stays
             log.exception("reading %s failed", self.path)
             return digest, f"{self.path}: cannot be read: {type(exc).__name__}: {exc}"
 
