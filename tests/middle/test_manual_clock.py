@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from hroute.edges.clock import call_within, wait_until
-from tests.support.clock import ManualClock
+from tests.support.clock import ManualClock, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +22,7 @@ async def test_sleepers_wake_in_the_order_of_their_deadlines_each_at_its_time() 
     async with anyio.create_task_group() as tg:
         for name, seconds in (("c", 3.0), ("a", 1.0), ("b", 2.0)):
             tg.start_soon(sleeper, name, seconds)
-        await anyio.wait_all_tasks_blocked()
+        await settle()
         assert clock.sleepers == 3
         await clock.advance(1.5)
         assert woke == [("a", 101.0)]
@@ -42,7 +42,7 @@ async def test_a_loop_that_sleeps_again_is_woken_at_each_of_its_ticks() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(loop)
-        await anyio.wait_all_tasks_blocked()
+        await settle()
         await clock.advance(5.0)
         tg.cancel_scope.cancel()
     assert ticks == [1.0, 2.0, 3.0, 4.0, 5.0]
@@ -71,7 +71,7 @@ async def test_wait_until_gives_up_at_the_deadline_of_the_clock_it_was_given() -
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
-        await anyio.wait_all_tasks_blocked()
+        await settle()
         await clock.advance(9.9)
         assert result == []
         await clock.advance(0.1)
@@ -88,7 +88,7 @@ async def test_wait_until_returns_as_soon_as_the_event_is_set() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
-        await anyio.wait_all_tasks_blocked()
+        await settle()
         event.set()
     assert result == [True] and clock.now() == 0.0 and clock.sleepers == 0
 
@@ -107,6 +107,6 @@ async def test_call_within_answers_or_gives_up_on_the_clocks_time(answer_after, 
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(caller)
-        await anyio.wait_all_tasks_blocked()
+        await settle()
         await clock.advance(5.0)
     assert result == [got]
