@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.support.fakebackend import FakeBackend
+from tests.support.fakebackend import Behavior, FakeBackend
 from tests.support.inprocess import InProcessDaemon
 
 pytestmark = pytest.mark.anyio
@@ -194,3 +194,38 @@ async def test_twenty_reports_of_one_outage_are_one_incident(tmp_path: Path) -> 
             await d.report("o", reason="overloaded", status_code=503)
             second = (await d.events("cooldown"))[1]
             assert second["cooldown_s"] == 4  # the second incident: the cooldown grows
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(429, "rate_limit"), (503, "overloaded"), (500, "server_error")],
+)
+async def test_a_probes_failure_holds_the_whole_server(two_models, cloud, status, reason) -> None:
+    """A probe names no key and no model a request used: what it sees is the server's."""
+    d, url = two_models
+    cloud.set_behavior("/v1/models", Behavior(status=status, headers={"Retry-After": "30"}))
+
+    async def held() -> bool:
+        return not (await d.usable(base_url=url, model="gpt-b"))["usable"]
+
+    await d.until(held, advance_s=1.0, what=f"a probe's {status} to hold the server")
+    assert (await d.usable(base_url=url, model="gpt-a", credential=KEY_2))["usable"] is False
+    assert (await d.backend("gpt-a"))["reason"] == reason
+
+
+async def test_a_probes_401_blocks_until_a_probe_succeeds(two_models, cloud) -> None:
+    d, _ = two_models
+    cloud.set_behavior("/v1/models", Behavior(status=401))
+
+    async def blocked() -> bool:
+        return (await d.backend("gpt-a"))["reason"] == "auth"
+
+    await d.until(blocked, advance_s=1.0, what="the probe's 401 to block")
+    await d.clock.advance(301)  # past the longest cooldown: only a probe that gets in ends it
+    assert (await d.usable("gpt-a"))["usable"] is False
+    cloud.clear_behaviors()
+
+    async def lifted() -> bool:
+        return (await d.usable("gpt-a"))["usable"]
+
+    await d.until(lifted, advance_s=1.0, what="a good probe to lift the block")
