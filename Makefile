@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 test: dev ## the whole suite, as CI runs it; the 25 slowest tests are listed at the end
 	$(PY) -m pytest --durations=25
 
-test-fast: dev ## unit tests only
-	$(PY) -m pytest tests/unit -q
+test-fast: dev ## the loop to run while coding: unit tests and the in-process daemon (< 20 s)
+	$(PY) -m pytest tests/unit tests/middle -q
 
 run: dev ## the daemon in the foreground on the example config, socket under $XDG_RUNTIME_DIR or /run
 	$(VENV)/bin/hroute run --config $(CONFIG)

@@ -144,7 +144,7 @@ def free_port() -> int:
 def http(url: str, body: dict[str, Any] | None = None, timeout_s: float = 2.0) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # loopback only
         return json.loads(resp.read() or b"null")
 
 

@@ -92,7 +92,7 @@ class Client:
                     body.get("retry_after_s"),
                     "socket",
                 )
-        except Exception:  # noqa: BLE001 - fail open, whatever happened
+        except Exception:  # fail open, whatever happened
             pass
         return Usable(True, backend, "unknown", "hroute_unavailable", None, "fail-open")
 
@@ -192,7 +192,7 @@ class Client:
             query["allow_paid"] = "1"
         try:
             status, body = self.request("GET", "/v1/route?" + urlencode(query))
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
         return body if status in (200, 503) else None
 
@@ -207,7 +207,7 @@ class Client:
             status, answer = self.request(
                 "POST", f"/v1/tasks/{quote(task, safe='')}/failures", body
             )
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
         return answer if status == 202 else None
 
@@ -233,7 +233,7 @@ class Client:
         }
         try:
             status, answer = self.request("POST", "/v1/usage", body)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
         return answer if status == 202 else None
 
@@ -260,7 +260,7 @@ class Client:
             )
             if status == 202 and isinstance(answer, dict) and "seen" in answer:
                 _REPORTED[self._snapshot_path] = (answer["seen"]["pid"], answer["seen"]["version"])
-        except Exception:  # noqa: BLE001
+        except Exception:
             return False
         return status == 202
 

@@ -126,7 +126,7 @@ async def run_daemon(
     )
     publisher = SnapshotPublisher(registry, clock, snapshot_path(socket_path))
     saver = StateSaver(registry, clock, state_path)
-    reloader = Reloader(config_path, config)
+    reloader = Reloader(config_path, config, sleep=clock.sleep)
     reloader.apply += [
         lambda old, new, diff: registry.apply_config(new),
         lambda old, new, diff: _note_missing_keys(registry, new),

@@ -61,25 +61,25 @@ class FakeNvml:
     class _Proc:
         pid, usedGpuMemory = 4857, 13 * 1024**3
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802 - pynvml's names
+    def nvmlDeviceGetCount(self) -> int:  # pynvml's names
         return 1
 
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> str:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> str:
         return f"handle{i}"
 
-    def nvmlDeviceGetPciInfo(self, h: str) -> object:  # noqa: N802
+    def nvmlDeviceGetPciInfo(self, h: str) -> object:
         return self._Pci()
 
-    def nvmlDeviceGetMemoryInfo(self, h: str) -> object:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, h: str) -> object:
         return self._Mem()
 
-    def nvmlDeviceGetUtilizationRates(self, h: str) -> object:  # noqa: N802
+    def nvmlDeviceGetUtilizationRates(self, h: str) -> object:
         return self._Util()
 
-    def nvmlDeviceGetTemperature(self, h: str, sensor: int) -> int:  # noqa: N802
+    def nvmlDeviceGetTemperature(self, h: str, sensor: int) -> int:
         return 41
 
-    def nvmlDeviceGetComputeRunningProcesses(self, h: str) -> list[object]:  # noqa: N802
+    def nvmlDeviceGetComputeRunningProcesses(self, h: str) -> list[object]:
         return [self._Proc()]
 
 
@@ -105,10 +105,10 @@ class FakePynvmlModule(FakeNvml):
     def __init__(self) -> None:
         self.started = False
 
-    def nvmlInit(self) -> None:  # noqa: N802
+    def nvmlInit(self) -> None:
         self.started = True
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+    def nvmlDeviceGetCount(self) -> int:
         assert self.started, "NVML called before nvmlInit"
         return 1
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from tests.support.daemon import Daemon
 
@@ -50,18 +48,6 @@ def raw_request(sock_path: Path, data: bytes, timeout_s: float = 5.0) -> bytes:
         except (ConnectionResetError, TimeoutError):
             pass
     return b"".join(chunks)
-
-
-def post_raw_json(d: Daemon, path: str, text: str) -> tuple[int, Any]:
-    """POST a JSON text exactly as given (NaN, `true` where a number goes ...)."""
-    body = text.encode()
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    raw = raw_request(d.socket, head + body)
-    head_part, _, payload = raw.partition(b"\r\n\r\n")
-    return int(head_part.split()[1]), json.loads(payload) if payload else None
 
 
 def files_text(d: Daemon) -> str:

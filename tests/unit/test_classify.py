@@ -17,7 +17,7 @@ from hroute.core.classify import (
     classify_response,
     parse_retry_after,
 )
-from hroute.core.reasons import CREDENTIAL_SCOPED, HEALTH_NEUTRAL, SEVERE, Reason, parse_reason
+from hroute.core.reasons import HEALTH_NEUTRAL, SEVERE, Reason, parse_reason
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a Tuesday
 IN_30S_HTTP = "Tue, 14 Nov 2023 22:13:50 GMT"
@@ -1101,11 +1101,6 @@ def test_reason_values_are_the_wire_strings():
             {R.SERVER_ERROR, R.OVERLOADED, R.TIMEOUT, R.CONNECTION, R.INVALID_RESPONSE},
             id="severe",
         ),
-        pytest.param(
-            CREDENTIAL_SCOPED,
-            {R.RATE_LIMIT, R.BILLING, R.AUTH, R.AUTH_PERMANENT},
-            id="credential-scoped",
-        ),
     ],
 )
 def test_reason_groups(group, members):
@@ -1115,8 +1110,6 @@ def test_reason_groups(group, members):
 
 def test_reason_groups_are_disjoint():
     assert not HEALTH_NEUTRAL & SEVERE
-    assert not HEALTH_NEUTRAL & CREDENTIAL_SCOPED
-    assert not SEVERE & CREDENTIAL_SCOPED
 
 
 # --- Exceptions ---------------------------------------------------------------------------

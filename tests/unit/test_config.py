@@ -223,7 +223,7 @@ def test_a_fifo_in_place_of_the_config_is_refused_at_once(tmp_path: Path) -> Non
     def read() -> None:
         try:
             read_config(path)
-        except BaseException as exc:  # noqa: BLE001 - kept for the assert below
+        except BaseException as exc:  # kept for the assert below
             out.append(exc)
 
     worker = threading.Thread(target=read, daemon=True)

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from hroute.core.reasons import Reason
+from hroute.core.verdict import ANY_MODEL
 
 if TYPE_CHECKING:
     from hroute.core.health import Health
@@ -34,7 +35,6 @@ class Scope(StrEnum):
 # A provider's reset longer than a day is not a reset time but a broken header (or a hostile
 # one); with a zero or past one, it is no hint at all: see `provider_hint`.
 MAX_HINT_S = 86400.0
-ANY_MODEL = ""  # the model part of a key scope that holds the key for every model
 # Models and keys come from reports: a server remembers at most this many of each, so a
 # client that invents names cannot grow the registry without bound.
 MAX_SCOPES = 256

@@ -49,10 +49,6 @@ SEVERE = frozenset(
         Reason.INVALID_RESPONSE,
     }
 )
-# A 429 on one key of a pool is not "provider down": cool (backend, credential) only.
-CREDENTIAL_SCOPED = frozenset(
-    {Reason.RATE_LIMIT, Reason.BILLING, Reason.AUTH, Reason.AUTH_PERMANENT}
-)
 
 # Hermes' finer FailoverReasons; its request-shape ones blame the request, not the backend.
 _BY_NAME = (

@@ -372,11 +372,11 @@ class Registry:
         return self.router.record_usage(name, input_tokens, output_tokens)
 
     @property
-    def tasks(self):  # noqa: ANN201 - the router's, kept here for the state file
+    def tasks(self):  # the router's, kept here for the state file
         return self.router.tasks
 
     @property
-    def spend(self):  # noqa: ANN201
+    def spend(self):
         return self.router.spend
 
     def view(self, name: str) -> dict[str, Any]:

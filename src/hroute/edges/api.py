@@ -28,7 +28,7 @@ from hroute.edges.http import (
     error_response,
     json_response,
 )
-from hroute.edges.limits import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S
+from hroute.edges.limits import IDLE_TIMEOUT_S, MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 from hroute.edges.metrics import Metrics
 from hroute.errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
 
@@ -109,8 +109,9 @@ class UsageBody(BaseModel):
 
     backend: str | None = Field(None, max_length=NAME_CHARS)
     base_url: str | None = Field(None, max_length=NAME_CHARS)
-    input_tokens: int = Field(0, ge=0, le=10**9)
-    output_tokens: int = Field(0, ge=0, le=10**9)
+    # Strict, as in reports: `true` is not one token, "10" is not a number.
+    input_tokens: int = Field(0, ge=0, le=10**9, strict=True)
+    output_tokens: int = Field(0, ge=0, le=10**9, strict=True)
 
 
 def credential_of(query: Any, *, empty_is_none: bool = False) -> str | None:
@@ -137,7 +138,7 @@ class _BadRequest(HrouteError):
 def make_api(
     deps: Deps,
     *,
-    max_connections: int = 512,
+    max_connections: int = MAX_CONNECTIONS,
     idle_timeout_s: float = IDLE_TIMEOUT_S,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> HttpServer:

@@ -148,7 +148,7 @@ class GpuTelemetry:
             return None
         try:
             pynvml.nvmlInit()
-        except Exception as exc:  # noqa: BLE001 - NVML raises its own error types
+        except Exception as exc:  # NVML raises its own error types
             if has_nvidia:
                 log.info("no NVIDIA GPU telemetry: NVML did not start (%s)", exc)
             return None
@@ -168,7 +168,7 @@ class GpuTelemetry:
                     bus = nvml.nvmlDeviceGetPciInfo(handle).busId
                     pci = normalize_pci(bus.decode() if isinstance(bus, bytes) else bus)
                 out.append((f"nvidia{i}", pci, handle))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.debug("NVML: %s", exc)
         return out
 
@@ -195,7 +195,7 @@ class GpuTelemetry:
         for name, pci, handle in devices:
             try:
                 procs = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
-            except Exception:  # noqa: BLE001, S112 - a device that does not say
+            except Exception:  # a device that does not say
                 continue
             for p in procs:
                 used = getattr(p, "usedGpuMemory", None)

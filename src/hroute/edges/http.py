@@ -37,7 +37,13 @@ from hroute.edges.http_parse import (
     Request,
     RequestParser,
 )
-from hroute.edges.limits import IDLE_TIMEOUT_S, REQUEST_TIMEOUT_S, WRITE_HIGH_WATER_BYTES
+from hroute.edges.limits import (
+    BACKLOG,
+    IDLE_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    REQUEST_TIMEOUT_S,
+    WRITE_HIGH_WATER_BYTES,
+)
 
 log = logging.getLogger("hroute.http")
 
@@ -303,10 +309,10 @@ class HttpServer:
     routes: Callable[[Request], Handler | None]  # None: 404, or 405 via `allowed`
     allowed: Callable[[str], list[str]] = lambda path: []
     max_body: int = 64 * 1024
-    max_connections: int = 512
+    max_connections: int = MAX_CONNECTIONS
     idle_timeout_s: float = IDLE_TIMEOUT_S  # an idle kept connection holds a descriptor
     request_timeout_s: float = REQUEST_TIMEOUT_S  # from a request's first byte to its last
-    backlog: int = 4096
+    backlog: int = BACKLOG
     on_crash: Callable[[BaseException], None] = lambda exc: None
     evicted: int = 0  # clients dropped to make room
     timed_out: int = 0  # requests not complete by their deadline (408)
@@ -355,7 +361,7 @@ class HttpServer:
             return error_response(404, "not_found", f"no such endpoint: {request.path}")
         try:
             return handler(request)
-        except Exception as exc:  # noqa: BLE001 - one bad request must not stop the server
+        except Exception as exc:  # one bad request must not stop the server
             return self.crash_response(exc)
 
     def crash_response(self, exc: BaseException) -> Response:

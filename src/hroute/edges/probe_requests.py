@@ -59,7 +59,7 @@ async def probe_backend(
         outcome = await probe(_Http(session, backend, api_key, timeout_s, wall, models))
     except _Failed as failed:
         outcome = failed.outcome
-    except Exception as exc:  # noqa: BLE001 - a probe turns every failure into a reason
+    except Exception as exc:  # a probe turns every failure into a reason
         c = classify_exception(exc)
         outcome = ProbeOutcome(reason=c.reason, detail=_exc_detail(exc, c.detail))
     latency_ms = (time.perf_counter() - started) * 1000

@@ -176,7 +176,7 @@ class Reloader:
             return digest, (new, diff_configs(current, new))
         except ConfigError as exc:
             return digest, str(exc)
-        except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the running config stays
+        except Exception as exc:  # whatever goes wrong, the running config stays
             log.exception("reading %s failed", self.path)
             return digest, f"{self.path}: cannot be read: {type(exc).__name__}: {exc}"
 
@@ -190,19 +190,33 @@ class Reloader:
         """
         target = self.path.absolute()
         dirs = {target.parent, target.resolve().parent}
-        task_status.started()
-        async for _changes in awatch(
-            *dirs,
-            debounce=DEBOUNCE_MS,
-            step=10,
-            recursive=False,
-            watch_filter=lambda change, p: self._concerns(change, p),
-            ignore_permission_denied=True,
-            rust_timeout=1000,
-            yield_on_timeout=True,
-        ):
-            if await anyio.to_thread.run_sync(_digest, self.path) != self._attempted:
-                await self.reload("file changed")
+        # The watcher's thread cannot be cancelled: only this event, looked at every `step`,
+        # ends it. Set when this task is cancelled, it lets a stop (SIGTERM, a test's
+        # teardown) go on at once instead of after the thread's next 1 s timeout.
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_cancel() -> None:
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    stop.set()
+
+            tg.start_soon(stop_on_cancel)
+            task_status.started()
+            async for _changes in awatch(
+                *dirs,
+                debounce=DEBOUNCE_MS,
+                step=10,
+                recursive=False,
+                watch_filter=lambda change, p: self._concerns(change, p),
+                ignore_permission_denied=True,
+                rust_timeout=1000,
+                yield_on_timeout=True,
+                stop_event=stop,
+            ):
+                if await anyio.to_thread.run_sync(_digest, self.path) != self._attempted:
+                    await self.reload("file changed")
 
     def _concerns(self, change: Change, changed: str) -> bool:
         p = Path(changed)

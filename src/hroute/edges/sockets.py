@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 from hroute.edges.files import prepare_dir
+from hroute.edges.limits import BACKLOG
 from hroute.errors import HrouteError, SocketInUseError
 
 SD_LISTEN_FDS_START = 3
@@ -35,7 +36,7 @@ def inherited_socket(env: dict[str, str] | None = None) -> socket.socket | None:
     return None
 
 
-def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 4096) -> socket.socket:
+def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = BACKLOG) -> socket.socket:
     """Bind a listening socket at `path`, replacing a stale one, refusing a live one.
 
     The directory must be ours (or root's) and writable by nobody else: in a directory

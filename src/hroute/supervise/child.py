@@ -293,7 +293,7 @@ class ChildSupervisor:
             return describe_oom(oom, [], [], [])
         try:
             return await anyio.to_thread.run_sync(self._explain_oom, oom)
-        except Exception:  # noqa: BLE001 - telemetry must never stop a restart
+        except Exception:  # telemetry must never stop a restart
             log.debug("%s: GPU telemetry failed", self.name, exc_info=True)
             return describe_oom(oom, [], [], [])
 
