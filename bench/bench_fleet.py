@@ -157,7 +157,9 @@ def main() -> int:
             for p in fakes:
                 p.terminate()
                 p.wait(10)
-    cpu = Path("/proc/cpuinfo").read_text().split("model name", 1)[1].split("\n", 1)[0].strip(": \t")
+    cpu = (
+        Path("/proc/cpuinfo").read_text().split("model name", 1)[1].split("\n", 1)[0].strip(": \t")
+    )
     print(
         f"\nMachine: {os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Python "
         f"{platform.python_version()}, {date.today().isoformat()}, load {os.getloadavg()[0]:.1f}\n"

@@ -39,7 +39,7 @@ from tests.support.redis import RedisServer
 
 from hroute.client import Client, fingerprint
 from hroute.config.model import load_config
-from hroute.core.cooldowns import Scope
+from hroute.core.health_values import Scope
 from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
 from hroute.core.shared_record import Shared
@@ -131,7 +131,7 @@ def records(text: str, host: str) -> list[Shared]:
     reg = Registry(load_config(text), FakeClock())
     version = int(time.time() * 1000)
     return [
-        Shared(reg.identity(f"cloud{b}"), Scope.KEY, Reason.RATE_LIMIT, 600.0, host,
+        Shared(reg.directory.identity(f"cloud{b}"), Scope.KEY, Reason.RATE_LIMIT, 600.0, host,
                credential=fingerprint(f"k{b}-{k}"), version=version)
         for b in range(BACKENDS)
         for k in range(KEYS_EACH)

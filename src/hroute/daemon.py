@@ -18,6 +18,7 @@ from hroute import __version__
 from hroute.config.model import Config, missing_keys, read_config
 from hroute.core.clients import Clients
 from hroute.core.clock import Clock
+from hroute.core.events import Topic
 from hroute.core.registry import Registry
 from hroute.edges.api import Deps, make_api
 from hroute.edges.clock import RealClock, wait_until
@@ -71,10 +72,10 @@ async def run_daemon(
         events_kept=config.daemon.events_kept,
         jitter=lambda: rng.uniform(-1.0, 1.0),  # spreads cooldown ends (Envoy's jitter)
     )
-    registry.add_sink(log_event)
+    registry.subscribe(Topic.EVENT, log_event)
     clients = Clients()  # what agent plugins say of their guards
     metrics = Metrics(lambda: registry, clients, clock.now)
-    registry.add_sink(metrics.on_event)
+    registry.subscribe(Topic.EVENT, metrics.on_event)
     _note_missing_keys(registry, config)
     state_path = config.daemon.state_path
     # Before reading or writing anything there: a directory another user can write could
@@ -83,9 +84,9 @@ async def run_daemon(
     remove_leftovers(state_path)  # from a daemon killed while it saved
     saved = load_state(state_path, clock)
     restored = registry.restore(saved.records)
-    registry.tasks.load(saved.tasks)
+    registry.router.tasks.load(saved.tasks)
     if saved.spend is not None:
-        registry.spend.load(*saved.spend)
+        registry.router.spend.load(*saved.spend)
     if restored:
         log.info("restored health of %d backends from %s", restored, state_path)
 
@@ -144,7 +145,7 @@ async def run_daemon(
         if event["event"] == "cooldown_end" and event.get("scope") == "server":
             prober.poke(event["backend"])
 
-    registry.add_sink(probe_when_cooldown_ends)
+    registry.subscribe(Topic.EVENT, probe_when_cooldown_ends)
 
     def after_report(name: str, body: dict) -> None:
         if body.get("outcome") == "failure":
@@ -210,7 +211,7 @@ async def run_daemon(
 def _note_missing_keys(registry: Registry, config: Config) -> None:
     missing = missing_keys(config)
     for name in config.backends:
-        registry.set_note(name, None)
+        registry.annotations.set_note(name, None)
     for name, var in missing.items():
         log.warning(
             "%s: key_env %s is not set in the environment; not probing it "
@@ -218,7 +219,7 @@ def _note_missing_keys(registry: Registry, config: Config) -> None:
             name,
             var,
         )
-        registry.set_note(name, f"key_env {var} is not set; not probed")
+        registry.annotations.set_note(name, f"key_env {var} is not set; not probed")
 
 
 def _note_cluster_change(old: Config, new: Config) -> None:
@@ -252,7 +253,7 @@ async def _expire_cooldowns(registry: Registry, clock: Clock) -> None:
     def on_change() -> None:
         wake.set()
 
-    registry.add_listener(on_change)
+    registry.subscribe(Topic.CHANGED, on_change)
     while True:
         deadline = registry.expire()
         wake = anyio.Event()
@@ -291,7 +292,7 @@ def _tell_reload(
     if result.ok:
         metrics.config_reloads.inc("applied")
         registry.emit("config_reloaded", reason=trigger, detail=result.summary)
-        notifier.ready(f"{len(registry.names)} backends; {result.summary}")
+        notifier.ready(f"{len(registry.directory.names)} backends; {result.summary}")
         return
     metrics.config_reloads.inc("rejected")
     first = result.error.splitlines()[1].strip() if "\n" in result.error else result.error

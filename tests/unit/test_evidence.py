@@ -5,6 +5,7 @@ the provider timed runs to the provider's time. Pure core, explicit times."""
 from __future__ import annotations
 
 from hroute.config.model import load_config
+from hroute.core.events import Topic
 from hroute.core.health import Health, Policy, ProbeOutcome, Report, State
 from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
@@ -157,7 +158,7 @@ def test_the_registry_hands_every_clearing_to_its_clear_taps() -> None:
     clock = FakeClock()
     reg = Registry(load_config(CONFIG), clock)
     seen: list[tuple[str, str, str, int | None]] = []
-    reg.add_clear_tap(lambda name, c: seen.append((name, c.scope, c.event, c.incident)))
+    reg.subscribe(Topic.CLEARED, lambda name, c: seen.append((name, c.scope, c.event, c.incident)))
     reg.record_probe("local", OK)
     reg.record_report("local", fail(Reason.SERVER_ERROR))
     clock.advance(1)
@@ -171,7 +172,7 @@ def test_the_registry_hands_every_clearing_to_its_clear_taps() -> None:
         ("cloud", "key", "cooldown_cleared", 1),
     ]
     assert reg.usable("local")["usable"]
-    events = [e for e in reg.events_since() if e["event"] == "cooldown_cleared"]
+    events = [e for e in reg.events.since() if e["event"] == "cooldown_cleared"]
     assert [(e["backend"], e["incident"]) for e in events] == [("local", 1), ("cloud", 1)]
 
 

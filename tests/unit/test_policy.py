@@ -52,7 +52,7 @@ def test_task_escalates_past_the_local_tier_after_max_local_attempts(reg: Regist
     assert reg.route("coding", task="other")["backend"] == "llama"  # only that task
     assert reg.route("coding")["backend"] == "llama"
     reg.route("coding", task="t1")
-    [event] = [e for e in reg.events_since() if e["event"] == "escalation"]  # said once, with why
+    [event] = [e for e in reg.events.since() if e["event"] == "escalation"]  # said once, with why
     assert event["task"] == "t1" and event["backend"] == "router"
     assert event["reason"].startswith("escalated: 3 local failures")
 

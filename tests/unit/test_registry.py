@@ -3,6 +3,7 @@
 import pytest
 
 from hroute.config.model import load_config
+from hroute.core.events import Topic
 from hroute.core.health import ProbeOutcome, Report
 from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
@@ -30,7 +31,7 @@ def reg(clock) -> Registry:
 def test_two_names_for_one_server_share_health(reg: Registry) -> None:
     reg.record_probe("local", ProbeOutcome(Reason.CONNECTION))
     assert reg.usable("local-alias")["usable"] is False
-    assert reg.resolve(base_url="http://127.0.0.1:8080/v1/") == "local"
+    assert reg.directory.resolve(base_url="http://127.0.0.1:8080/v1/") == "local"
 
 
 def test_route_falls_through_the_chain_and_says_why(reg: Registry) -> None:
@@ -66,11 +67,11 @@ def test_route_unknown_profile(reg: Registry) -> None:
 def test_fallback_events_only_when_the_answer_changes(reg: Registry) -> None:
     reg.route("coding")
     reg.route("coding")
-    assert [e["event"] for e in reg.events_since()] == []
+    assert [e["event"] for e in reg.events.since()] == []
     reg.record_probe("local", ProbeOutcome(Reason.CONNECTION))
     reg.route("coding")
     reg.route("coding")
-    fallbacks = [e for e in reg.events_since() if e["event"] == "fallback"]
+    fallbacks = [e for e in reg.events.since() if e["event"] == "fallback"]
     assert len(fallbacks) == 1
     assert fallbacks[0]["old"] == "local" and fallbacks[0]["new"] == "ollama"
     assert "local: connection" in fallbacks[0]["reason"]
@@ -79,16 +80,16 @@ def test_fallback_events_only_when_the_answer_changes(reg: Registry) -> None:
 def test_events_have_increasing_ids_and_since_filters(reg: Registry) -> None:
     reg.record_probe("local", ProbeOutcome())
     reg.record_probe("ollama", ProbeOutcome())
-    events = reg.events_since()
+    events = reg.events.since()
     assert [e["id"] for e in events] == [1, 2]
-    assert reg.events_since(1) == events[1:]
+    assert reg.events.since(1) == events[1:]
 
 
 def test_event_ring_is_bounded(clock) -> None:
     reg = Registry(load_config(CONFIG), clock, events_kept=10)
     for i in range(30):
         reg.record_report("local", Report(False, Reason.RATE_LIMIT, retry_after_s=i + 1))
-    events = reg.events_since()
+    events = reg.events.since()
     # 30 cooldowns and the one fallback of profile coding they caused; the ring keeps 10
     assert len(events) == 10 and events[-1]["id"] == 31
 
@@ -109,7 +110,7 @@ def test_snapshot_carries_what_a_reader_needs(reg: Registry, clock) -> None:
 
 def test_version_moves_on_change_and_listeners_hear_it(reg: Registry) -> None:
     heard = []
-    reg.add_listener(lambda: heard.append(reg.version))
+    reg.subscribe(Topic.CHANGED, lambda: heard.append(reg.version))
     before = reg.version
     reg.record_report("local", Report(False, Reason.TIMEOUT))
     assert reg.version > before and heard == [reg.version]
@@ -117,19 +118,19 @@ def test_version_moves_on_change_and_listeners_hear_it(reg: Registry) -> None:
 
 def test_route_is_a_query_that_changes_nothing(reg: Registry) -> None:
     reg.record_probe("local", ProbeOutcome(Reason.CONNECTION))
-    before, version = reg.events_since(), reg.version
+    before, version = reg.events.since(), reg.version
     for _ in range(3):
         reg.route("coding")
         reg.route("coding", exclude=["ollama"])
         reg.route("coding", task="t9")
-    assert reg.events_since() == before and reg.version == version
+    assert reg.events.since() == before and reg.version == version
 
 
 def test_a_fallback_is_told_when_health_changes_not_when_asked(reg: Registry) -> None:
     reg.record_probe("local", ProbeOutcome())
     reg.record_probe("local", ProbeOutcome(Reason.CONNECTION))
-    [away] = [e for e in reg.events_since() if e["event"] == "fallback"]
+    [away] = [e for e in reg.events.since() if e["event"] == "fallback"]
     assert (away["old"], away["new"]) == ("local", "ollama")
     reg.record_probe("local", ProbeOutcome())
-    back = [e for e in reg.events_since(away["id"]) if e["event"] == "fallback"]
+    back = [e for e in reg.events.since(away["id"]) if e["event"] == "fallback"]
     assert [(e["old"], e["new"]) for e in back] == [("ollama", "local")]

@@ -111,8 +111,8 @@ def test_a_profile_without_a_cloud_tier_never_escalates_away(reg: Registry) -> N
     answer = reg.route("offline", task="t1")
     assert answer["backend"] == "llama" and "escalated" not in answer
     assert "no cloud tier" in answer["note"]
-    assert [e for e in reg.events_since() if e["event"] == "escalation"] and all(
-        e["profile"] != "offline" for e in reg.events_since() if e["event"] == "escalation"
+    assert [e for e in reg.events.since() if e["event"] == "escalation"] and all(
+        e["profile"] != "offline" for e in reg.events.since() if e["event"] == "escalation"
     )
 
 
@@ -159,10 +159,10 @@ def test_spend_survives_a_restart_in_another_time_zone() -> None:
     clock = Clock(datetime(2026, 11, 29, 2, 0, tzinfo=UTC).timestamp())
     first = Registry(load_config(CONFIG), clock)
     first.record_usage("router", 1_200_000, 0)  # $3.60
-    saved = first.spend.dump()
+    saved = first.router.spend.dump()
     la = CONFIG.replace("timezone: UTC", "timezone: America/Los_Angeles")
     again = Registry(load_config(la), clock)
-    again.spend.load(*saved)
+    again.router.spend.load(*saved)
     assert again.record_usage("router", 0, 0)["spent_today_usd"] == pytest.approx(3.6)
     clock.advance(22 * 3600 + 1)  # the UTC day that money was spent in is over
     assert again.record_usage("router", 0, 0)["spent_today_usd"] == 0
@@ -191,12 +191,12 @@ def test_escalation_is_journalled_with_task_and_profile(reg: Registry) -> None:
     reg.record_task_failure("t1", "invalid_output", detail="tool call had no name")
     reg.record_task_failure("t1", "invalid_output", detail="again")
     [event] = [
-        e for e in reg.events_since() if e["event"] == "escalation" and e["profile"] == "coding"
+        e for e in reg.events.since() if e["event"] == "escalation" and e["profile"] == "coding"
     ]
     fields = event_fields(event)
     assert fields["MESSAGE_ID"] == MESSAGE_IDS["escalation"]
     assert fields["HROUTE_TASK"] == "t1" and fields["HROUTE_PROFILE"] == "coding"
-    failures = [e for e in reg.events_since() if e["event"] == "task_failure"]
+    failures = [e for e in reg.events.since() if e["event"] == "task_failure"]
     assert [e["detail"] for e in failures] == ["tool call had no name", "again"]
 
 

@@ -73,8 +73,8 @@ def test_a_missing_model_makes_only_its_own_backends_unusable(reg: Registry) -> 
 
 
 def test_models_at_a_server_are_every_configured_model_there(reg: Registry) -> None:
-    assert reg.models_at("qwen") == ("llama3:8b", "qwen3.6:9b")
-    assert reg.models_at("gpt-b") == ("gpt-a", "gpt-b")
+    assert reg.directory.models_at("qwen") == ("llama3:8b", "qwen3.6:9b")
+    assert reg.directory.models_at("gpt-b") == ("gpt-a", "gpt-b")
 
 
 # --- fault 2: model_not_found is the model's, not the server's -----------------------------
@@ -89,7 +89,7 @@ def test_model_not_found_report_cools_only_that_model(reg: Registry) -> None:
         "llama3": False,
         "or-b": False,
     }
-    [event] = [e for e in reg.events_since(0) if e["event"] == "cooldown"]
+    [event] = [e for e in reg.events.since(0) if e["event"] == "cooldown"]
     assert event["held"] == ["llama3", "or-b"]
 
 
@@ -204,7 +204,7 @@ def test_overloaded_local_server_holds_every_model_on_it(reg: Registry) -> None:
     [change] = reg.record_report("qwen", fail(Reason.OVERLOADED, model="qwen3.6:9b"))
     assert change.scope == "server"
     assert not any(usable(reg, "qwen", "llama3", "or-a", "or-b").values())
-    [event] = [e for e in reg.events_since(0) if e["event"] == "cooldown"]
+    [event] = [e for e in reg.events.since(0) if e["event"] == "cooldown"]
     assert event["held"] == ["qwen", "llama3", "or-a", "or-b"] and event["server"] == "ollama"
 
 
@@ -264,13 +264,15 @@ def test_the_end_of_a_server_cooldown_is_told_with_its_scope(reg: Registry, cloc
     reg.record_report("qwen", fail(Reason.SERVER_ERROR))
     clock.advance(30)
     reg.expire()
-    [end] = [e for e in reg.events_since(0) if e["event"] == "cooldown_end"]
+    [end] = [e for e in reg.events.since(0) if e["event"] == "cooldown_end"]
     assert end["scope"] == "server" and end["held"] == ["qwen", "llama3", "or-a", "or-b"]
 
 
 def test_usable_by_url_and_model_finds_the_backend_configured_with_both(reg: Registry) -> None:
-    assert reg.resolve(base_url="http://localhost:11434/v1", model="llama3:8b") == "llama3"
-    assert reg.resolve(base_url="http://localhost:11434/v1", model="nope") == "qwen"
+    assert (
+        reg.directory.resolve(base_url="http://localhost:11434/v1", model="llama3:8b") == "llama3"
+    )
+    assert reg.directory.resolve(base_url="http://localhost:11434/v1", model="nope") == "qwen"
     reg.record_report("gpt-a", fail(Reason.UPSTREAM_RATE_LIMIT, model="gpt-x"))
     assert reg.verdict("gpt-a", model="gpt-x").usable is False
     assert reg.verdict("gpt-a").usable is True

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hroute.config.model import load_config
-from hroute.core.cooldowns import Scope
+from hroute.core.events import Topic
 from hroute.core.health import Report
+from hroute.core.health_values import Scope
 from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
 from hroute.core.shared_record import (
@@ -53,15 +54,27 @@ class Host:
         self.reg = Registry(load_config(CONFIG), clock)
         self.ledger = Ledger()
         self.sent: list[Shared] = []
-        self.reg.add_report_tap(self._tap)
-        self.reg.add_clear_tap(
-            lambda backend, change: self._tell([from_clear(self.reg, backend, change, name)])
+        self.reg.subscribe(Topic.REPORTED, self._tap)
+        self.reg.subscribe(
+            Topic.CLEARED,
+            lambda backend, change: self._tell(
+                [from_clear(self.reg.directory, backend, change, name)]
+            ),
         )
         self.events: list[dict] = []
-        self.reg.add_sink(self.events.append)
+        self.reg.subscribe(Topic.EVENT, self.events.append)
 
     def _tap(self, backend: str, changes: list) -> None:
-        self._tell(from_changes(self.reg, backend, changes, self.name))
+        self._tell(
+            from_changes(
+                self.reg.directory,
+                self.reg.health(backend),
+                backend,
+                changes,
+                self.name,
+                self.reg.clock.now(),
+            )
+        )
 
     def _tell(self, records: list) -> None:
         for shared in records:
@@ -76,7 +89,7 @@ class Host:
             record = decode(s.encode(), int(s.remaining_s * 1000))
             news = self.ledger.take(record, self.clock.now())
             if news:
-                self.reg.apply_shared(record, newer=news == "newer")
+                self.reg.take_shared(record, newer=news == "newer")
 
 
 @pytest.fixture
@@ -145,8 +158,8 @@ def test_local_backends_and_holds_are_not_shared(hosts) -> None:
     assert a.sent == []
     a.reg.record_report("fake-cloud", Report(False, Reason.CONNECTION))  # loopback, tier cloud
     assert [s.scope for s in a.sent] == [Scope.SERVER]
-    llama = Shared(b.reg.identity("llama"), Scope.SERVER, Reason.CONNECTION, 30, "host-a")
-    assert b.reg.apply_shared(llama) is False
+    llama = Shared(b.reg.directory.identity("llama"), Scope.SERVER, Reason.CONNECTION, 30, "host-a")
+    assert b.reg.take_shared(llama) is False
     assert b.reg.usable("llama")["usable"] is True
 
 
@@ -166,7 +179,7 @@ def test_a_resync_pushes_every_live_hold_under_the_host_that_saw_it(hosts, clock
     b.tell(a.sent)
     b.reg.record_report("or-b", Report(False, Reason.OVERLOADED, 120))
     clock.advance(10)
-    pushed = held_records(b.reg, "host-b")
+    pushed = held_records(b.reg.directory, b.reg.health, "host-b", b.reg.clock.now())
     assert sorted((s.scope, s.model, s.remaining_s, s.host) for s in pushed) == [
         (Scope.KEY, "m-a", pytest.approx(590), "host-a"),
         (Scope.MODEL, "m-b", pytest.approx(110), "host-b"),
@@ -236,7 +249,10 @@ def test_a_restart_remembers_which_host_saw_a_shared_cooldown(hosts, clock) -> N
     restored = Registry(load_config(CONFIG), clock)
     restored.restore(decode_state(doc, clock.now(), clock.wall()))
     # Not this host's own after a restart: a reconnect pushes it as host-a's.
-    assert [s.host for s in held_records(restored, "host-b")] == ["host-a"]
+    assert [
+        s.host
+        for s in held_records(restored.directory, restored.health, "host-b", restored.clock.now())
+    ] == ["host-a"]
     assert restored.usable("or-a", credential="sha256:00000000000000a1")["usable"] is False
 
 
@@ -293,7 +309,7 @@ def test_a_record_taken_is_one_the_state_file_keeps(hosts, clock) -> None:
     from hroute.edges.state_file import decode_state, encode_state
 
     _, b = hosts
-    ident = b.reg.identity("or-a")
+    ident = b.reg.directory.identity("or-a")
     widest = json.dumps(
         {
             "v": 2, "ver": 2**53 - 1, "state": "held",
@@ -303,7 +319,7 @@ def test_a_record_taken_is_one_the_state_file_keeps(hosts, clock) -> None:
         }
     )  # fmt: skip
     shared = decode(widest, 10**12)
-    assert b.reg.apply_shared(shared)
+    assert b.reg.take_shared(shared)
     doc = json.loads(json.dumps(encode_state(b.reg.records(), clock.now(), clock.wall())))
     restored = decode_state(doc, clock.now(), clock.wall())
     assert restored[ident].models["m" * MAX_MODEL_CHARS].cooldown is not None
@@ -401,7 +417,7 @@ def test_any_order_of_arrival_converges(records, order) -> None:
 
     clock = FakeClock()
     shape = Host(clock, "shape")
-    ident = shape.reg.identity("or-a")
+    ident = shape.reg.directory.identity("or-a")
     made = [
         Shared(ident, Scope.SERVER, Reason.SERVER_ERROR, left, f"h{v}", 1, version=v, cleared=c)
         for v, c, left in records

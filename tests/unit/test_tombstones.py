@@ -21,7 +21,7 @@ def test_a_backend_that_comes_back_gets_its_cooldown_back(clock) -> None:
     reg = Registry(load_config(BOTH), clock)
     reg.record_report("a", Report(False, Reason.RATE_LIMIT, retry_after_s=1200))
     reg.apply_config(load_config(ONLY_B))
-    assert reg.names == ["b"] and len(reg.records()) == 2  # the tombstone is saved too
+    assert reg.directory.names == ["b"] and len(reg.records()) == 2  # the tombstone is saved too
     clock.advance(900)  # past the minimum, within the cooldown
     reg.expire()
     reg.apply_config(load_config(BOTH))

@@ -109,6 +109,6 @@ def test_client_and_daemon_agree_on_models_and_keys(probe, report) -> None:
             model,
         )
         by_url = _from_snapshot(snap, None, url, credential, model)
-        resolved = reg.resolve(base_url=url, model=model)
+        resolved = reg.directory.resolve(base_url=url, model=model)
         assert by_url.backend == resolved
         assert by_url.usable == reg.verdict(resolved, credential, model).usable

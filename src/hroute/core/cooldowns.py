@@ -13,28 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hroute.core.health_values import Policy
 from hroute.core.reasons import Reason
 from hroute.core.verdict import ANY_MODEL
-
-if TYPE_CHECKING:
-    from hroute.core.health import Health
-    from hroute.core.health_values import Policy, Report
-
-
-class Scope(StrEnum):
-    """What a failure holds: the server, one model on it, or one key (of one model)."""
-
-    SERVER = "server"  # identity: api mode + normalised URL (+ model_family)
-    MODEL = "model"  # identity + model
-    KEY = "key"  # identity + credential (+ model, for a rate limit that names one)
-
 
 # A provider's reset longer than a day is not a reset time but a broken header (or a hostile
 # one); with a zero or past one, it is no hint at all: see `provider_hint`.
 MAX_HINT_S = 86400.0
+# A deadline this close to the one held is the same one told twice (another host's TTL was
+# read a few milliseconds after it was set): not worth an event.
+SAME_DEADLINE_S = 0.5
 # Models and keys come from reports: a server remembers at most this many of each, so a
 # client that invents names cannot grow the registry without bound.
 MAX_SCOPES = 256
@@ -141,6 +131,29 @@ class Held:
         self.cooldown = None
         return True
 
+    def merge(
+        self, until: float, reason: Reason, host: str, incidents: int, now: float, *, newer: bool
+    ) -> bool:
+        """Take another host's cooldown of this scope (shared through the cluster): extend,
+        never shorten (unless `newer`: a newer incident than the one held replaces its
+        deadline); incident counts merge by max (one incident seen by three hosts is one).
+        True if the hold changed (a deadline within SAME_DEADLINE_S is the same one)."""
+        self.ejections = max(self.ejections, incidents)
+        current = self.cooldown
+        if (
+            self.running(now)
+            and current is not None
+            and (
+                current.until is None  # a hold until lifted is this host's own verdict
+                or (current.until >= until - SAME_DEADLINE_S and not newer)
+                or abs(current.until - until) < SAME_DEADLINE_S
+            )
+        ):
+            return False  # what is held here already lasts as long
+        self.cooldown = Cooldown(until, reason, seen_by=host)
+        self.decay_anchor = until
+        return True
+
     def clear(self, now: float) -> Cooldown | None:
         """End the running cooldown now, before its time (evidence says the failure is over;
         another host cleared it); return it. The incident count stays and decays from the
@@ -174,79 +187,6 @@ class Held:
         if not (down and self.ejections):
             self.ejections += 1
         return min(policy.base_s * self.ejections, policy.max_s)
-
-
-# Reasons by the scope they hold (Hermes' names). `auth` without a credential is nobody's:
-# one client's bad key must not take a backend away from everyone.
-_SERVER = frozenset(
-    {Reason.CONNECTION, Reason.TIMEOUT, Reason.SERVER_ERROR, Reason.INVALID_RESPONSE}
-)
-_MODEL = frozenset({Reason.MODEL_NOT_FOUND, Reason.UPSTREAM_RATE_LIMIT})
-_KEY = frozenset({Reason.RATE_LIMIT, Reason.BILLING, Reason.AUTH, Reason.AUTH_PERMANENT})
-
-
-def report_scope(
-    reason: Reason, *, credential: str | None, model: str | None, local: bool
-) -> Scope | None:
-    """Which scope a client's failure report holds, or None when it holds nothing.
-
-    A model-scoped reason whose model is unknown falls back to the server (the endpoint said
-    it, for every model we cannot tell apart), except `model_not_found`, which names nothing
-    then; the probes check every configured model anyway.
-    """
-    if reason in _SERVER:
-        return Scope.SERVER
-    if reason is Reason.OVERLOADED:
-        # A local server that is overloaded is overloaded for every model it serves; a cloud
-        # API's overload (Anthropic's 529, a 503 from OpenAI) is for the model asked.
-        return Scope.SERVER if local or not model else Scope.MODEL
-    if reason in _KEY and credential:
-        return Scope.KEY
-    if reason in (Reason.AUTH, Reason.AUTH_PERMANENT):
-        return None
-    if reason is Reason.BILLING:
-        return Scope.SERVER  # the account behind the configured backend; nobody to tell apart
-    if reason in _MODEL or reason is Reason.RATE_LIMIT:
-        if model:
-            return Scope.MODEL
-        return None if reason is Reason.MODEL_NOT_FOUND else Scope.SERVER
-    return None
-
-
-def make_room(health: Health, report: Report, policy: Policy, now: float) -> None:
-    """Before a failure for a new model or key when the server already remembers MAX_SCOPES,
-    forget one: a scope with no running cooldown first (only its incident count goes), else
-    the one ending soonest (that key is usable a little early: hroute fails open). So the
-    agent that reports always reads its own report back, and the record stays bounded."""
-    if report.success or report.reason is None:
-        return
-    scope = report_scope(
-        report.reason, credential=report.credential, model=report.model, local=policy.local
-    )
-    table: dict[Any, Held]
-    if scope is Scope.MODEL:
-        table, key = health.models, report.model
-    elif scope is Scope.KEY:
-        table, key = health.keys, (report.credential or "", key_model(report.reason, report.model))
-    else:
-        return
-    if key in table or len(table) < MAX_SCOPES:
-        return
-    idle = next((k for k, h in table.items() if not h.running(now)), None)
-    if idle is None:
-        idle = min(table, key=lambda k: _ends(table[k]))
-    del table[idle]
-
-
-def _ends(held: Held) -> float:
-    c = held.cooldown
-    return float("inf") if c is None or c.until is None else c.until
-
-
-def key_model(reason: Reason, model: str | None) -> str:
-    """The model part of a key scope: a rate limit that names a model is that model's (OpenAI
-    and Anthropic limit per model); billing and auth are the key's, for every model."""
-    return model if reason is Reason.RATE_LIMIT and model else ANY_MODEL
 
 
 def scope_maps(

@@ -14,14 +14,11 @@ and decays from the end the hold would have had, so a flapping server still grow
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
 
-from hroute.core.cooldowns import Cooldown, Held, Scope, provider_hint
-from hroute.core.health_values import Policy, ProbeOutcome, Transition
+from hroute.core.cooldowns import Cooldown, Held, provider_hint
+from hroute.core.health_values import ProbeOutcome, Scope, Transition
 from hroute.core.reasons import Reason
-
-if TYPE_CHECKING:
-    from hroute.core.health import Health
 
 # The reasons whose hold hroute infers (no provider time): the probes can watch them end.
 INFERRED = frozenset(
@@ -42,26 +39,26 @@ def inferred(reason: Reason, retry_after_s: float | None) -> bool:
     return reason in INFERRED and provider_hint(retry_after_s) is None
 
 
-def saw_down(health: Health, now: float) -> None:
-    """A probe saw the server fail: the running inferred holds of the server and of its
-    models (unreachable with it) may now be lifted by the probes' success."""
-    for held in (health.server, *health.models.values()):
+def saw_down(holds: Iterable[Held], now: float) -> None:
+    """A probe saw the server fail: the running inferred `holds` (the server's and its
+    models', unreachable with it) may now be lifted by the probes' success."""
+    for held in holds:
         if held.running(now) and held.cooldown is not None and held.cooldown.inferred:
             held.cooldown.seen_down = True
 
 
-def lift(health: Health, outcome: ProbeOutcome, now: float, policy: Policy) -> list[Transition]:
-    """After a successful probe: end the inferred holds the probes saw fail, once `rise`
-    probes in a row succeeded — the server's, and those of the models the listing showed."""
-    if health.consecutive_successes < policy.rise:
-        return []
+def lift(
+    server: Held, models: Mapping[str, Held], outcome: ProbeOutcome, now: float, state: str
+) -> list[Transition]:
+    """After `rise` successful probes in a row: end the inferred holds the probes saw fail,
+    the server's and those of the models the listing showed."""
     out = []
-    if (ended := _lift(health.server, now)) is not None:
-        out.append(cleared(health, health.server, ended, Scope.SERVER))
+    if (ended := _lift(server, now)) is not None:
+        out.append(cleared(state, server, ended, Scope.SERVER))
     for m in outcome.checked:
-        held = health.models.get(m)
+        held = models.get(m)
         if m not in outcome.missing and held is not None and (ended := _lift(held, now)):
-            out.append(cleared(health, held, ended, Scope.MODEL, model=m))
+            out.append(cleared(state, held, ended, Scope.MODEL, model=m))
     return out
 
 
@@ -73,7 +70,7 @@ def _lift(held: Held, now: float) -> Cooldown | None:
 
 
 def cleared(
-    health: Health,
+    state: str,
     held: Held,
     ended: Cooldown,
     scope: Scope,
@@ -83,8 +80,7 @@ def cleared(
 ) -> Transition:
     """The value that tells a hold ended early: `cooldown_cleared` at `scope`, with the
     incident it ended (the scope's incident count), for the log and for other hosts."""
-    s = str(health.state)
     return Transition(
-        "cooldown_cleared", s, s, str(ended.reason), scope=scope, model=model or None,
+        "cooldown_cleared", state, state, str(ended.reason), scope=scope, model=model or None,
         credential=credential, incident=max(1, held.ejections),
     )  # fmt: skip

@@ -9,23 +9,18 @@ I/O; every call takes `now`, a monotonic timestamp in seconds.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from hroute.core import evidence
-from hroute.core.cooldowns import (
-    ANY_MODEL,
-    Cooldown,
-    Held,
-    Scope,
-    key_model,
-    report_scope,
-    scope_maps,
-)
-from hroute.core.health_values import Policy, ProbeOutcome, Report, State, Transition
+from hroute.core.cooldowns import MAX_SCOPES, Cooldown, Held, scope_maps
+from hroute.core.health_values import Policy, ProbeOutcome, Report, Scope, State, Transition
 from hroute.core.reasons import HEALTH_NEUTRAL, SEVERE, Reason
-from hroute.core.verdict import INF, USABLE, Verdict, decide_scoped
+from hroute.core.scopes import ProbeEffect, key_model, probe_effect, report_scope
+from hroute.core.shared_record import MAX_EJECTIONS, MAX_REMAINING_S, Shared
+from hroute.core.verdict import ANY_MODEL, INF, USABLE, Verdict, decide_scoped
 
 __all__ = [
     "AUTH_REASONS",
@@ -33,6 +28,7 @@ __all__ = [
     "Policy",
     "ProbeOutcome",
     "Report",
+    "Scope",
     "State",
     "Transition",
 ]
@@ -46,7 +42,11 @@ _OPEN_STATES = (State.UNKNOWN, State.HEALTHY)  # blocker() is None in these, unl
 
 @dataclass
 class Health:
-    """The mutable health record of one server identity; owned by the registry."""
+    """The mutable health record of one server identity; owned by the registry.
+
+    The only writer of health: probes, reports, supervisors' verdicts, other hosts' records
+    and configuration changes all come in through its methods (scope rules: `scopes.py`).
+    """
 
     state: State = State.UNKNOWN
     reason: str | None = None
@@ -182,15 +182,19 @@ class Health:
                 or self.state in (State.UNKNOWN, State.STARTING)
             ):
                 out.append(self._move(State.HEALTHY, "backend_up", None, outcome.detail))
-            return out + self._check_models(outcome) + evidence.lift(self, outcome, now, policy)
+            out += self._check_models(outcome)
+            if self.consecutive_successes >= policy.rise:
+                out += evidence.lift(self.server, self.models, outcome, now, str(self.state))
+            return out
         reason = outcome.reason
-        if reason in HEALTH_NEUTRAL:
+        effect = probe_effect(reason)
+        if effect is ProbeEffect.NOTHING:
             return out
         if reason is Reason.CONNECTION and self.spawned and self.state is State.STARTING:
             self.detail = outcome.detail
             return out
         self.consecutive_successes = 0
-        if reason in AUTH_REASONS:
+        if effect is ProbeEffect.BLOCK:
             if self.block != reason:
                 self.block = reason
                 out.append(
@@ -203,7 +207,7 @@ class Health:
                     )
                 )
             return out
-        if reason in (Reason.RATE_LIMIT, Reason.UPSTREAM_RATE_LIMIT, Reason.BILLING):
+        if effect is ProbeEffect.COOLDOWN:
             # The server answered: it is up, but says wait. That is a cooldown, not a state;
             # the probe met the limit itself, so its success is evidence the limit is over.
             fixed = policy.max_s if reason is Reason.BILLING else None
@@ -214,7 +218,7 @@ class Health:
             return out + self._cooled(duration, reason, outcome.detail, Scope.SERVER)
         self.consecutive_failures += 1
         self.probe_failed = True
-        evidence.saw_down(self, now)
+        evidence.saw_down((self.server, *self.models.values()), now)
         if self.state is not State.UNHEALTHY and (
             self.consecutive_failures >= policy.fall or self.state is State.UNKNOWN
         ):
@@ -246,12 +250,14 @@ class Health:
                     del self.keys[(report.credential or "", part)]
                     if (ended := held.clear(now)) is not None:  # a key's holds are agents' to end
                         out.append(evidence.cleared(
-                            self, held, ended, Scope.KEY, model=part, credential=report.credential
+                            str(self.state), held, ended, Scope.KEY, model=part,
+                            credential=report.credential,
                         ))  # fmt: skip
             return out
         reason = report.reason or Reason.UNKNOWN
         if reason in HEALTH_NEUTRAL or reason is Reason.UNKNOWN:
             return []
+        self._make_room(reason, report, policy, now)
         key = report.credential or ""
         last, count = self.streaks.pop(key, ("", 0))
         if len(self.streaks) >= STREAKS_KEPT:
@@ -294,6 +300,55 @@ class Health:
             )  # fmt: skip
             return self._cooled(duration, reason, detail, scope, report.credential, model)
         return []
+
+    def take_shared(self, shared: Shared, now: float, *, newer: bool = False) -> list[Transition]:
+        """Another host's record of one of this server's scopes (from the cluster): a held
+        one merges into the scope's hold (`Held.merge`), a cleared one ends the scope's
+        running cooldown with a deadline (a hold until lifted, such as a revoked key, is this
+        host's own verdict). Returns what to tell, with the host that saw it."""
+        s = str(self.state)
+        if shared.cleared:
+            held = self.held_at(shared.scope, shared.model, shared.credential)
+            if held is None or held.cooldown is None or held.cooldown.until is None:
+                return []
+            if (ended := held.clear(now)) is None:
+                return []
+            change = evidence.cleared(
+                s, held, ended, shared.scope, model=shared.model or None,
+                credential=shared.credential or None,
+            )  # fmt: skip
+            return [dataclasses.replace(change, seen_by=shared.host)]
+        held = self._scope_for(shared.scope, shared.model, shared.credential)
+        if held is None:
+            return []
+        until = now + min(shared.remaining_s, MAX_REMAINING_S)
+        incidents = min(MAX_EJECTIONS, shared.ejections)
+        if not held.merge(until, shared.reason, shared.host, incidents, now, newer=newer):
+            return []
+        return [
+            Transition(
+                "cooldown", s, s, str(shared.reason), shared.remaining_s, scope=shared.scope,
+                credential=shared.credential or None, model=shared.model or None,
+                seen_by=shared.host,
+            )
+        ]  # fmt: skip
+
+    def new_key(self) -> bool:
+        """The configured key changed: lift hroute's own auth block (the new key gets its
+        chance; a probe with it decides). True if one was lifted."""
+        if self.block not in AUTH_REASONS:
+            return False
+        self.block = None
+        return True
+
+    def held_at(self, scope: Scope, model: str = "", credential: str = "") -> Held | None:
+        """The held record of one scope, if this server has one (`model`: the model scope's,
+        or a key scope's model part; "" = every model)."""
+        if scope is Scope.SERVER:
+            return self.server
+        if scope is Scope.MODEL:
+            return self.models.get(model)
+        return self.keys.get((credential, model))
 
     def block_for(self, reason: str, detail: str = "") -> list[Transition]:
         """Unhealthy at once and held so until `unblock` (a supervisor's verdict: its process
@@ -354,6 +409,43 @@ class Health:
 
     # --- internals ----------------------------------------------------------------
 
+    def _scope_for(self, scope: Scope, model: str, credential: str) -> Held | None:
+        """The held record a shared cooldown lands in, made when new (within MAX_SCOPES)."""
+        if scope is Scope.SERVER:
+            return self.server
+        if scope is Scope.MODEL:
+            if not model:
+                return None
+            if model not in self.models and len(self.models) >= MAX_SCOPES:
+                return None
+            return self.models.setdefault(model, Held())
+        if (credential, model) not in self.keys and len(self.keys) >= MAX_SCOPES:
+            return None
+        return self.keys.setdefault((credential, model), Held())
+
+    def _make_room(self, reason: Reason, report: Report, policy: Policy, now: float) -> None:
+        """Before a failure for a new model or key when the server already remembers
+        MAX_SCOPES, forget one: a scope with no running cooldown first (only its incident
+        count goes), else the one ending soonest (that key is usable a little early: hroute
+        fails open). So the agent that reports always reads its own report back, and the
+        record stays bounded."""
+        scope = report_scope(
+            reason, credential=report.credential, model=report.model, local=policy.local
+        )
+        table: dict[Any, Held]
+        if scope is Scope.MODEL:
+            table, key = self.models, report.model
+        elif scope is Scope.KEY:
+            table, key = self.keys, (report.credential or "", key_model(reason, report.model))
+        else:
+            return
+        if key in table or len(table) < MAX_SCOPES:
+            return
+        idle = next((k for k, h in table.items() if not h.running(now)), None)
+        if idle is None:
+            idle = min(table, key=lambda k: _ends(table[k]))
+        del table[idle]
+
     def _check_models(self, outcome: ProbeOutcome) -> list[Transition]:
         """A model the probe did not find is held until a probe finds it; only that model."""
         out = []
@@ -404,3 +496,8 @@ class Health:
     def _ended(self, ended: Cooldown, scope: Scope, model: str | None = None) -> Transition:
         s = str(self.state)
         return Transition("cooldown_end", s, s, str(ended.reason), scope=scope, model=model)
+
+
+def _ends(held: Held) -> float:
+    c = held.cooldown
+    return float("inf") if c is None or c.until is None else c.until

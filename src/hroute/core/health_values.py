@@ -1,4 +1,4 @@
-"""The values health works on: states, thresholds, what a probe saw, what a client
+"""The values health works on: scopes, states, thresholds, what a probe saw, what a client
 reported, and what changed. Pure, frozen."""
 
 from __future__ import annotations
@@ -8,8 +8,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from hroute.core.cooldowns import Scope
 from hroute.core.reasons import Reason
+
+
+class Scope(StrEnum):
+    """What a failure holds: the server, one model on it, or one key (of one model)."""
+
+    SERVER = "server"  # identity: api mode + normalised URL (+ model_family)
+    MODEL = "model"  # identity + model
+    KEY = "key"  # identity + credential (+ model, for a rate limit that names one)
 
 
 class State(StrEnum):

@@ -2,49 +2,47 @@
 
 Everything runs on the daemon's event loop; handlers, probe tasks and supervisors call these
 methods, which never await, so each call sees and leaves one consistent state. Time comes
-from the injected clock. Routing (`routing.py`), the event log (`events.py`) and what is
-shown (`views.py`) are parts of this one owner, each in its own module.
+from the injected clock. Its parts, each the owner of one thing:
+
+- the **directory** (`directory.py`): what the configuration says, indexed; a new one per
+  reload;
+- the **health records** (`health.py`), one per server identity, kept here, with the
+  removed ones' tombstones (`tombstones.py`); only `Health` changes them;
+- the **annotations** (`annotations.py`): notes and process views, only shown;
+- the **router** (`routing.py`): routes, task failures and spend; it returns the events it
+  wants told;
+- the **event log** (`events.py`) and one way to hear of changes: `subscribe(topic, fn)`.
+
+What is shown (`views.py`) and what the fleet shares (`sharing.py`) are functions of these
+values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
 from typing import Any
 
-from hroute.config.model import Config
+from hroute.core.annotations import Annotations
 from hroute.core.clock import Clock
-from hroute.core.cooldowns import make_room
-from hroute.core.events import EventLog, EventSink
-from hroute.core.health import AUTH_REASONS, Health, Policy, ProbeOutcome, Report, Transition
-from hroute.core.health_values import policy_for
-from hroute.core.identity import BackendIdentity, normalize_base_url
-from hroute.core.routing import Router
+from hroute.core.directory import Directory
+from hroute.core.events import EventLog, Subscribers, Topic
+from hroute.core.health import Health, ProbeOutcome, Report, Transition
+from hroute.core.identity import BackendIdentity
+from hroute.core.routing import Event, Router
 from hroute.core.shared_record import Shared
-from hroute.core.sharing import apply_record, shared_name
+from hroute.core.sharing import shared_name
 from hroute.core.tombstones import Tombstones
 from hroute.core.verdict import Verdict
 from hroute.core.views import backend_view, snapshot
-from hroute.errors import UnknownBackendError
-
-
-@dataclass
-class Entry:
-    """A configured backend name and the identity whose health it shares."""
-
-    name: str
-    identity: BackendIdentity
-    health: Health
-    model: str | None = None
 
 
 class Registry:
-    """Health of every configured backend; the router and the event log hang off it."""
+    """Health of every configured backend, and the parts that hang off it."""
 
     def __init__(
         self,
-        config: Config,
+        config: Any,
         clock: Clock,
         *,
         events_kept: int = 1000,
@@ -53,54 +51,36 @@ class Registry:
         self.clock = clock
         self._jitter = jitter  # a value in [-1, 1] per new cooldown (the daemon's RNG)
         self.events = EventLog(clock, events_kept)
-        self._listeners: list[Callable[[], None]] = []
-        self._report_taps: list[Callable[[str, list[Transition]], None]] = []
-        self._clear_taps: list[Callable[[str, Transition], None]] = []
-        self._notes: dict[str, str] = {}
-        self._process_views: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._subscribers = Subscribers()
+        self.annotations = Annotations()
         self.version = 0  # bumped on every change; the snapshot publisher watches it
-        self.config = config
-        self._by_identity: dict[BackendIdentity, Health] = {}
-        self._entries: dict[str, Entry] = {}
-        self._by_url: dict[str, str] = {}
+        self.directory = Directory(config)
+        self._records: dict[BackendIdentity, Health] = {}
         self.tombstones = Tombstones()  # removed identities' health, for when they come back
-        self.router = Router(self)
-        self._index(config)
+        self.router = Router(self.directory, clock, self.verdict)
+        self._index(self.directory)
 
     # --- configuration --------------------------------------------------------------
 
-    def _index(self, config: Config) -> None:
-        health = {}
-        entries = {}
+    @property
+    def config(self) -> Any:
+        return self.directory.config
+
+    def _index(self, directory: Directory) -> None:
+        records: dict[BackendIdentity, Health] = {}
         now = self.clock.now()
-        for name, backend in config.backends.items():
-            ident = backend.identity
-            record = (
-                health.get(ident)
-                or self._by_identity.get(ident)
-                or self.tombstones.revive(ident, now)
-                or Health()
+        for ident in directory.identities():
+            records[ident] = (
+                self._records.get(ident) or self.tombstones.revive(ident, now) or Health()
             )
-            health[ident] = record
-            entries[name] = Entry(name, ident, record, backend.model)
-        for ident, record in self._by_identity.items():
-            if ident not in health:
+        for ident, record in self._records.items():
+            if ident not in records:
                 self.tombstones.bury(ident, record, now)
-        self._by_identity, self._entries = health, entries
-        self._policies: dict[str, Policy] = {}
-        # Indexes, so no per-request or per-change work grows with the fleet.
-        self._by_url = {}
-        self._at: dict[BackendIdentity, list[str]] = {}  # a server's names, in config order
-        self._by_url_model: dict[tuple[str, str], str] = {}
-        for name, entry in entries.items():
-            self._by_url.setdefault(entry.identity.base_url, name)
-            self._at.setdefault(entry.identity, []).append(name)
-            if entry.model:
-                self._by_url_model.setdefault((entry.identity.base_url, entry.model), name)
-        self.config = config
+        self._records = records
+        self.directory = self.router.directory = directory
         self.changed()
 
-    def apply_config(self, config: Config) -> None:
+    def apply_config(self, config: Any) -> None:
         """Switch to a new configuration in one step; a query sees the old one or the new one.
 
         A backend whose identity is unchanged keeps its health record (state, cooldowns,
@@ -110,15 +90,15 @@ class Registry:
         for name, backend in config.backends.items():
             before = old.get(name)
             if before is not None and before.key_env != backend.key_env:
-                record = self._by_identity.get(backend.identity)
-                if record is not None and record.block in AUTH_REASONS:
-                    record.block = None
-        self._notes = {n: v for n, v in self._notes.items() if n in config.backends}
-        self._index(config)
+                record = self._records.get(backend.identity)
+                if record is not None:
+                    record.new_key()
+        self.annotations.keep(config.backends)
+        self._index(Directory(config))
 
     def records(self) -> dict[BackendIdentity, Health]:
         """Every health record by identity, removed ones still kept included (for saving)."""
-        return self.tombstones.records() | self._by_identity
+        return self.tombstones.records() | self._records
 
     def restore(self, records: dict[BackendIdentity, Health]) -> int:
         """Adopt saved records for the identities configured now (keeping the others as
@@ -126,213 +106,146 @@ class Registry:
         restored = 0
         now = self.clock.now()
         for ident, record in records.items():
-            if ident in self._by_identity:
-                self._by_identity[ident] = record
+            if ident in self._records:
+                self._records[ident] = record
                 restored += 1
             else:
                 self.tombstones.bury(ident, record, now)
-        for entry in self._entries.values():
-            entry.health = self._by_identity[entry.identity]
         self.changed()
         return restored
 
-    def set_note(self, name: str, note: str | None) -> None:
-        """A plain-words remark shown with the backend (e.g. its key is not set)."""
-        if note:
-            self._notes[name] = note
-        else:
-            self._notes.pop(name, None)
-
-    def note(self, name: str) -> str | None:
-        return self._notes.get(name)
-
-    def add_sink(self, sink: EventSink) -> None:
-        """Call `sink(event)` for every event (log, journal, metrics)."""
-        self.events.add_sink(sink)
-
-    def add_listener(self, listener: Callable[[], None]) -> None:
-        """Call `listener()` after every change (the snapshot publisher wakes on it)."""
-        self._listeners.append(listener)
-
-    def add_report_tap(self, tap: Callable[[str, list[Transition]], None]) -> None:
-        """Call `tap(name, changes)` after each client report that changed something (the
-        cluster queues what to share; it must not block)."""
-        self._report_taps.append(tap)
-
-    def add_clear_tap(self, tap: Callable[[str, Transition], None]) -> None:
-        """Call `tap(name, change)` for every hold ended before its time: a probe-confirmed
-        recovery or a success report (`change.event == "cooldown_cleared"`, with its scope,
-        model, credential, reason and `incident`; `seen_by` when another host told it)."""
-        self._clear_taps.append(tap)
+    def subscribe(self, topic: Topic, fn: Callable[..., None]) -> None:
+        """Call `fn` on every `topic` (`events.Topic` says when, and with which arguments)."""
+        self._subscribers.subscribe(topic, fn)
 
     def changed(self) -> None:
         """Something the answers depend on changed: tell of fallbacks, wake the listeners."""
         self.version += 1
-        self.router.note_changes()
-        for listener in self._listeners:
-            listener()
-
-    def policy(self, name: str) -> Policy:
-        """The thresholds of `name` (computed once per configuration)."""
-        policy = self._policies.get(name)
-        if policy is None:
-            policy = self._policies[name] = policy_for(self.config, name)
-        return policy
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._entries)
-
-    def identity(self, name: str) -> BackendIdentity:
-        return self._entry(name).identity
+        self._emit_all(self.router.note_changes())
+        self._subscribers.tell(Topic.CHANGED)
 
     def health(self, name: str) -> Health:
-        return self._entry(name).health
-
-    def model(self, name: str) -> str | None:
-        return self._entry(name).model
-
-    def urls(self) -> dict[str, str]:
-        """Normalised base URL → the first backend configured with it."""
-        return dict(self._by_url)
-
-    def url_models(self) -> dict[str, dict[str, str]]:
-        """Normalised base URL → {model → the first backend configured with both}."""
-        out: dict[str, dict[str, str]] = {}
-        for (url, model), name in self._by_url_model.items():
-            out.setdefault(url, {})[model] = name
-        return out
-
-    def models_at(self, name: str) -> tuple[str, ...]:
-        """Every model configured on `name`'s server (what its probe checks)."""
-        at = self._at[self.identity(name)]
-        return tuple(sorted({m for n in at if (m := self._entries[n].model)}))
-
-    def held_by(self, name: str, scope: str, model: str | None = None) -> list[str]:
-        """The configured backends a cooldown of `scope` on `name`'s server holds."""
-        at = self._at[self.identity(name)]
-        if scope == "server" or not model:
-            return list(at)
-        return [n for n in at if self._entries[n].model == model]
-
-    def resolve(
-        self, *, backend: str | None = None, base_url: str | None = None, model: str | None = None
-    ) -> str | None:
-        """The configured name for a backend name or any spelling of its URL (the one with
-        `model` there, when given and configured); None if unknown."""
-        if backend is not None:
-            return backend if backend in self._entries else None
-        if base_url is not None:
-            url = normalize_base_url(base_url)
-            if model is not None and (url, model) in self._by_url_model:
-                return self._by_url_model[(url, model)]
-            return self._by_url.get(url)
-        return None
+        return self._records[self.directory.identity(name)]
 
     # --- updates ----------------------------------------------------------------------
 
     def record_probe(self, name: str, outcome: ProbeOutcome) -> None:
-        health = self._entry(name).health
+        health = self.health(name)
         before = health.mark()
-        changes = health.on_probe(outcome, self.clock.now(), self.policy(name))
+        changes = health.on_probe(outcome, self.clock.now(), self.directory.policy(name))
         self._publish(name, changes, visible=health.mark() != before)
 
     def record_report(self, name: str, report: Report) -> list[Transition]:
         """Apply a client's report. Without a model it counts for the model of `name`."""
-        entry = self._entry(name)
+        health = self.health(name)
         now = self.clock.now()
-        policy = self.policy(name)
-        ended = entry.health.expire(now, policy)
+        policy = self.directory.policy(name)
+        ended = health.expire(now, policy)
         if ended:
             self._publish(name, ended)
-        if report.model is None and entry.model:
-            report = dataclasses.replace(report, model=entry.model)
-        make_room(entry.health, report, policy, now)
-        before = entry.health.mark()
-        changes = entry.health.on_report(report, now, policy, self._jitter())
-        self._publish(name, changes, visible=entry.health.mark() != before)
+        model = self.directory.model(name)
+        if report.model is None and model:
+            report = dataclasses.replace(report, model=model)
+        before = health.mark()
+        changes = health.on_report(report, now, policy, self._jitter())
+        self._publish(name, changes, visible=health.mark() != before)
         if changes:
-            for tap in self._report_taps:
-                tap(name, changes)
+            self._subscribers.tell(Topic.REPORTED, name, changes)
         return changes
 
-    def apply_shared(self, shared: Shared, *, newer: bool = False) -> bool:
-        """Take another host's record (`sharing.apply_record` says how); False if not ours."""
-        if (name := shared_name(self, shared.identity)) is None:
+    def take_shared(self, shared: Shared, *, newer: bool = False) -> bool:
+        """Take another host's record (`Health.take_shared` says how); False if not ours."""
+        if (name := shared_name(self.directory, shared.identity)) is None:
             return False
-        health = self._entries[name].health
-        self._publish(name, apply_record(health, shared, self.clock.now(), newer=newer))
+        changes = self.health(name).take_shared(shared, self.clock.now(), newer=newer)
+        self._publish(name, changes)
         return True
 
     def block(self, name: str, reason: str, detail: str = "") -> None:
         """Unusable at once, whatever its probes say, until `unblock` (a supervisor's verdict:
         its process exited, hangs, is fatal ...). Routes fall through in the same step."""
-        self._publish(name, self._entry(name).health.block_for(reason, detail))
+        self._publish(name, self.health(name).block_for(reason, detail))
 
     def started(self, name: str, detail: str) -> None:
         """Its supervisor spawned the server: starting (unusable) until a probe says ready."""
-        self._publish(name, self._entry(name).health.started(detail))
+        self._publish(name, self.health(name).started(detail))
 
     def unblock(self, name: str, reasons: Collection[str] | None = None) -> None:
         """Lift a supervisor's block (only one of `reasons`, when given); the probes decide
         from here. hroute's own auth block stays."""
-        if self._entry(name).health.unblock(reasons):
+        if self.health(name).unblock(reasons):
             self.changed()
-
-    def set_process_view(self, name: str, view: Callable[[], dict[str, Any]] | None) -> None:
-        """Show `view()` as the backend's `process` (its supervisor's state); None removes it."""
-        if view is None:
-            self._process_views.pop(name, None)
-        else:
-            self._process_views[name] = view
-
-    def process_view(self, name: str) -> dict[str, Any] | None:
-        view = self._process_views.get(name)
-        return None if view is None else view()
 
     def expire(self) -> float | None:
         """Drop run-out cooldowns; return the next deadline to call again at."""
         now = self.clock.now()
         self.tombstones.expire(now)
         deadlines = []
-        seen = set()
-        for name, entry in self._entries.items():
-            if entry.identity in seen:
-                continue  # one record per server: tell its changes once
-            seen.add(entry.identity)
-            changes = entry.health.expire(now, self.policy(name))
+        for ident, health in self._records.items():
+            name = self.directory.first_at(ident)
+            assert name is not None
+            changes = health.expire(now, self.directory.policy(name))
             if changes:
-                self._publish(name, changes)
-            deadline = entry.health.next_deadline()
+                self._publish(name, changes)  # one record per server: told once
+            deadline = health.next_deadline()
             if deadline is not None:
                 deadlines.append(deadline)
         return min(deadlines, default=None)
+
+    def record_task_failure(
+        self, task: str, reason: str, detail: str = "", task_type: str | None = None
+    ) -> dict[str, Any]:
+        """`Router.record_task_failure`, its events told."""
+        answer, events = self.router.record_task_failure(task, reason, detail, task_type)
+        self._emit_all(events)
+        self.changed()
+        return answer
+
+    def record_usage(self, name: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
+        """`Router.record_usage`; a cost added is a change and is told (`Topic.SPENT`)."""
+        answer, usd, day = self.router.record_usage(name, input_tokens, output_tokens)
+        if usd:
+            self.changed()
+            self._subscribers.tell(Topic.SPENT, name, usd, day)
+        return answer
+
+    def take_shared_spend(self, label: str, by_backend: dict[str, float]) -> None:
+        """What the cluster's other hosts spent in budget day `label`, per backend."""
+        if self.router.apply_shared_spend(label, by_backend):
+            self.changed()  # a budget may now be exhausted
 
     def _publish(self, name: str, changes: Iterable[Transition], *, visible: bool = True) -> None:
         """Tell each transition; then, if anything an answer depends on moved, `changed()`.
         A probe that confirms what was known changes nothing: no snapshot write, no work."""
         changes = list(changes)
+        first = self.directory.first_at(self.directory.identity(name)) or name
         for change in changes:
-            held = self.held_by(name, change.scope, change.model)
+            held = self.directory.held_by(name, change.scope, change.model)
             fields = dataclasses.asdict(change)  # scope, model, old, new, reason, ...
             if change.cooldown_s is not None:
                 fields["cooldown_s"] = round(change.cooldown_s, 3)
             self.emit(
                 fields.pop("event"),
                 backend=held[0] if held else name,
-                server=self.config.backends[self._first_at(name)].kind,
+                server=self.config.backends[first].kind,
                 held=held,
                 **fields,
             )
             if change.event == "cooldown_cleared":
-                for tap in self._clear_taps:
-                    tap(name, change)
+                self._subscribers.tell(Topic.CLEARED, name, change)
         if changes or visible:
             self.changed()  # after the cause is told: a fallback it brings follows it
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Record an event in the ring buffer and hand it to every sink (log, journal, metrics)."""
-        return self.events.emit(event, **fields)
+        """Record an event in the ring buffer and tell it (`Topic.EVENT`: log, journal,
+        metrics)."""
+        record = self.events.emit(event, **fields)
+        self._subscribers.tell(Topic.EVENT, record)
+        return record
+
+    def _emit_all(self, events: Iterable[Event]) -> None:
+        for event, fields in events:
+            self.emit(event, **fields)
 
     # --- queries ----------------------------------------------------------------------
 
@@ -340,20 +253,21 @@ class Registry:
         self, name: str, credential: str | None = None, model: str | None = None
     ) -> Verdict:
         """Usable now? Server, model (`name`'s, unless given) and key (when given) decide."""
-        entry = self._entry(name)
-        return entry.health.verdict(self.clock.now(), credential, model or entry.model)
+        return self.health(name).verdict(
+            self.clock.now(), credential, model or self.directory.model(name)
+        )
 
     def usable(
         self, name: str, credential: str | None = None, model: str | None = None
     ) -> dict[str, Any]:
-        entry = self._entry(name)
-        verdict, scope = entry.health.scoped_verdict(
-            self.clock.now(), credential, model or entry.model
+        health = self.health(name)
+        verdict, scope = health.scoped_verdict(
+            self.clock.now(), credential, model or self.directory.model(name)
         )
         return {
             "backend": name,
             "usable": verdict.usable,
-            "state": str(entry.health.state),
+            "state": str(health.state),
             "reason": verdict.reason,
             "retry_after_s": verdict.retry_after_s,
             "scope": scope,
@@ -363,40 +277,18 @@ class Registry:
         """`Router.route`: the first usable backend of a profile's chain."""
         return self.router.route(profile, exclude, **kw)
 
-    def record_task_failure(
-        self, task: str, reason: str, detail: str = "", task_type: str | None = None
-    ) -> dict[str, Any]:
-        return self.router.record_task_failure(task, reason, detail, task_type)
-
-    def record_usage(self, name: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
-        return self.router.record_usage(name, input_tokens, output_tokens)
-
-    @property
-    def tasks(self):  # the router's, kept here for the state file
-        return self.router.tasks
-
-    @property
-    def spend(self):
-        return self.router.spend
-
     def view(self, name: str) -> dict[str, Any]:
-        self._entry(name)
-        return backend_view(self, name)
+        """What an operator wants to know about one backend (`views.backend_view`)."""
+        health = self.health(name)
+        backend = self.config.backends[name]
+        return backend_view(
+            name, backend, health, self.clock.now(), self.clock.wall(),
+            spent_today=self.router.spent_today(name) if backend.paid else None,
+            note=self.annotations.note(name), process=self.annotations.process_view(name),
+        )  # fmt: skip
 
     def views(self) -> list[dict[str, Any]]:
-        return [backend_view(self, name) for name in self._entries]
-
-    def events_since(self, since: int = 0) -> list[dict[str, Any]]:
-        return self.events.since(since)
+        return [self.view(name) for name in self.directory.names]
 
     def snapshot(self) -> dict[str, Any]:
-        return snapshot(self)
-
-    def _first_at(self, name: str) -> str:
-        return self._at[self.identity(name)][0]
-
-    def _entry(self, name: str) -> Entry:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise UnknownBackendError(name, list(self._entries)) from None
+        return snapshot(self.directory, self.health)

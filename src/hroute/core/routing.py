@@ -1,33 +1,43 @@
 """Routing: which backend of a profile's chain to use now, and the policies that decide it.
 
-The router reads health from the registry and owns what only routing needs: task failures
-(escalation), money spent (budgets) and each profile's current choice, from which it tells
-of fallbacks. It is part of the registry's single owner; nothing here awaits.
+The router owns what only routing needs: task failures (escalation), money spent (budgets)
+and each profile's current choice, from which it tells of fallbacks. It asks health through
+the `verdict` function it is given and the configuration through the current directory; it
+changes no health and tells nobody: what should be told, it returns as events for its owner
+(the registry) to emit. Nothing here awaits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hroute.core.budgets import Day, Spend, budget_block, budget_day, cost_usd
+from hroute.core.clock import Clock
+from hroute.core.directory import Directory
 from hroute.core.escalation import ESCALATE, LOCAL_ONLY, Tasks, task_rule
 from hroute.core.needs import NO_NEEDS, Needs, capability_gap
+from hroute.core.verdict import Verdict
 from hroute.errors import UnknownProfileError
 
-if TYPE_CHECKING:
-    from hroute.core.registry import Registry
+# An event to emit: its name and fields (the registry's `emit` takes them).
+Event = tuple[str, dict[str, Any]]
 
 
 class Router:
     """Answers `route(profile)`; counts task failures and spend."""
 
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
+    def __init__(
+        self,
+        directory: Directory,
+        clock: Clock,
+        verdict: Callable[[str, str | None], Verdict],
+    ) -> None:
+        self.directory = directory  # the registry hands it each new configuration's
+        self._clock = clock
+        self._verdict = verdict  # (name, credential) -> Verdict, from health
         self.tasks = Tasks()
         self.spend = Spend()
-        # Called with (backend, usd, day) for every cost added (the cluster shares the day's).
-        self.usage_taps: list[Callable[[str, float, Day], None]] = []
         self._current: dict[str, str | None] = {}  # each profile's plain route, for fallbacks
 
     def route(
@@ -56,11 +66,11 @@ class Router:
         why, what would help (`help`), and when something becomes usable (`retry_after_s`),
         or why that is unknown (`retry_after_unknown`).
         """
-        config = self._registry.config
+        config = self.directory.config
         if profile not in config.profiles:
             raise UnknownProfileError(profile, list(config.profiles))
         prof = config.profiles[profile]
-        now = self._registry.clock.now()
+        now = self._clock.now()
         kind = self._task_type(task, task_type, now)
         rule = task_rule(prof.escalation, kind)
         if rule not in (None, LOCAL_ONLY, ESCALATE) and not redirected:
@@ -92,7 +102,7 @@ class Router:
                     wait = self.spend.resets_in(day)
                     help_.append(f"confirm=1 (or allow_paid=1) routes to {member} past its budget")
             if skip is None:
-                ok, skip, wait = self._registry.verdict(member, credential)
+                ok, skip, wait = self._verdict(member, credential)
                 if ok:
                     chain.append(
                         {"backend": member, "usable": True, "reason": None,
@@ -143,7 +153,7 @@ class Router:
         so does a task whose type is local_only in the profile."""
         if task is None:
             return False, "", ""
-        prof = self._registry.config.profiles[profile]
+        prof = self.directory.config.profiles[profile]
         state = self.tasks.get(task, now, self._task_ttl_s())
         kind = kind or (state.task_type if state is not None else None)
         rule = task_rule(prof.escalation, kind)
@@ -161,74 +171,71 @@ class Router:
         return on, why, ""
 
     def has_cloud_tier(self, profile: str) -> bool:
-        config = self._registry.config
+        config = self.directory.config
         return any(config.backends[m].tier_name != "local" for m in config.profiles[profile].chain)
 
     def record_task_failure(
         self, task: str, reason: str, detail: str = "", task_type: str | None = None
-    ) -> dict[str, Any]:
-        """Count a task-level failure (seed 001); say whether each profile now escalates it."""
-        registry = self._registry
-        now = registry.clock.now()
+    ) -> tuple[dict[str, Any], list[Event]]:
+        """Count a task-level failure (seed 001); say whether each profile now escalates it,
+        and the events to tell (the failure; each profile's escalation, once)."""
+        now = self._clock.now()
         state = self.tasks.record(task, reason, now, self._task_ttl_s(), task_type)
         state.detail = detail
-        registry.emit("task_failure", task=task, reason=reason, detail=detail)
+        events: list[Event] = [("task_failure", {"task": task, "reason": reason, "detail": detail})]
         escalated = {}
-        for profile in registry.config.profiles:
+        for profile in self.directory.config.profiles:
             on, why, _ = self._escalation(profile, task, now)
             escalated[profile] = on
             if on and profile not in state.announced:
                 state.announced.add(profile)
                 chosen = self.route(profile, task=task)["backend"]
-                registry.emit(
+                events.append((
                     "escalation",
-                    profile=profile,
-                    task=task,
-                    backend=chosen or "none",
-                    reason=why,
-                    detail=detail,
-                )
-        registry.changed()
-        return {
+                    {"profile": profile, "task": task, "backend": chosen or "none",
+                     "reason": why, "detail": detail},
+                ))  # fmt: skip
+        answer = {
             "task": task,
             "failures": len(state.reasons),
             "reasons": state.reasons[-10:],
             "escalated": escalated,
         }
+        return answer, events
 
-    def record_usage(self, name: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
-        """Add what a call cost to today's spend of a backend."""
-        registry = self._registry
-        registry.health(name)  # unknown names are an error
-        backend = registry.config.backends[name]
+    def record_usage(
+        self, name: str, input_tokens: int, output_tokens: int
+    ) -> tuple[dict[str, Any], float, Day]:
+        """Add what a call cost to today's spend of a backend; the answer, the cost added
+        and the budget day it counts in."""
+        self.directory.identity(name)  # unknown names are an error
+        backend = self.directory.config.backends[name]
         usd = cost_usd(backend.price, input_tokens, output_tokens)
         day = self.day_window()
         spent = self.spend.add(name, usd, day) if usd else self.spend.spent(name, day)
-        budgets = registry.config.budgets
+        budgets = self.directory.config.budgets
         block = budget_block(name, budgets, self.spend, day) if backend.paid else None
-        if usd:
-            registry.changed()
-            for tap in self.usage_taps:
-                tap(name, usd, day)
-        return {
+        answer = {
             "backend": name,
             "cost_usd": round(usd, 6),
             "spent_today_usd": round(spent, 6),
             "total_today_usd": round(self.spend.total(day), 6),
             "budget": block,
         }
+        return answer, usd, day
 
-    def apply_shared_spend(self, label: str, by_backend: dict[str, float]) -> None:
-        """What the cluster's other hosts spent in budget day `label`, per backend."""
-        if self.spend.set_others(label, by_backend, self.day_window()):
-            self._registry.changed()  # a budget may now be exhausted
+    def apply_shared_spend(self, label: str, by_backend: dict[str, float]) -> bool:
+        """What the cluster's other hosts spent in budget day `label`, per backend; True if it
+        changed what is known (a budget may now be exhausted)."""
+        return self.spend.set_others(label, by_backend, self.day_window())
 
     def spent_today(self, name: str) -> float:
         return self.spend.spent(name, self.day_window())
 
-    def note_changes(self) -> None:
-        """Tell of every profile whose plain route moved since the last change (a fallback)."""
-        profiles = self._registry.config.profiles
+    def note_changes(self) -> list[Event]:
+        """A `fallback` event for every profile whose plain route moved since the last change."""
+        events: list[Event] = []
+        profiles = self.directory.config.profiles
         self._current = {p: v for p, v in self._current.items() if p in profiles}
         for profile, prof in profiles.items():
             answer = self.route(profile)
@@ -243,22 +250,20 @@ class Router:
                 if c["backend"] != chosen and not c["usable"]
             ]
             why = "; ".join(passed) if passed else "preferred backend usable again"
-            self._registry.emit(
+            events.append((
                 "fallback",
-                profile=profile,
-                backend=chosen or "none",
-                old=previous,
-                new=chosen or "none",
-                reason=why,
-            )
+                {"profile": profile, "backend": chosen or "none", "old": previous,
+                 "new": chosen or "none", "reason": why},
+            ))  # fmt: skip
+        return events
 
     def day_window(self) -> Day:
         """The budget day now, in the configured zone."""
-        return budget_day(self._registry.clock.wall(), self._registry.config.budgets.zone)
+        return budget_day(self._clock.wall(), self.directory.config.budgets.zone)
 
     def day(self) -> str:
         return self.day_window().label
 
     def _task_ttl_s(self) -> float:
-        profiles = self._registry.config.profiles.values()
+        profiles = self.directory.config.profiles.values()
         return max((p.escalation.task_ttl_s for p in profiles), default=3600.0)

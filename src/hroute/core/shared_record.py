@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hroute.core.cooldowns import Scope
 from hroute.core.credentials import is_fingerprint
+from hroute.core.health_values import Scope
 from hroute.core.identity import BackendIdentity
 from hroute.core.reasons import Reason
 

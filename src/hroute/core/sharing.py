@@ -23,26 +23,19 @@ The record format and the rules for reading an untrusted one are `core/shared_re
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
-from hroute.core import evidence
-from hroute.core.cooldowns import ANY_MODEL, MAX_SCOPES, Cooldown, Held, Scope
-from hroute.core.health_values import Transition
+from hroute.core.cooldowns import SAME_DEADLINE_S
+from hroute.core.directory import Directory
+from hroute.core.health import Health
+from hroute.core.health_values import Scope, Transition
 from hroute.core.identity import BackendIdentity
 from hroute.core.reasons import Reason, is_reason
 from hroute.core.redact import KEY_SHAPED
 from hroute.core.shared_record import MAX_EJECTIONS, MAX_REMAINING_S, MAX_VERSION, Shared
+from hroute.core.verdict import ANY_MODEL
 
-if TYPE_CHECKING:
-    from hroute.core.health import Health
-    from hroute.core.registry import Registry
-
-# A deadline this close to the one held is the same one told twice (the TTL was read a few
-# milliseconds after it was set): not worth an event.
-SAME_DEADLINE_S = 0.5
 # A cleared record outlives the hold it ends by this much, so that a held copy of the same
 # incident still on its way (a host that was away re-pushing it) meets the clear, not nothing.
 CLEARED_MARGIN_S = 30.0
@@ -50,9 +43,9 @@ MAX_SKEW_S = 3600.0  # how far another host's wall clock may run ahead of ours
 MAX_KNOWN = 65_536  # scopes the ledger remembers (only those of backends configured here)
 
 
-def shareable(registry: Registry, name: str) -> bool:
+def shareable(directory: Directory, name: str) -> bool:
     """Whether cooldowns of `name`'s server are the fleet's: a remote backend (tier cloud)."""
-    return registry.config.backends[name].tier_name == "cloud"
+    return directory.config.backends[name].tier_name == "cloud"
 
 
 def from_the_future(shared: Shared, wall: float) -> bool:
@@ -61,22 +54,25 @@ def from_the_future(shared: Shared, wall: float) -> bool:
     return shared.version > (wall + MAX_SKEW_S) * 1000
 
 
-def shared_name(registry: Registry, identity: BackendIdentity) -> str | None:
+def shared_name(directory: Directory, identity: BackendIdentity) -> str | None:
     """The backend configured here whose cooldowns the fleet shares under `identity`."""
-    name = next((n for n in registry.names if registry.identity(n) == identity), None)
-    return name if name is not None and shareable(registry, name) else None
+    name = directory.first_at(identity)
+    return name if name is not None and shareable(directory, name) else None
 
 
 def from_changes(
-    registry: Registry, name: str, changes: Iterable[Transition], host: str
+    directory: Directory,
+    health: Health,
+    name: str,
+    changes: Iterable[Transition],
+    host: str,
+    now: float,
 ) -> list[Shared]:
-    """What of a local report's transitions the cluster should hear (new or longer cooldowns;
-    their versions are the ledger's to give)."""
-    if not shareable(registry, name):
+    """What of a local report's transitions (on `name`, whose record is `health`) the
+    cluster should hear: new or longer cooldowns; their versions are the ledger's to give."""
+    if not shareable(directory, name):
         return []
-    health = registry.health(name)
-    ident = registry.identity(name)
-    now = registry.clock.now()
+    ident = directory.identity(name)
     out = []
     for change in changes:
         if change.event != "cooldown" or change.cooldown_s is None or change.seen_by:
@@ -89,11 +85,11 @@ def from_changes(
     return out
 
 
-def from_clear(registry: Registry, name: str, change: Transition, host: str) -> Shared | None:
+def from_clear(directory: Directory, name: str, change: Transition, host: str) -> Shared | None:
     """The cleared record to tell for a hold this host ended early (a probe-confirmed recovery,
     a success report), or None: another host's clear told here, a local backend, a key-shaped
     credential. Its version and remaining time are the ledger's to give."""
-    if change.event != "cooldown_cleared" or change.seen_by or not shareable(registry, name):
+    if change.event != "cooldown_cleared" or change.seen_by or not shareable(directory, name):
         return None
     scope, credential = Scope(change.scope), change.credential or ""
     if scope is Scope.KEY and (not credential or KEY_SHAPED.search(credential)):
@@ -102,25 +98,24 @@ def from_clear(registry: Registry, name: str, change: Transition, host: str) -> 
         return None
     reason = Reason(change.reason) if is_reason(change.reason) else Reason.UNKNOWN
     return Shared(
-        registry.identity(name), scope, reason, 0.0, host,
+        directory.identity(name), scope, reason, 0.0, host,
         min(MAX_EJECTIONS, max(1, change.incident or 1)),
         change.model or ANY_MODEL, credential, cleared=True,
     )  # fmt: skip
 
 
-def held_records(registry: Registry, host: str) -> list[Shared]:
+def held_records(
+    directory: Directory, health_of: Callable[[str], Health], host: str, now: float
+) -> list[Shared]:
     """Every running cooldown with a deadline on a remote backend, this host's own (as `host`)
     and those other hosts told (as theirs): what a reconnect pushes, so that a Redis that lost
     its memory gets back every live record, even one whose origin host is down."""
-    now = registry.clock.now()
     out: list[Shared] = []
-    seen: set[BackendIdentity] = set()
-    for name in registry.names:
-        ident = registry.identity(name)
-        if ident in seen or not shareable(registry, name):
+    for ident in directory.identities():
+        name = directory.first_at(ident)
+        if name is None or not shareable(directory, name):
             continue
-        seen.add(ident)
-        health = registry.health(name)
+        health = health_of(name)
         scopes = [(Scope.SERVER, "", None)]
         scopes += [(Scope.MODEL, m, None) for m in health.models]
         scopes += [(Scope.KEY, m, c) for c, m in health.keys]
@@ -221,89 +216,6 @@ class Ledger:
         self._known[key] = (shared, until)
 
 
-def apply_record(
-    health: Health, shared: Shared, now: float, *, newer: bool = False
-) -> list[Transition]:
-    """A record from the cluster into `health`: a cleared one ends the scope's cooldown."""
-    if shared.cleared:
-        return apply_cleared(health, shared, now)
-    return apply_shared(health, shared, now, newer=newer)
-
-
-def apply_shared(
-    health: Health, shared: Shared, now: float, *, newer: bool = False
-) -> list[Transition]:
-    """Take another host's cooldown into `health`: extend, never shorten (unless `newer`: a
-    newer incident than the one held replaces its deadline); merge incident counts by max.
-    Returns the transition to tell (with the host that saw it), if any."""
-    held = _held(health, shared)
-    if held is None:
-        return []
-    held.ejections = min(MAX_EJECTIONS, max(held.ejections, shared.ejections))
-    until = now + min(shared.remaining_s, MAX_REMAINING_S)
-    current = held.cooldown
-    if (
-        held.running(now)
-        and current is not None
-        and (
-            current.until is None  # a hold until lifted is this host's own verdict
-            or (current.until >= until - SAME_DEADLINE_S and not newer)
-            or abs(current.until - until) < SAME_DEADLINE_S
-        )
-    ):
-        return []  # what is held here already lasts as long
-    held.cooldown = Cooldown(until, shared.reason, seen_by=shared.host)
-    held.decay_anchor = until
-    s = str(health.state)
-    return [
-        Transition(
-            "cooldown", s, s, str(shared.reason), shared.remaining_s, scope=shared.scope,
-            credential=shared.credential or None, model=shared.model or None,
-            seen_by=shared.host,
-        )
-    ]  # fmt: skip
-
-
-def apply_cleared(health: Health, shared: Shared, now: float) -> list[Transition]:
-    """End the running cooldown of the scope another host cleared (a deadline's: a hold until
-    lifted, such as a revoked key, is hroute's own verdict here). Returns what to tell."""
-    held = _existing(health, shared)
-    if held is None or held.cooldown is None or held.cooldown.until is None:
-        return []
-    ended = held.clear(now)
-    if ended is None:
-        return []
-    change = evidence.cleared(
-        health, held, ended, shared.scope, model=shared.model or None,
-        credential=shared.credential or None,
-    )  # fmt: skip
-    return [dataclasses.replace(change, seen_by=shared.host)]
-
-
-def _existing(health: Health, shared: Shared) -> Held | None:
-    if shared.scope is Scope.SERVER:
-        return health.server
-    if shared.scope is Scope.MODEL:
-        return health.models.get(shared.model)
-    return health.keys.get((shared.credential, shared.model))
-
-
-def _held(health: Health, shared: Shared) -> Held | None:
-    """The scope a shared cooldown lands in (made when new, within MAX_SCOPES)."""
-    if shared.scope is Scope.SERVER:
-        return health.server
-    if shared.scope is Scope.MODEL:
-        if not shared.model:
-            return None
-        if shared.model not in health.models and len(health.models) >= MAX_SCOPES:
-            return None
-        return health.models.setdefault(shared.model, Held())
-    key = (shared.credential, shared.model)
-    if key not in health.keys and len(health.keys) >= MAX_SCOPES:
-        return None
-    return health.keys.setdefault(key, Held())
-
-
 def _record(
     health: Health,
     ident: BackendIdentity,
@@ -314,14 +226,9 @@ def _record(
 ) -> Shared | None:
     """The running cooldown of one scope, as a record with its original host ("" = here);
     None when nothing with a deadline runs, or the credential looks like a key itself."""
-    if scope is Scope.SERVER:
-        held: Held | None = health.server
-    elif scope is Scope.MODEL:
-        held = health.models.get(model)
-    else:
-        held = health.keys.get((credential or "", model))
-        if not credential or KEY_SHAPED.search(credential):
-            return None  # only fingerprints leave this host, never something key-shaped
+    if scope is Scope.KEY and (not credential or KEY_SHAPED.search(credential)):
+        return None  # only fingerprints leave this host, never something key-shaped
+    held = health.held_at(scope, model, credential or "")
     if held is None or held.cooldown is None or held.cooldown.until is None:
         return None
     left = held.cooldown.until - now

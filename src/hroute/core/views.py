@@ -1,23 +1,31 @@
 """What the registry shows: one backend's view (status, `/v1/backends`) and the snapshot.
 
-Pure functions of the registry's records and the clock.
+Pure functions of values: a backend's configuration and health record, the time, and what
+is shown beside them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-if TYPE_CHECKING:
-    from hroute.core.health import Health
-    from hroute.core.registry import Registry
+from hroute.core.directory import Directory
+from hroute.core.health import Health
 
 
-def backend_view(registry: Registry, name: str) -> dict[str, Any]:
-    """Everything an operator wants to know about one configured backend."""
-    backend = registry.config.backends[name]
-    health = registry.health(name)
-    clock = registry.clock
-    now = clock.now()
+def backend_view(
+    name: str,
+    backend: Any,
+    health: Health,
+    now: float,
+    wall: float,
+    *,
+    spent_today: float | None = None,
+    note: str | None = None,
+    process: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything an operator wants to know about one configured backend (`backend`: its
+    configuration; `now`: monotonic seconds, `wall`: the wall clock at the same moment)."""
     verdict, scope = health.scoped_verdict(now, model=backend.model)
     last_probe = health.last_probe_at
     view = {
@@ -34,9 +42,7 @@ def backend_view(registry: Registry, name: str) -> dict[str, Any]:
         else _blocked_by(health, scope, verdict.reason, backend.model),
         "cooldown_remaining_s": _seconds(health.cooldown_remaining(now, backend.model)),
         "consecutive_failures": health.consecutive_failures,
-        "last_probe_at": None
-        if last_probe is None
-        else round(clock.wall() - (now - last_probe), 3),
+        "last_probe_at": None if last_probe is None else round(wall - (now - last_probe), 3),
         "latency_ms": None if health.latency_ms is None else round(health.latency_ms, 2),
         "credential_cooldowns": sum(
             1
@@ -45,18 +51,16 @@ def backend_view(registry: Registry, name: str) -> dict[str, Any]:
         ),
         "tier": backend.tier_name,
     }
-    if backend.paid:
-        view["spent_today_usd"] = round(registry.router.spent_today(name), 6)
-    note = registry.note(name)
+    if backend.paid and spent_today is not None:
+        view["spent_today_usd"] = round(spent_today, 6)
     if note:
         view["note"] = note
-    process = registry.process_view(name)
     if process is not None:
         view["process"] = process
     return view
 
 
-def snapshot(registry: Registry) -> dict[str, Any]:
+def snapshot(directory: Directory, health_of: Callable[[str], Health]) -> dict[str, Any]:
     """What agents may read without a round trip: per backend, what blocks it and until when.
 
     Deadlines are CLOCK_MONOTONIC seconds, which every process on this machine shares. The
@@ -66,19 +70,19 @@ def snapshot(registry: Registry) -> dict[str, Any]:
     with a URL and a model.
     """
     backends = {}
-    for name in registry.names:
-        h = registry.health(name)
+    for name in directory.names:
+        h = health_of(name)
         models, creds = h.scope_maps()
         backends[name] = {
             "state": str(h.state),
-            "model": registry.model(name),
+            "model": directory.model(name),
             "blocked": h.blocker(),
             "until": None if h.cooldown is None else h.cooldown.until,
             "until_reason": None if h.cooldown is None else str(h.cooldown.reason),
             "models": models,
             "creds": creds,
         }
-    return {"backends": backends, "urls": registry.urls(), "url_models": registry.url_models()}
+    return {"backends": backends, "urls": directory.urls(), "url_models": directory.url_models()}
 
 
 def _blocked_by(

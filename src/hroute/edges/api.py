@@ -153,9 +153,9 @@ def make_api(
         backend, base_url = query.get("backend"), query.get("base_url")
         if not backend and not base_url:
             raise _BadRequest("give backend=NAME or base_url=URL")
-        name = reg.resolve(backend=backend, base_url=base_url, model=query.get("model"))
+        name = reg.directory.resolve(backend=backend, base_url=base_url, model=query.get("model"))
         if name is None:
-            raise UnknownBackendError(backend or base_url, reg.names)
+            raise UnknownBackendError(backend or base_url, reg.directory.names)
         return name
 
     def usable(request: Request) -> Response:
@@ -164,7 +164,7 @@ def make_api(
         if not backend and not base_url:
             raise _BadRequest("give backend=NAME or base_url=URL")
         model = query.get("model") or None
-        name = reg.resolve(backend=backend, base_url=base_url, model=model)
+        name = reg.directory.resolve(backend=backend, base_url=base_url, model=model)
         if name is None and base_url:
             # A URL hroute does not watch: let the agent go ahead, as if hroute were absent.
             return json_response(
@@ -177,7 +177,7 @@ def make_api(
                 }
             )
         if name is None:
-            raise UnknownBackendError(backend, reg.names)
+            raise UnknownBackendError(backend, reg.directory.names)
         return json_response(reg.usable(name, credential_of(query), model))
 
     def backends(request: Request) -> Response:
@@ -189,8 +189,8 @@ def make_api(
         return json_response(body)
 
     def backend(request: Request, name: str) -> Response:
-        if reg.resolve(backend=name) is None:
-            raise UnknownBackendError(name, reg.names)
+        if reg.directory.resolve(backend=name) is None:
+            raise UnknownBackendError(name, reg.directory.names)
         return json_response(reg.view(name))
 
     def route(request: Request) -> Response:
@@ -274,7 +274,7 @@ def make_api(
             since = int(request.query.get("since", "0"))
         except ValueError:
             raise _BadRequest("since must be an integer event id") from None
-        return json_response({"events": reg.events_since(since)})
+        return json_response({"events": reg.events.since(since)})
 
     def clients(request: Request) -> Response:
         if deps.clients is None or deps.now is None:
@@ -295,8 +295,8 @@ def make_api(
         return json_response(result, 200 if result.get("ok") else 422)
 
     def restart(request: Request, name: str) -> Response | Awaitable[Response]:
-        if reg.resolve(backend=name) is None:
-            raise UnknownBackendError(name, reg.names)
+        if reg.directory.resolve(backend=name) is None:
+            raise UnknownBackendError(name, reg.directory.names)
         if deps.restart is None:
             return error_response(
                 409, "not_supervised", f"backend {name!r} is not supervised by hroute"

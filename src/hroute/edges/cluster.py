@@ -26,6 +26,8 @@ import anyio
 
 from hroute.config.cluster import ClusterSettings, redacted_url
 from hroute.core.clock import Clock
+from hroute.core.events import Topic
+from hroute.core.health_values import Transition
 from hroute.core.registry import Registry
 from hroute.core.shared_record import Shared, decode
 from hroute.core.sharing import (
@@ -102,12 +104,19 @@ class Cluster:
         self.ledger = Ledger()  # the newest record known of each shared scope
         self.synced = anyio.Event()  # set once the first pull landed (or could not)
         self._spend_due = False  # this host's day total changed since it was last sent
-        host = self.host
-        registry.add_report_tap(lambda n, c: self._tell(from_changes(registry, n, c, host)))
-        registry.add_clear_tap(lambda n, c: self._tell([from_clear(registry, n, c, host)]))
-        registry.router.usage_taps.append(self._on_usage)
+        registry.subscribe(Topic.REPORTED, self._on_report)
+        registry.subscribe(Topic.CLEARED, self._on_clear)
+        registry.subscribe(Topic.SPENT, self._on_usage)
 
     # --- the registry's side (on the loop, never waits) ---------------------------------
+
+    def _on_report(self, name: str, changes: list[Transition]) -> None:
+        reg = self.registry
+        now = self.clock.now()
+        self._tell(from_changes(reg.directory, reg.health(name), name, changes, self.host, now))
+
+    def _on_clear(self, name: str, change: Transition) -> None:
+        self._tell([from_clear(self.registry.directory, name, change, self.host)])
 
     def _tell(self, records: list[Shared] | list[Shared | None]) -> None:
         """Queue what a local report or clear has the fleet hear, versioned by the ledger."""
@@ -201,8 +210,9 @@ class Cluster:
             self._queue.clear()  # the push below sends everything running
             if not self._seeded:  # holds restored from disk: the ledger learns them once
                 self._seeded = True
-                for shared in held_records(self.registry, self.host):
-                    self.ledger.seed(shared, self.clock.now())
+                reg, now = self.registry, self.clock.now()
+                for shared in held_records(reg.directory, reg.health, self.host, now):
+                    self.ledger.seed(shared, now)
             pushed = await self._push(script, client)
             await self._send_spend(client)
             await self._pull_spend(client, self.registry.router.day())
@@ -327,10 +337,10 @@ class Cluster:
                 raise ValueError("its key does not match its content")
             if from_the_future(shared, self.clock.wall()):
                 raise ValueError("its version is far ahead of this host's clock")
-            if shared_name(self.registry, shared.identity) is None:
+            if shared_name(self.registry.directory, shared.identity) is None:
                 return 0  # a backend not configured here (or not remote here)
             news = self.ledger.take(shared, self.clock.now())
-            if news and self.registry.apply_shared(shared, newer=news == "newer"):
+            if news and self.registry.take_shared(shared, newer=news == "newer"):
                 self.counts["applied"] += 1
                 return 1
             return 0

@@ -22,7 +22,7 @@ DAY_KEPT_S = 86_400  # a day's hash outlives the day by this (a relative TTL: no
 async def send_spend(client: Any, registry: Registry, prefix: str, channel: str, host: str) -> None:
     """This host's total per backend for the budget day, and a message telling the others."""
     day = registry.router.day_window()
-    own = registry.spend.own(day)
+    own = registry.router.spend.own(day)
     if not own:
         return
     key = f"{prefix}spend:{day.label}"
@@ -54,4 +54,4 @@ async def pull_spend(
             continue
         if who != host and backend in configured:
             others[backend] = others.get(backend, 0.0) + usd  # each <= MAX_SPEND_USD: finite
-    registry.router.apply_shared_spend(label, others)
+    registry.take_shared_spend(label, others)

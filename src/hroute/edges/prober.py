@@ -98,7 +98,7 @@ class Prober:
         seen, owners = set(), set()
         self._owners = {}
         for name in config.backends:
-            ident = self._registry.identity(name)
+            ident = self._registry.directory.identity(name)
             if name in wanted and ident not in seen:
                 seen.add(ident)
                 owners.add(name)
@@ -129,7 +129,7 @@ class Prober:
     def _owner_of(self, name: str) -> str | None:
         if name in self._pokes:
             return name
-        owner = self._owners.get(self._registry.identity(name))
+        owner = self._owners.get(self._registry.directory.identity(name))
         return owner if owner in self._pokes else None
 
     async def _loop(self, name: str, scope: anyio.CancelScope) -> None:
@@ -179,7 +179,7 @@ class Prober:
             api_key=key,
             timeout_s=settings.timeout_s,
             wall=self._clock.wall,
-            models=self._registry.models_at(name),
+            models=self._registry.directory.models_at(name),
         )
         secrets = [s for s in (key, backend.basic_auth and backend.basic_auth[1]) if s]
         texts = [outcome.detail, *outcome.missing.values()]

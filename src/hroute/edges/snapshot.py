@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 
 from hroute.core.clock import Clock
+from hroute.core.events import Topic
 from hroute.core.registry import Registry
 from hroute.edges.clock import wait_until
 from hroute.edges.files import write_atomically
@@ -50,7 +51,7 @@ class SnapshotPublisher:
         self._gap_s = MIN_GAP_S  # between two writes of changes: 10 x what the last one cost
         self._failing = False
         self._dirty = anyio.Event()
-        registry.add_listener(self._changed)
+        registry.subscribe(Topic.CHANGED, self._changed)
 
     def _changed(self) -> None:
         if self._clock.now() - self._last_write >= self._gap_s:

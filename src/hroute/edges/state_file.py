@@ -20,13 +20,15 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hroute.core.clock import Clock
-from hroute.core.cooldowns import ANY_MODEL, Held
+from hroute.core.cooldowns import Held
 from hroute.core.credentials import is_fingerprint
 from hroute.core.escalation import TaskState
+from hroute.core.events import Topic
 from hroute.core.health import Cooldown, Health, State
 from hroute.core.identity import BackendIdentity
 from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
+from hroute.core.verdict import ANY_MODEL
 from hroute.edges.files import UnreadableFileError, read_regular_file, write_atomically
 from hroute.errors import HrouteError
 
@@ -257,7 +259,7 @@ class StateSaver:
         # Built after the restore: what was just restored is already on disk. (Taken here,
         # not when run() starts: the socket serves, and reports change state, before that.)
         self._saved_key: Any = self._key()
-        registry.add_listener(lambda: self._dirty.set())
+        registry.subscribe(Topic.CHANGED, lambda: self._dirty.set())
 
     def _key(self) -> Any:
         # Compare monotonic values: converting to wall time would differ on every call.
@@ -273,7 +275,7 @@ class StateSaver:
                 sorted(_held_key(k, x) for k, x in h.models.items() if x.cooldown),
             )
             for i, h in self._registry.records().items()
-        ] + [self._registry.tasks.changes, self._registry.spend.dump()]
+        ] + [self._registry.router.tasks.changes, self._registry.router.spend.dump()]
 
     async def save_if_changed(self) -> bool:
         key = self._key()
@@ -281,7 +283,11 @@ class StateSaver:
             return False
         reg = self._registry
         doc = encode_state(
-            reg.records(), self._clock.now(), self._clock.wall(), reg.tasks.dump(), reg.spend.dump()
+            reg.records(),
+            self._clock.now(),
+            self._clock.wall(),
+            reg.router.tasks.dump(),
+            reg.router.spend.dump(),
         )
         try:
             # Serialising 10,000 tasks takes tens of ms: not on the loop that answers agents.

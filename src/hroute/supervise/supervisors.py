@@ -58,7 +58,7 @@ class Supervision:
         self._done: dict[str, anyio.Event] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         # A block saved by a previous run (state.json) belongs to a process that is gone.
-        for name in registry.names:
+        for name in registry.directory.names:
             registry.unblock(name, BLOCK_REASONS)
 
     @property
@@ -149,11 +149,11 @@ class Supervision:
         """A probe finished; its supervisor (same server, whatever the name) hears of it."""
         if not self._supervisors:
             return
-        ident = self._registry.identity(name)
-        names = set(self._registry.names)
+        ident = self._registry.directory.identity(name)
+        names = set(self._registry.directory.names)
         for sup_name, sup in self._supervisors.items():
             if sup_name == name or (
-                sup_name in names and self._registry.identity(sup_name) == ident
+                sup_name in names and self._registry.directory.identity(sup_name) == ident
             ):
                 sup.observe(outcome)
 
@@ -186,15 +186,15 @@ class Supervision:
         scope, done = anyio.CancelScope(), anyio.Event()
         self._supervisors[name], self._scopes[name], self._done[name] = sup, scope, done
         self._backends[name] = backend
-        self._registry.set_process_view(name, sup.view)
+        self._registry.annotations.set_process_view(name, sup.view)
         self._tg.start_soon(self._run_one, sup, scope, done, previous)
 
     def _retire(self, name: str) -> None:
         del self._supervisors[name]
         del self._backends[name]
         self._scopes.pop(name).cancel()  # its task stops the server, then sets done
-        if name in self._registry.names:
-            self._registry.set_process_view(name, None)
+        if name in self._registry.directory.names:
+            self._registry.annotations.set_process_view(name, None)
             self._registry.unblock(name, BLOCK_REASONS)
 
     async def _run_one(

@@ -16,6 +16,8 @@ from typing import Any
 import anyio
 import sdnotify
 
+from hroute.core.events import Topic
+
 STATUS_REFRESH_S = 1.0  # also puts STATUS= back after a reload's READY=1 replaced it
 STATUS_NOTES_MAX = 3  # keep STATUS= one short line
 
@@ -100,7 +102,7 @@ async def keep_status(registry: Any, notifier: Notifier) -> None:
     def wake() -> None:
         changed.set()
 
-    registry.add_listener(wake)
+    registry.subscribe(Topic.CHANGED, wake)
     seen: int | None = None
     line = None
     while True:
