@@ -12,8 +12,23 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
-from hroute.config.supervise import RestartSettings, StartLimitSettings
+
+class RestartSettings(Protocol):
+    """`restart:` of a `supervise:` block (`config.supervise.RestartSettings`)."""
+
+    backoff_initial_s: float
+    backoff_max_s: float
+    multiplier: float
+    reset_after_s: float
+
+
+class StartLimitSettings(Protocol):
+    """`start_limit:` of a `supervise:` block (`config.supervise.StartLimitSettings`)."""
+
+    burst: int
+    interval_s: float
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
-from hroute.config.supervise import SuperviseSettings
 from hroute.core.reasons import Reason
-from hroute.core.restart_policy import RestartPolicy
+from hroute.core.restart_policy import RestartPolicy, RestartSettings, StartLimitSettings
+
+
+class SuperviseSettings(Protocol):
+    """What the decisions read of a `supervise:` block (`config.supervise.SuperviseSettings`)."""
+
+    command: list[str] | None
+    startup_timeout_s: float
+    hang_restart_after: int
+    restart: RestartSettings
+    start_limit: StartLimitSettings
+
 
 # Probe /health this often while a spawned server starts: it is local and cheap, and every
 # restart waits for readiness to be seen (a poll slowing to 1 s added up to 0.8 s to each).
