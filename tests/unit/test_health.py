@@ -76,7 +76,7 @@ def test_multiplier_decays_by_one_per_base_of_health() -> None:
         [t] = h.on_report(fail(Reason.TIMEOUT), now, P)
         now += t.cooldown_s
         h.expire(now)
-    assert h.ejections == 3
+    assert h.incidents == 3
     now += 2 * 30 + 1  # two base periods of health
     [t] = h.on_report(fail(Reason.TIMEOUT), now, P)
     assert t.cooldown_s == 60  # n went 3 -> 1, then this one makes it 2

@@ -218,7 +218,7 @@ def test_a_later_provider_reset_extends_a_running_cooldown_a_shorter_one_does_no
     assert h.on_report(fail(Reason.SERVER_ERROR, retry_after_s=10), 1, CLOUD) == []
     [longer] = h.on_report(fail(Reason.SERVER_ERROR, retry_after_s=100), 2, CLOUD)
     assert longer.cooldown_s == 100 and h.cooldown.until == 102
-    assert h.ejections == 1  # still the first incident
+    assert h.incidents == 1  # still the first incident
 
 
 def test_jitter_spreads_our_own_cooldowns_and_keeps_a_provider_reset_exact() -> None:

@@ -16,8 +16,8 @@ from hroute.core.health_values import Scope
 from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
 from hroute.core.shared_record import (
-    MAX_EJECTIONS,
     MAX_HOST_CHARS,
+    MAX_INCIDENTS,
     MAX_MODEL_CHARS,
     MAX_REMAINING_S,
     MAX_VERSION,
@@ -139,14 +139,14 @@ def test_incident_counts_merge_by_max_not_by_sum(hosts, clock) -> None:
     clock.advance(31)
     a.reg.expire()
     a.reg.record_report("or-a", Report(False, Reason.SERVER_ERROR))  # second: 60 s
-    assert a.sent[-1].ejections == 2 and a.sent[-1].remaining_s == pytest.approx(60)
+    assert a.sent[-1].incidents == 2 and a.sent[-1].remaining_s == pytest.approx(60)
     b.tell(a.sent)
     b.tell(a.sent)  # told twice (a resync): still two incidents
-    assert b.reg.health("or-a").server.ejections == 2
+    assert b.reg.health("or-a").server.incidents == 2
     clock.advance(61)
     b.reg.expire()
     b.reg.record_report("or-a", Report(False, Reason.SERVER_ERROR))
-    assert b.sent[-1].ejections == 3 and b.sent[-1].remaining_s == pytest.approx(90)
+    assert b.sent[-1].incidents == 3 and b.sent[-1].remaining_s == pytest.approx(90)
 
 
 def test_local_backends_and_holds_are_not_shared(hosts) -> None:
@@ -315,7 +315,7 @@ def test_a_record_taken_is_one_the_state_file_keeps(hosts, clock) -> None:
             "v": 2, "ver": 2**53 - 1, "state": "held",
             "server": [ident.api_mode, ident.base_url, ident.model_family],
             "scope": "model", "model": "m" * MAX_MODEL_CHARS, "credential": "",
-            "reason": "overloaded", "n": MAX_EJECTIONS, "host": "h" * MAX_HOST_CHARS,
+            "reason": "overloaded", "n": MAX_INCIDENTS, "host": "h" * MAX_HOST_CHARS,
         }
     )  # fmt: skip
     shared = decode(widest, 10**12)

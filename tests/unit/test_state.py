@@ -26,16 +26,16 @@ CLOUD = BackendIdentity("anthropic_messages", "https://api.anthropic.com", None)
 
 def sample(now: float) -> dict[BackendIdentity, Health]:
     local = Health(state=State.UNHEALTHY, reason="connection")
-    local.server = Held(Cooldown(now + 50, Reason.SERVER_ERROR), ejections=3)
+    local.server = Held(Cooldown(now + 50, Reason.SERVER_ERROR), incidents=3)
     local.models = {"llama3": Held(Cooldown(None, Reason.MODEL_NOT_FOUND, "not installed"))}
     cloud = Health(state=State.HEALTHY, block="auth")
     cloud.server = Held(Cooldown(now + 600, Reason.RATE_LIMIT))
-    cloud.models = {"opus": Held(Cooldown(now + 40, Reason.OVERLOADED), ejections=2)}
+    cloud.models = {"opus": Held(Cooldown(now + 40, Reason.OVERLOADED), incidents=2)}
     cloud.keys = {
         (FP1, ""): Held(Cooldown(now + 30, Reason.RATE_LIMIT)),
         (FP2, ""): Held(Cooldown(None, Reason.AUTH_PERMANENT)),
         (FP3, ""): Held(Cooldown(now + 1, Reason.BILLING)),
-        (FP1, "gpt-a"): Held(Cooldown(now + 60, Reason.RATE_LIMIT), ejections=1),
+        (FP1, "gpt-a"): Held(Cooldown(now + 60, Reason.RATE_LIMIT), incidents=1),
         ("sk-raw-key-an-old-version-kept", ""): Held(Cooldown(now + 600, Reason.RATE_LIMIT)),
     }
     return {LOCAL: local, CLOUD: cloud}
@@ -47,7 +47,7 @@ def test_round_trip_across_a_restart_converts_deadlines() -> None:
     doc = json.loads(json.dumps(encode_state(sample(1000.0), 1000.0, 5000.0)))
     restored = decode_state(doc, now=7.0, wall=5010.0)
     local, cloud = restored[LOCAL], restored[CLOUD]
-    assert local.state is State.UNHEALTHY and local.ejections == 3
+    assert local.state is State.UNHEALTHY and local.incidents == 3
     assert (
         local.cooldown.until == pytest.approx(7 + 40)
         and local.cooldown.reason is Reason.SERVER_ERROR
@@ -58,10 +58,10 @@ def test_round_trip_across_a_restart_converts_deadlines() -> None:
     assert cloud.keys[(FP2, "")].cooldown.until is None  # until the key changes
     assert (FP3, "") not in cloud.keys  # ran out while the daemon was down
     per_model = cloud.keys[(FP1, "gpt-a")]
-    assert per_model.cooldown.until == pytest.approx(7 + 50) and per_model.ejections == 1
+    assert per_model.cooldown.until == pytest.approx(7 + 50) and per_model.incidents == 1
     assert all(is_fingerprint(fp) for fp, _ in cloud.keys)  # a raw key is not kept
     opus = cloud.models["opus"]
-    assert opus.cooldown.until == pytest.approx(7 + 30) and opus.ejections == 2
+    assert opus.cooldown.until == pytest.approx(7 + 30) and opus.incidents == 2
     missing = local.models["llama3"].cooldown
     assert missing.until is None and missing.detail == "not installed"
 
@@ -81,7 +81,7 @@ def test_a_file_written_before_scopes_still_reads() -> None:
         ],
     }
     [h] = decode_state(old, now=10.0, wall=5010.0).values()
-    assert h.ejections == 2 and h.cooldown.until == pytest.approx(30.0)
+    assert h.incidents == 2 and h.cooldown.until == pytest.approx(30.0)
     assert h.keys[(FP1, "")].cooldown.reason is Reason.AUTH_PERMANENT and h.models == {}
 
 

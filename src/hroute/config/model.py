@@ -105,7 +105,7 @@ class ProbeOverride(_Frozen):
 
 
 class CooldownSettings(_Frozen):
-    """Escalating cooldown: base_s x n for the n-th incident, capped at max_s; each end
+    """A growing cooldown: base_s x n for the n-th incident, capped at max_s; each end
     spread by +/- jitter (a fraction) so that many agents do not return in the same second."""
 
     base_s: PositiveS = 30.0

@@ -1,9 +1,9 @@
 """Scoped cooldowns: what a failure holds (a server, a model, a key) and for how long. Pure.
 
 A failure is told about many times — twenty agents see the same 503 within a second — but
-it is one incident. Like Envoy, which counts ejections rather than failed requests, a scope
-escalates once per incident: a report that arrives while a cooldown of the same scope runs
-neither escalates nor shortens it; only a provider's later reset time extends it. The n-th
+it is one incident. Like Envoy, which counts ejections rather than failed requests, a scope's
+cooldown grows once per incident: a report that arrives while a cooldown of the same scope
+runs neither grows nor shortens it; only a provider's later reset time extends it. The n-th
 cooldown is the n-th failure after the previous cooldown ran out, and n decays by one per
 `base_s` after a cooldown ends. Jitter (a value in [-1, 1] handed in: nothing here draws
 random numbers) spreads the ends so that many agents and hosts do not return in one second.
@@ -57,10 +57,11 @@ class Cooldown:
 
 @dataclass
 class Held:
-    """One scope's cooldown and how many incidents it has had (Envoy's ejection count)."""
+    """One scope's cooldown and how many incidents it has had (Envoy's ejection count;
+    `n` in a shared record, `ejections` in the state file)."""
 
     cooldown: Cooldown | None = None
-    ejections: int = 0
+    incidents: int = 0
     decay_anchor: float = 0.0  # when the last cooldown ended (or will end)
 
     def running(self, now: float) -> bool:
@@ -110,7 +111,7 @@ class Held:
         if fixed_s is not None:
             duration = fixed_s
         else:
-            duration = self._escalated(now, policy, down) * (1 + policy.jitter * jitter)
+            duration = self._grown(now, policy, down) * (1 + policy.jitter * jitter)
         self.cooldown = Cooldown(now + duration, reason, detail, "", inferred, seen_down)
         self.decay_anchor = now + duration
         return duration
@@ -138,7 +139,7 @@ class Held:
         never shorten (unless `newer`: a newer incident than the one held replaces its
         deadline); incident counts merge by max (one incident seen by three hosts is one).
         True if the hold changed (a deadline within SAME_DEADLINE_S is the same one)."""
-        self.ejections = max(self.ejections, incidents)
+        self.incidents = max(self.incidents, incidents)
         current = self.cooldown
         if (
             self.running(now)
@@ -175,18 +176,18 @@ class Held:
 
     def forgotten(self, now: float, base_s: float) -> bool:
         """No cooldown, and long enough since the last one that n has decayed to zero."""
-        return self.cooldown is None and now - self.decay_anchor >= base_s * max(1, self.ejections)
+        return self.cooldown is None and now - self.decay_anchor >= base_s * max(1, self.incidents)
 
-    def _escalated(self, now: float, policy: Policy, down: bool) -> float:
+    def _grown(self, now: float, policy: Policy, down: bool) -> float:
         """Envoy: base x n for the n-th incident; n drops by one per base_s after a cooldown."""
-        if self.ejections and not down:
+        if self.incidents and not down:
             decay = int(max(0.0, now - self.decay_anchor) // policy.base_s)
             if decay:
-                self.ejections = max(0, self.ejections - decay)
+                self.incidents = max(0, self.incidents - decay)
                 self.decay_anchor += decay * policy.base_s
-        if not (down and self.ejections):
-            self.ejections += 1
-        return min(policy.base_s * self.ejections, policy.max_s)
+        if not (down and self.incidents):
+            self.incidents += 1
+        return min(policy.base_s * self.incidents, policy.max_s)
 
 
 def scope_maps(

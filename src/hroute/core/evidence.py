@@ -82,5 +82,5 @@ def cleared(
     incident it ended (the scope's incident count), for the log and for other hosts."""
     return Transition(
         "cooldown_cleared", state, state, str(ended.reason), scope=scope, model=model or None,
-        credential=credential, incident=max(1, held.ejections),
+        credential=credential, incident=max(1, held.incidents),
     )  # fmt: skip

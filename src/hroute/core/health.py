@@ -2,7 +2,7 @@
 
 Active probes move the server's state (rise/fall) and say which configured models it lacks.
 Passive reports and rate-limit answers arm cooldowns of the scope they concern — the server,
-one model on it, or one key (`cooldowns.py`) — once per incident, escalating like Envoy's
+one model on it, or one key (`cooldowns.py`) — once per incident, growing like Envoy's
 outlier ejection (base x n, capped, decaying). Nothing here reads a clock, sleeps or does
 I/O; every call takes `now`, a monotonic timestamp in seconds.
 """
@@ -19,7 +19,7 @@ from hroute.core.cooldowns import MAX_SCOPES, Cooldown, Held, scope_maps
 from hroute.core.health_values import Policy, ProbeOutcome, Report, Scope, State, Transition
 from hroute.core.reasons import HEALTH_NEUTRAL, SEVERE, Reason
 from hroute.core.scopes import ProbeEffect, key_model, probe_effect, report_scope
-from hroute.core.shared_record import MAX_EJECTIONS, MAX_REMAINING_S, Shared
+from hroute.core.shared_record import MAX_INCIDENTS, MAX_REMAINING_S, Shared
 from hroute.core.verdict import ANY_MODEL, INF, USABLE, Verdict, decide_scoped
 
 __all__ = [
@@ -75,9 +75,9 @@ class Health:
         return self.server.cooldown
 
     @property
-    def ejections(self) -> int:
+    def incidents(self) -> int:
         """The server's incident count."""
-        return self.server.ejections
+        return self.server.incidents
 
     # --- queries ------------------------------------------------------------------
 
@@ -322,7 +322,7 @@ class Health:
         if held is None:
             return []
         until = now + min(shared.remaining_s, MAX_REMAINING_S)
-        incidents = min(MAX_EJECTIONS, shared.ejections)
+        incidents = min(MAX_INCIDENTS, shared.incidents)
         if not held.merge(until, shared.reason, shared.host, incidents, now, newer=newer):
             return []
         return [
@@ -383,7 +383,7 @@ class Health:
     def expire(self, now: float, policy: Policy | None = None) -> list[Transition]:
         """Drop cooldowns that have run out; say so when a server's or a model's ends.
 
-        With `policy`, also forget model and key scopes whose escalation has decayed away.
+        With `policy`, also forget model and key scopes whose incident count has decayed away.
         """
         out = []
         ended = self.server.expire(now)

@@ -10,7 +10,7 @@ JSON nested 100,000 deep, a spend of 1e308). `decode` bounds every field to what
 could write and what its state file keeps (a record applied here is saved; one the file
 rejects would set aside every cooldown at the next start), clamps the remaining time to
 MAX_REMAINING_S (the longest a local report holds: a provider's reset of a day; the config's
-`max_s` bounds only the escalation of inferred holds), and answers a record or a ValueError.
+`max_s` bounds only the growth of inferred holds), and answers a record or a ValueError.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ MAX_RECORD_BYTES = 4096
 MAX_HOST_CHARS = 64  # cluster.host's bound, and the state file's `seen_by`
 MAX_MODEL_CHARS = 256
 MAX_SERVER_CHARS = 2048  # a base URL
-MAX_EJECTIONS = 10_000  # the state file's bound
+MAX_INCIDENTS = 10_000  # the state file's bound
 MAX_REMAINING_S = 86_400.0  # the longest a local report holds (a provider's reset of a day)
 MAX_VERSION = 2**53 - 1  # exact in a double (Redis' Lua, JavaScript readers)
 # A day of one host's spend on one backend, in USD: more is a broken or hostile record, not
@@ -51,7 +51,7 @@ class Shared:
     reason: Reason
     remaining_s: float
     host: str
-    ejections: int = 1
+    incidents: int = 1
     model: str = ""  # the model scope's model, or a key scope's ("" = every model)
     credential: str = ""  # a key scope's fingerprint
     version: int = 0  # the incident's (see the module's docstring)
@@ -83,7 +83,7 @@ class Shared:
                 "model": self.model,
                 "credential": self.credential,
                 "reason": str(self.reason),
-                "n": self.ejections,
+                "n": self.incidents,
                 "host": self.host,
             },
             separators=(",", ":"),
@@ -123,7 +123,7 @@ def decode(raw: str | bytes, remaining_ms: object) -> Shared:
             reason=Reason(data["reason"]),
             remaining_s=min(ttl / 1000, MAX_REMAINING_S),
             host=_bounded(data["host"], "host", MAX_HOST_CHARS, name=True),
-            ejections=max(1, _integer(data["n"], "n", MAX_EJECTIONS)),
+            incidents=max(1, _integer(data["n"], "n", MAX_INCIDENTS)),
             model=_bounded(data.get("model") or "", "model", MAX_MODEL_CHARS),
             credential=_bounded(data.get("credential") or "", "credential", 64),
             version=_integer(data.get("ver", 0), "ver", MAX_VERSION),

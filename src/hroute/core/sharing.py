@@ -33,7 +33,7 @@ from hroute.core.health_values import Scope, Transition
 from hroute.core.identity import BackendIdentity
 from hroute.core.reasons import Reason, is_reason
 from hroute.core.redact import KEY_SHAPED
-from hroute.core.shared_record import MAX_EJECTIONS, MAX_REMAINING_S, MAX_VERSION, Shared
+from hroute.core.shared_record import MAX_INCIDENTS, MAX_REMAINING_S, MAX_VERSION, Shared
 from hroute.core.verdict import ANY_MODEL
 
 # A cleared record outlives the hold it ends by this much, so that a held copy of the same
@@ -99,7 +99,7 @@ def from_clear(directory: Directory, name: str, change: Transition, host: str) -
     reason = Reason(change.reason) if is_reason(change.reason) else Reason.UNKNOWN
     return Shared(
         directory.identity(name), scope, reason, 0.0, host,
-        min(MAX_EJECTIONS, max(1, change.incident or 1)),
+        min(MAX_INCIDENTS, max(1, change.incident or 1)),
         change.model or ANY_MODEL, credential, cleared=True,
     )  # fmt: skip
 
@@ -185,7 +185,7 @@ class Ledger:
                 old, old_until = entry
                 left = max(old_until - now, shared.remaining_s) + CLEARED_MARGIN_S
                 record = replace(
-                    shared, version=old.version, remaining_s=left, ejections=old.ejections
+                    shared, version=old.version, remaining_s=left, incidents=old.incidents
                 )
         elif entry is not None and running:
             old, old_until = entry  # the same incident, lengthened (a later provider reset)
@@ -236,5 +236,5 @@ def _record(
         return None
     return Shared(
         ident, scope, held.cooldown.reason, min(left, MAX_REMAINING_S), held.cooldown.seen_by,
-        min(MAX_EJECTIONS, max(1, held.ejections)), model, credential or "",
+        min(MAX_INCIDENTS, max(1, held.incidents)), model, credential or "",
     )  # fmt: skip

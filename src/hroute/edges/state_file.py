@@ -48,7 +48,7 @@ class _Deadline(_Strict):
     until_wall: float | None  # None: until lifted (the key or the config changes, a probe)
     reason: Reason
     detail: str = Field("", max_length=2000)
-    ejections: int = Field(0, ge=0, le=10_000)
+    ejections: int = Field(0, ge=0, le=10_000)  # Held.incidents; the file keeps its name
     seen_by: str = Field("", max_length=64)  # another host's, shared through the cluster
     inferred: bool = False  # hroute's inference, and whether the probes met the failure:
     seen_down: bool = False  # then their success lifts it (core/evidence.py)
@@ -120,14 +120,14 @@ def encode_state(
         keys: dict[str, dict[str, Any]] = {}
         for (fp, m), held in h.keys.items():
             if held.cooldown is not None:
-                keys.setdefault(fp, {})[m] = deadline(held.cooldown, held.ejections)
+                keys.setdefault(fp, {})[m] = deadline(held.cooldown, held.incidents)
         out.append(
             {
                 "identity": list(ident),
                 "state": str(h.state),
                 "reason": h.reason,
                 "detail": h.detail,
-                "ejections": h.ejections,
+                "ejections": h.incidents,
                 "blocked": h.block,
                 "cooldown": deadline(h.cooldown) if h.cooldown else None,
                 "credentials": {fp: by[ANY_MODEL] for fp, by in keys.items() if ANY_MODEL in by},
@@ -137,7 +137,7 @@ def encode_state(
                     if set(by) - {ANY_MODEL}
                 },
                 "models": {
-                    m: deadline(held.cooldown, held.ejections)
+                    m: deadline(held.cooldown, held.incidents)
                     for m, held in h.models.items()
                     if held.cooldown is not None
                 },
@@ -268,7 +268,7 @@ class StateSaver:
                 i,
                 h.state,
                 h.reason,
-                h.ejections,
+                h.incidents,
                 h.block,
                 None if h.cooldown is None else (h.cooldown.until, h.cooldown.reason),
                 sorted(_held_key(k, x) for k, x in h.keys.items() if x.cooldown),
@@ -328,4 +328,4 @@ class StateSaver:
 
 def _held_key(key: Any, held: Held) -> tuple[Any, ...]:
     assert held.cooldown is not None
-    return (key, held.cooldown.until, held.cooldown.reason, held.ejections)
+    return (key, held.cooldown.until, held.cooldown.reason, held.incidents)
