@@ -13,7 +13,7 @@ FORBIDDEN = {
     "anyio", "aiohttp", "asyncio", "socket", "subprocess", "os", "time", "signal", "select",
     "threading", "shutil", "pathlib", "prometheus_client", "sdnotify", "watchfiles", "random",
 }  # fmt: skip
-ALLOWED_HROUTE = ("hroute.core", "hroute.errors", "hroute.config")
+ALLOWED_HROUTE = ("hroute.core", "hroute.errors")
 
 
 def _imports(path: Path) -> list[str]:
@@ -64,3 +64,35 @@ def test_the_client_needs_only_the_standard_library() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# The fields of a health record (Health) and of one scope's hold (Held, Cooldown).
+HEALTH_FIELDS = {
+    "cooldown", "incidents", "decay_anchor", "block", "seen_down", "consecutive_failures",
+    "consecutive_successes", "probe_failed", "streaks", "spawned", "last_probe_at",
+    "latency_ms", "until", "inferred",
+}  # fmt: skip
+HEALTH_OWNERS = {"health.py", "cooldowns.py"}
+
+
+def test_only_the_health_owner_writes_health() -> None:
+    problems = []
+    for path in SRC.rglob("*.py"):
+        if path.parent.name == "core" and path.name in HEALTH_OWNERS:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                targets = [node.target]
+            for target in targets:
+                for t in ast.walk(target):
+                    if (
+                        isinstance(t, ast.Attribute)
+                        and t.attr in HEALTH_FIELDS
+                        and not (isinstance(t.value, ast.Name) and t.value.id == "self")
+                    ):
+                        problems.append(f"{path.relative_to(SRC)}:{t.lineno} sets .{t.attr}")
+    assert problems == []

@@ -155,6 +155,12 @@ class Held:
         self.decay_anchor = until
         return True
 
+    def saw_down(self, now: float) -> None:
+        """A probe saw the failure behind this running inferred hold: the probes' later
+        success may lift it (evidence.py)."""
+        if self.running(now) and self.cooldown is not None and self.cooldown.inferred:
+            self.cooldown.seen_down = True
+
     def clear(self, now: float) -> Cooldown | None:
         """End the running cooldown now, before its time (evidence says the failure is over;
         another host cleared it); return it. The incident count stays and decays from the

@@ -43,8 +43,7 @@ def saw_down(holds: Iterable[Held], now: float) -> None:
     """A probe saw the server fail: the running inferred `holds` (the server's and its
     models', unreachable with it) may now be lifted by the probes' success."""
     for held in holds:
-        if held.running(now) and held.cooldown is not None and held.cooldown.inferred:
-            held.cooldown.seen_down = True
+        held.saw_down(now)
 
 
 def lift(

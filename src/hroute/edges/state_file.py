@@ -184,16 +184,19 @@ def decode_saved(data: Any, now: float, wall: float) -> Saved:
 
     records = {}
     for r in doc.backends:
-        h = Health(state=r.state, reason=r.reason, detail=r.detail)
-        h.server = Held(live(r.cooldown), r.ejections, now)
-        h.block = r.blocked
-        h.models = {m: x for m, d in r.models.items() if (x := held(d)) is not None}
         # Only fingerprints: a raw key an older version stored is dropped, not kept on disk.
         keyed = [((fp, ANY_MODEL), d) for fp, d in r.credentials.items()] + [
             ((fp, m), d) for fp, by in r.key_models.items() for m, d in by.items()
         ]
-        h.keys = {k: x for k, d in keyed if is_fingerprint(k[0]) and (x := held(d)) is not None}
-        records[BackendIdentity(*r.identity)] = h
+        records[BackendIdentity(*r.identity)] = Health(
+            state=r.state,
+            reason=r.reason,
+            detail=r.detail,
+            server=Held(live(r.cooldown), r.ejections, now),
+            models={m: x for m, d in r.models.items() if (x := held(d)) is not None},
+            keys={k: x for k, d in keyed if is_fingerprint(k[0]) and (x := held(d)) is not None},
+            block=r.blocked,
+        )
     tasks = {
         t: TaskState(list(v.reasons), now - (wall - v.last_wall)) for t, v in doc.tasks.items()
     }
