@@ -199,6 +199,27 @@ async def test_snapshot_file_is_what_the_client_reads(tmp_path: Path) -> None:
     assert client.usable("cloud").usable is False
 
 
+async def test_a_write_slowed_by_other_load_does_not_delay_the_next_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gap between writes follows what a write costs this process (CPU), not how long the
+    machine took to run it: a write preempted for 200 ms must not hold the next change 2 s."""
+    import hroute.edges.snapshot as snapshot
+
+    clock = SteppedClock()
+    reg = Registry(load_config(CONFIG.replace("PORT", "9")), clock)
+    publisher = SnapshotPublisher(reg, clock, tmp_path / "hroute.snapshot")
+    real_write = snapshot.write_atomically
+
+    def preempted(path: Path, data: bytes) -> None:
+        time.sleep(0.2)  # stands for the scheduler running other processes: no CPU of ours
+        real_write(path, data)
+
+    monkeypatch.setattr(snapshot, "write_atomically", preempted)
+    publisher.flush(force=True)
+    assert publisher._gap_s == snapshot.MIN_GAP_S
+
+
 async def test_a_reporter_reads_its_own_report_while_the_snapshot_lags(tmp_path: Path) -> None:
     clock = SteppedClock()
     clock.t = time.monotonic()  # the report comes right after the first write: a burst

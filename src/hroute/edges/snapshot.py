@@ -6,8 +6,9 @@ counting within SNAPSHOT_TTL_S and readers fall back to the socket (and so fail 
 
 Writing it costs time in proportion to the fleet (10,000 backends: tens of ms), so changes
 are coalesced: a change is written at once when the last write is old enough, else at most
-one write interval later, the interval growing with what a write costs (the publisher
-stays under a tenth of a core however busy the registry). The file carries the registry's
+one write interval later, the interval growing with what a write costs in CPU time (the
+publisher stays under a tenth of a core however busy the registry; a write that other
+processes' load preempted costs no more, so a busy machine does not delay every change). The file carries the registry's
 version; a report's answer does too, and the client asks the socket until the snapshot has
 caught up with its own report: read-your-write for the agent that reported, a few ms of
 delay for the others.
@@ -48,7 +49,7 @@ class SnapshotPublisher:
         self._written_version = -1
         self._last_body: dict[str, Any] | None = None
         self._last_write = float("-inf")
-        self._gap_s = MIN_GAP_S  # between two writes of changes: 10 x what the last one cost
+        self._gap_s = MIN_GAP_S  # between two writes of changes: 10 x the last one's CPU time
         self._failing = False
         self._dirty = anyio.Event()
         registry.subscribe(Topic.CHANGED, self._changed)
@@ -65,7 +66,7 @@ class SnapshotPublisher:
         stale = now - self._last_write >= REFRESH_S
         if not force and not stale and self._registry.version == self._written_version:
             return
-        started = time.perf_counter()
+        started = time.thread_time()  # CPU time: being preempted is no cost of ours
         version = self._registry.version
         body = self._registry.snapshot()
         self._written_version = version
@@ -89,7 +90,7 @@ class SnapshotPublisher:
             return
         self._failing = False
         self._last_body, self._last_write = body, now
-        self._gap_s = min(MAX_GAP_S, max(MIN_GAP_S, 10 * (time.perf_counter() - started)))
+        self._gap_s = min(MAX_GAP_S, max(MIN_GAP_S, 10 * (time.thread_time() - started)))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
         try:
