@@ -13,7 +13,6 @@ Usage (from the repository root): .venv/bin/python -m bench.bench_fleet [--quick
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 from tests.support.procs import free_port
 
 from hroute.client import Client
+from hroute.core.snapshot_format import SnapshotFile
 
 HROUTE = str(Path(sys.executable).with_name("hroute"))
 FAKE_SERVERS = 2
@@ -63,10 +63,10 @@ def probes_made(client: Client) -> float:
 def healthy(sock: Path) -> int:
     """How many backends the daemon's snapshot shows healthy (0 while it has none)."""
     try:
-        snap = json.loads(sock.with_suffix(".snapshot").read_bytes())
+        snap = SnapshotFile(sock.with_suffix(".snapshot").read_bytes())
+        return sum(snap.backend(n)["state"] == "healthy" for n in snap.names())
     except (OSError, ValueError):
         return 0
-    return sum(b["state"] == "healthy" for b in snap["backends"].values())
 
 
 def metrics_text(client: Client) -> str:

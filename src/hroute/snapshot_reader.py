@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from hroute.core.identity import normalize_base_url
+from hroute.core.snapshot_format import SnapshotFile
 from hroute.core.verdict import decide
 
 
@@ -27,20 +27,22 @@ class Usable:
 
 
 def _from_snapshot(
-    snap: dict[str, Any],
+    snap: SnapshotFile,
     backend: str | None,
     base_url: str | None,
     credential: str | None,
     model: str | None = None,
 ) -> Usable:
-    backends = snap["backends"]
-    name = backend if backend in backends else None
+    """The answer from the snapshot; KeyError, TypeError, ValueError, AttributeError or
+    RecursionError when the file is not what the daemon writes (then ask the socket)."""
+    name = backend if backend in snap else None
     if name is None and base_url:
         url = _normalized(base_url)
-        name = (snap["url_models"].get(url) or {}).get(model) or snap["urls"].get(url)
+        found = snap.urls()
+        name = (found["url_models"].get(url) or {}).get(model) or found["urls"].get(url)
     if name is None:
         return Usable(True, backend, "unknown", "not_monitored", None)
-    entry = backends[name]
+    entry = snap.backend(name)
     verdict = decide(
         time.monotonic(),
         block=entry["blocked"],

@@ -6,12 +6,11 @@ on a busy machine, not on a regression.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from hroute.client import fingerprint
 from hroute.core.cooldowns import MAX_SCOPES as MAX_CREDENTIALS
+from hroute.core.snapshot_format import SnapshotFile
 from tests.support.daemon import Daemon
 from tests.support.faults import still_answers
 
@@ -28,8 +27,8 @@ def _burst(d: Daemon, n: int, start: int) -> None:
 
 def test_distinct_credentials_are_bounded(shared: Daemon) -> None:
     _burst(shared, 1400, 0)
-    snap = json.loads(shared.socket.with_suffix(".snapshot").read_text())
-    assert len(snap["backends"]["a"]["creds"]) <= MAX_CREDENTIALS
+    snap = SnapshotFile(shared.socket.with_suffix(".snapshot").read_bytes())
+    assert len(snap.backend("a")["creds"]) <= MAX_CREDENTIALS
     # Read-your-write: the key reported last is cooled in the snapshot at once.
     fp = fingerprint("key-1399")
     assert shared.client().usable("a", credential=fp).usable is False

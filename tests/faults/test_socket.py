@@ -58,18 +58,48 @@ def test_a_400_mb_snapshot_is_not_read(shared: Daemon, tmp_path: Path) -> None:
     still_answers(shared)
 
 
+def _v3(section: str, span: str | None = None, expires: str = "1e12") -> str:
+    """A snapshot in the daemon's layout whose one section (backend a) is `section`."""
+    span = span or f"[0,{len(section.encode())}]"
+    urls = '{"urls":{},"url_models":{}}'
+    at = len(section.encode())
+    head = f'{{"v":3,"pid":1,"version":0,"expires":{expires},"index":{{"a":{span}}},'
+    return head + f'"urls":[{at},{len(urls)}]}}\n' + section + urls
+
+
+GOOD = '{"state":"unhealthy","model":null,"blocked":"x","until":null,"until_reason":null,'
+GOOD += '"models":{},"creds":{}}'
+
+
+def test_the_snapshot_beside_is_believed_when_well_formed(shared: Daemon, tmp_path: Path) -> None:
+    """The control for the corrupt cases below: the same layout, intact, is what decides."""
+    client, snap = beside(shared, tmp_path)
+    snap.write_text(_v3(GOOD))
+    answer = client.usable("a")
+    assert (answer.usable, answer.reason, answer.source) == (False, "x", "snapshot")
+
+
 @pytest.mark.parametrize(
     "text",
     [
-        '{"v": 1, "expires": 1e12, "backends": {"a": {"state": "unhealthy"',
-        '{"v": 1, "expires": NaN, "backends": {}, "urls": {}}',
-        '{"v": 1, "expires": Infinity, "backends": {}, "urls": {}}',
-        '{"v": 1, "expires": 1e12, "backends": {"a": {"blocked": "x", "until": NaN}}, "urls": {}}',
-        '{"v": 1, "expires": 1e12, "backends": {"a": 7}, "urls": {}}',
+        _v3(GOOD)[:40],
+        _v3(GOOD, expires="NaN"),
+        _v3(GOOD, expires="Infinity"),
+        _v3(GOOD.replace('"until":null', '"until":NaN')),
+        _v3("7"),
+        _v3(GOOD[:30]),
+        _v3(GOOD, span="[0,99999]"),
+        _v3(GOOD, span="[-5,3]"),
+        _v3(GOOD, span='"a"'),
+        _v3("[" * 100_000 + "]" * 100_000),
         "[1, 2, 3]",
+        '{"v": 2, "expires": 1e12, "backends": {"a": {"blocked": "x"}}, "urls": {}}',
     ],
-    ids=["cut", "nan-expiry", "inf-expiry", "nan-until", "wrong-shape", "not-a-map"],
-)
+    ids=[
+        "cut", "nan-expiry", "inf-expiry", "nan-until", "wrong-shape", "cut-section",
+        "past-the-end", "negative-offset", "not-a-span", "deep", "not-a-map", "old-format",
+    ],
+)  # fmt: skip
 def test_a_corrupt_snapshot_means_ask_the_socket(shared: Daemon, tmp_path: Path, text: str) -> None:
     client, snap = beside(shared, tmp_path)
     snap.write_text(text)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hroute.core.snapshot_format import encode
 from tests.support.daemon import Daemon, wait_until
 from tests.support.fault_users import User
 from tests.support.faults import config, still_answers, unprobed
@@ -26,16 +27,13 @@ ASK_USABLE = (
     "t = time.monotonic(); u = c.usable('x'); "
     "print(json.dumps({'usable': u.usable, 'source': u.source, 's': time.monotonic() - t}))"
 )
-ALL_DOWN = {
-    "v": 1,
-    "pid": 1,
-    "expires": 1e12,
-    "backends": {
-        "x": {"state": "unhealthy", "blocked": "planted", "until": None, "until_reason": None,
-              "creds": {}}
-    },
-    "urls": {},
-}  # fmt: skip
+# A well-formed snapshot (the format the daemon writes) that says backend x is down.
+ALL_DOWN = encode(
+    {"pid": 1, "expires": 1e12},
+    {"x": {"state": "unhealthy", "model": None, "blocked": "planted", "until": None,
+           "until_reason": None, "models": {}, "creds": {}}},
+    {"urls": {}, "url_models": {}},
+).decode()  # fmt: skip
 
 
 @pytest.fixture
@@ -62,14 +60,14 @@ def victim_files(users: tuple[User, User]) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _plant(user: User, directory: Path, snapshot: dict) -> None:
+def _plant(user: User, directory: Path, snapshot: str) -> None:
     code = (
         "import os, json, sys; d = sys.argv[1]; os.makedirs(d + '/hroute', exist_ok=True); "
         "os.chmod(d, 0o777); os.chmod(d + '/hroute', 0o777); "
         "open(d + '/hroute/hroute.snapshot', 'w').write(sys.argv[2])"
     )
     done = subprocess.run(
-        user.argv("/usr/bin/python3", "-c", code, str(directory), json.dumps(snapshot)),
+        user.argv("/usr/bin/python3", "-c", code, str(directory), snapshot),
         capture_output=True,
         text=True,
         timeout=20,
@@ -117,7 +115,10 @@ def test_client_ignores_a_snapshot_of_a_third_user_in_its_own_directory(
         os.chown(p, victim.uid, victim.gid)
         p.chmod(0o700)
     snap = inner / "hroute.snapshot"
-    snap.write_text(json.dumps(ALL_DOWN))
+    snap.write_text(ALL_DOWN)
+    os.chown(snap, victim.uid, victim.gid)  # the control: the victim's own file is believed
+    answer = json.loads(victim.python(ASK_USABLE).stdout)
+    assert answer["usable"] is False and answer["source"] == "snapshot", answer
     os.chown(snap, other.uid, other.gid)
     answer = json.loads(victim.python(ASK_USABLE).stdout)
     assert answer["usable"] is True and answer["source"] == "fail-open", answer

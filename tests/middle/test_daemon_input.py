@@ -5,7 +5,6 @@ tests/faults keeps what needs a process: signals, descriptors, users, terminals.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from hroute.client import fingerprint
 from hroute.core.cooldowns import MAX_SCOPES as MAX_CREDENTIALS
+from hroute.core.snapshot_format import SnapshotFile
 from tests.support.inprocess import InProcessDaemon
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults]
@@ -227,11 +227,11 @@ async def test_distinct_credentials_are_bounded(daemon) -> None:
     assert (await daemon.usable("a", credential=last))["usable"] is False  # the newest kept
     snapshot = daemon.socket.with_suffix(".snapshot")
     await daemon.until(
-        lambda: len(json.loads(snapshot.read_text())["backends"]["a"]["creds"]) > 0,
+        lambda: len(SnapshotFile(snapshot.read_bytes()).backend("a")["creds"]) > 0,
         advance_s=1,
         what="the snapshot to show the cooled keys",
     )
-    assert len(json.loads(snapshot.read_text())["backends"]["a"]["creds"]) <= MAX_CREDENTIALS
+    assert len(SnapshotFile(snapshot.read_bytes()).backend("a")["creds"]) <= MAX_CREDENTIALS
 
 
 async def test_distinct_task_ids_are_all_taken(daemon) -> None:

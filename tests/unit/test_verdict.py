@@ -12,6 +12,7 @@ from hroute.config.model import load_config
 from hroute.core.health import ProbeOutcome, Report
 from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
+from hroute.core.snapshot_format import SnapshotFile, encode
 
 CONFIG = """
 backends:
@@ -19,6 +20,13 @@ backends:
 profiles:
   p: {chain: [b]}
 """
+
+
+def as_file(reg: Registry) -> SnapshotFile:
+    """The registry's snapshot as the client reads it: written to the file's bytes and back."""
+    body = reg.snapshot()
+    urls = {"urls": body["urls"], "url_models": body["url_models"]}
+    return SnapshotFile(encode({"expires": 1e12}, body["backends"], urls))
 
 
 class MonotonicClock:
@@ -59,7 +67,7 @@ def test_client_and_daemon_agree(probe, report, block) -> None:
         reg.record_report("b", report)
     if block is not None:
         reg.block("b", block, "test")
-    snap = reg.snapshot()
+    snap = as_file(reg)
     for credential in (None, "k1", "k2"):
         daemon = reg.verdict("b", credential)
         client = _from_snapshot(snap, "b", None, credential)
@@ -96,7 +104,7 @@ def test_client_and_daemon_agree_on_models_and_keys(probe, report) -> None:
         reg.record_probe("a", probe)
     if report is not None:
         reg.record_report("a", report)
-    snap = reg.snapshot()
+    snap = as_file(reg)
     url = "https://api.example.com/v1"
     for name, credential, model in itertools.product(
         ("a", "b"), (None, "k1", "k2"), (None, "gpt-a", "gpt-b", "gpt-c")

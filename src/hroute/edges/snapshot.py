@@ -1,7 +1,8 @@
 """The snapshot agents read without a round trip, published atomically next to the socket.
 
-Readers stat the file and re-parse only when it changed, so `usable()` costs a stat and a
-dict lookup. The file carries an expiry: a snapshot left behind by a dead daemon stops
+Readers stat the file and re-read it only when it changed, and then parse only its index and
+the section of the backend asked about (`core/snapshot_format.py`), so `usable()` costs a
+stat and a dict lookup, and a change costs a reader microseconds, not a parse of the fleet. The file carries an expiry: a snapshot left behind by a dead daemon stops
 counting within SNAPSHOT_TTL_S and readers fall back to the socket (and so fail open).
 
 Writing it costs time in proportion to the fleet (10,000 backends: tens of ms), so changes
@@ -17,7 +18,6 @@ delay for the others.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -29,12 +29,12 @@ import anyio
 from hroute.core.clock import Clock
 from hroute.core.events import Topic
 from hroute.core.registry import Registry
+from hroute.core.snapshot_format import encode
 from hroute.edges.clock import wait_until
 from hroute.edges.files import write_atomically
 
 log = logging.getLogger("hroute")
 
-SNAPSHOT_VERSION = 2  # 2: model and key scopes (client.SNAPSHOT_V reads it)
 SNAPSHOT_TTL_S = 5.0
 REFRESH_S = 2.0  # well inside the TTL: a busy loop may be late
 MIN_GAP_S = 0.02  # changes closer than this are written together
@@ -72,15 +72,10 @@ class SnapshotPublisher:
         self._written_version = version
         if body == self._last_body and not stale and not force:
             return
-        doc = {
-            "v": SNAPSHOT_VERSION,
-            "pid": os.getpid(),
-            "version": version,
-            "expires": now + SNAPSHOT_TTL_S,
-            **body,
-        }
+        header = {"pid": os.getpid(), "version": version, "expires": now + SNAPSHOT_TTL_S}
+        urls = {"urls": body["urls"], "url_models": body["url_models"]}
         try:
-            write_atomically(self.path, json.dumps(doc, separators=(",", ":")).encode())
+            write_atomically(self.path, encode(header, body["backends"], urls))
         except OSError as exc:
             if not self._failing:
                 log.warning(

@@ -23,6 +23,7 @@ from hroute.client import Client
 from hroute.core.gpu import GpuSample, VramHolder, describe_holders, describe_sample
 from hroute.core.identity import without_credentials
 from hroute.core.sanitize import clean
+from hroute.core.snapshot_format import SnapshotFile
 from hroute.paths import default_socket_path, snapshot_path
 from hroute.tools import hermes_block, hermes_setup
 
@@ -153,7 +154,7 @@ def check_daemon(client: Client) -> tuple[list[Check], list[dict[str, Any]] | No
 def _check_snapshot(sock: Path) -> Check:
     path = snapshot_path(sock)
     try:
-        doc = json.loads(path.read_bytes())
+        snap = SnapshotFile(path.read_bytes())
     except PermissionError:
         return Check(
             "snapshot",
@@ -163,14 +164,14 @@ def _check_snapshot(sock: Path) -> Check:
         )
     except FileNotFoundError:
         return Check("snapshot", WARN, f"no snapshot at {path}; agents ask the socket instead")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         return Check("snapshot", FAIL, f"cannot read {path}: {exc}")
-    left = doc.get("expires", 0) - time.monotonic()
+    left = snap.expires - time.monotonic()
     if left < 0:
         return Check(
             "snapshot",
             FAIL,
-            f"{path} expired {-left:.0f}s ago (written by pid {doc.get('pid')})",
+            f"{path} expired {-left:.0f}s ago (written by pid {snap.pid})",
             "the daemon is stuck or gone: journalctl -u hroute",
         )
     return Check("snapshot", OK, f"{path} is readable and fresh")
