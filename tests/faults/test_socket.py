@@ -63,8 +63,8 @@ def _v3(section: str, span: str | None = None, expires: str = "1e12") -> str:
     span = span or f"[0,{len(section.encode())}]"
     urls = '{"urls":{},"url_models":{}}'
     at = len(section.encode())
-    head = f'{{"v":3,"pid":1,"version":0,"expires":{expires},"index":{{"a":{span}}},'
-    return head + f'"urls":[{at},{len(urls)}]}}\n' + section + urls
+    head = f'{{"v":3,"pid":1,"version":0,"expires":{expires},"urls":[{at},{len(urls)}]}}'
+    return head + "\n" + f'{{"a":{span}}}' + "\n" + section + urls
 
 
 GOOD = '{"state":"unhealthy","model":null,"blocked":"x","until":null,"until_reason":null,'
