@@ -29,6 +29,8 @@ lint: dev
 
 bench: dev ## the hot path, the socket, the idle daemon, fleets, reload and hostile load; figures go to docs/benchmarks.md by hand
 	$(PY) -m bench.bench_usable
+	$(PY) -m bench.bench_storm
+	$(PY) -m bench.bench_core
 	$(PY) -m bench.bench_http
 	$(PY) -m bench.bench_fleet
 	$(PY) -m bench.bench_reload

@@ -221,7 +221,7 @@ class Registry:
         first = self.directory.first_at(self.directory.identity(name)) or name
         for change in changes:
             held = self.directory.held_by(name, change.scope, change.model)
-            fields = dataclasses.asdict(change)  # scope, model, old, new, reason, ...
+            fields = dict(vars(change))  # scope, model, old, new, reason, ... (no deep copy)
             if change.cooldown_s is not None:
                 fields["cooldown_s"] = round(change.cooldown_s, 3)
             self.emit(
