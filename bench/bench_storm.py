@@ -38,7 +38,8 @@ GOAL_P99_US = 250.0
 
 
 def config(sock: Path) -> str:
-    lines = [f"daemon: {{socket: {sock}, log_level: warning}}", "backends:"]
+    state = sock.parent.parent / "state"  # its own: a state left by another run is not restored
+    lines = [f"daemon: {{socket: {sock}, state_dir: {state}, log_level: warning}}", "backends:"]
     for b in range(BACKENDS):
         lines.append(
             f"  cloud{b}: {{kind: openai, base_url: 'https://c{b}.example.com/v1',"

@@ -200,7 +200,8 @@ def start_fake(procs: list) -> int:
 
 def daemon_config(ports: list[int], sock: Path) -> str:
     """10 openai backends on the fakes, probed every 10 s, one profile over them all."""
-    lines = [f"daemon: {{socket: {sock}, log_level: warning}}"]
+    state = sock.parent.parent / f"state-{sock.parent.name}"  # never another run's state
+    lines = [f"daemon: {{socket: {sock}, state_dir: {state}, log_level: warning}}"]
     lines += ["defaults: {probe: {interval_s: 10}}", "backends:"]
     for i, port in enumerate(ports):
         url = f"http://127.0.0.1:{port}/v1"
