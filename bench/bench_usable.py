@@ -213,7 +213,7 @@ def daemon_config(ports: list[int], sock: Path) -> str:
 def spawn_daemon(config: Path, sock: Path, procs: list) -> tuple[subprocess.Popen, float]:
     """Spawn `hroute run`; return it and the seconds it took to answer on its socket."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HROUTE_", "NOTIFY_"))}
-    client, snap = Client(sock, budget_s=0.5), sock.with_suffix(".snapshot")
+    snap = sock.with_suffix(".snapshot")
     with open(config.with_suffix(".log"), "ab") as log:
         t0 = time.perf_counter()
         procs.append(
@@ -223,8 +223,8 @@ def spawn_daemon(config: Path, sock: Path, procs: list) -> tuple[subprocess.Pope
     def serving() -> bool:
         if p.poll() is not None:
             raise SystemExit(f"hroute exited with {p.returncode}; see {log.name}")
-        try:
-            return client.request("GET", "/v1/version")[0] == 200
+        try:  # a new client each time: one remembers an untrusted (missing) dir for 1 s
+            return Client(sock, budget_s=0.5).request("GET", "/v1/version")[0] == 200
         except (OSError, ValueError):
             return False
 
