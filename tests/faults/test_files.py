@@ -109,7 +109,7 @@ def _fill_but_a_page(directory: Path) -> None:
 
 
 def test_a_full_disk_keeps_the_good_state_and_says_so_once(tiny_disk: Path, tmp_path: Path) -> None:
-    many = config({f"b{i}": unprobed(free_port()) for i in range(40)})
+    many = config({f"b{i}": unprobed(free_port()) for i in range(60)})
     d = Daemon(tmp_path, many, env={"HROUTE_STATE_DIR": str(tiny_disk)})
     state = tiny_disk / "state.json"
     with d:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import pytest
 from aiohttp import web
 
@@ -181,22 +182,78 @@ class SteppedClock(RealClock):
 
 async def test_snapshot_file_is_what_the_client_reads(tmp_path: Path) -> None:
     clock = SteppedClock()
+    clock.t = time.monotonic()  # written now: fresh for the client
     reg = Registry(load_config(CONFIG.replace("PORT", "9")), clock)
     path = tmp_path / "hroute.snapshot"
     publisher = SnapshotPublisher(reg, clock, path)
     publisher.flush(force=True)
     client = Client(socket_path=tmp_path / "hroute.sock")
-    assert client.usable("local").usable is True
-    clock.t = time.monotonic()  # an isolated change, long after the last write: written at once
+    assert (client.usable("local").usable, client.usable("local").source) == (True, "snapshot")
     reg.record_report("local", Report(False, Reason.RATE_LIMIT, retry_after_s=60))
+    assert client.usable("local").usable is True  # not written yet: the publisher's loop does
+    publisher.flush()
     answer = client.usable("local")
     assert (answer.usable, answer.reason, answer.source) == (False, "rate_limit", "snapshot")
     assert 58 < answer.retry_after_s <= 60
-    # a burst: the next change within the gap waits for the publisher's loop
     reg.record_report("cloud", Report(False, Reason.RATE_LIMIT, retry_after_s=60))
-    assert client.usable("cloud").usable is True
     publisher.flush()
     assert client.usable("cloud").usable is False
+
+
+async def test_a_write_rebuilds_only_the_sections_whose_record_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hroute.edges.snapshot as snapshot
+
+    clock = SteppedClock()
+    clock.t = time.monotonic()  # written now: fresh for the client
+    reg = Registry(load_config(CONFIG.replace("PORT", "9")), clock)
+    publisher = SnapshotPublisher(reg, clock, tmp_path / "hroute.snapshot")
+    publisher.flush(force=True)
+    built: list[dict] = []
+    real_section = snapshot.section
+    monkeypatch.setattr(snapshot, "section", lambda v: built.append(v) or real_section(v))
+    reg.record_report("cloud", Report(False, Reason.RATE_LIMIT, retry_after_s=60))
+    publisher.flush()
+    assert [list(e["models"]) for e in built] == [["m"]]  # cloud's (its model held) alone
+    built.clear()
+    publisher.flush(force=True)  # nothing changed: the kept sections are written again
+    assert built == []
+    client = Client(socket_path=tmp_path / "hroute.sock")
+    assert (client.usable("cloud").usable, client.usable("local").usable) == (False, True)
+
+
+async def test_a_write_of_many_changed_sections_yields_to_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet re-sync changes every backend at once: the write rebuilds them in slices and
+    the loop answers agents between the slices."""
+    import hroute.edges.snapshot as snapshot
+
+    clock = SteppedClock()
+    clock.t = time.monotonic()  # written now: fresh for the client
+    reg = Registry(load_config(CONFIG.replace("PORT", "9")), clock)
+    publisher = SnapshotPublisher(reg, clock, tmp_path / "hroute.snapshot")
+    publisher.flush(force=True)
+    monkeypatch.setattr(snapshot, "SLICE_S", 0.0)  # every section is a slice
+    for name in ("local", "cloud"):
+        reg.record_report(name, Report(False, Reason.RATE_LIMIT, retry_after_s=60))
+    turns = []
+
+    async def other_work() -> None:
+        for _ in range(3):
+            turns.append("other")
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other_work)
+        await anyio.lowlevel.checkpoint()
+        turns.append("write starts")
+        await publisher._write_sliced()
+        turns.append("write done")
+    assert turns.index("other", turns.index("write starts")) < turns.index("write done")
+    client = Client(socket_path=tmp_path / "hroute.sock")
+    assert (client.usable("cloud").usable, client.usable("local").usable) == (False, False)
 
 
 async def test_a_write_slowed_by_other_load_does_not_delay_the_next_change(
@@ -245,6 +302,28 @@ async def test_a_reporter_reads_its_own_report_while_the_snapshot_lags(tmp_path:
         assert (again.usable, again.source) == (False, "snapshot")  # caught up
     finally:
         await server.aclose()
+
+
+async def test_a_save_re_encodes_only_the_records_that_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hroute.edges.state_file as state_file
+
+    reg = registry()
+    saver = StateSaver(reg, reg.clock, tmp_path / "state.json")
+    reg.record_report("local", Report(False, Reason.SERVER_ERROR))
+    assert await saver.save_if_changed()  # the first save encodes every record
+    encoded = []
+    real = state_file.encode_record
+    monkeypatch.setattr(
+        state_file, "encode_record", lambda i, h, o: encoded.append(i.base_url) or real(i, h, o)
+    )
+    reg.record_report("cloud", Report(False, Reason.RATE_LIMIT, retry_after_s=600))
+    assert await saver.save_if_changed()
+    assert encoded == ["https://api.example.com"]  # cloud's record alone
+    fresh = registry()
+    assert fresh.restore(load_state(tmp_path / "state.json", fresh.clock).records) == 2
+    assert not fresh.usable("local")["usable"] and not fresh.usable("cloud")["usable"]
 
 
 async def test_state_file_round_trip_keeps_cooldowns(tmp_path: Path) -> None:

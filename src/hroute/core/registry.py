@@ -54,6 +54,9 @@ class Registry:
         self._subscribers = Subscribers()
         self.annotations = Annotations()
         self.version = 0  # bumped on every change; the snapshot publisher watches it
+        # Per server identity, the version of its record's last change: writers of what is
+        # derived from a record (the snapshot's sections) redo only what changed since.
+        self._stamps: dict[BackendIdentity, int] = {}
         self.directory = Directory(config)
         self._records: dict[BackendIdentity, Health] = {}
         self.tombstones = Tombstones()  # removed identities' health, for when they come back
@@ -78,7 +81,7 @@ class Registry:
                 self.tombstones.bury(ident, record, now)
         self._records = records
         self.directory = self.router.directory = directory
-        self.changed()
+        self.changed(everything=True)
 
     def apply_config(self, config: Any) -> None:
         """Switch to a new configuration in one step; a query sees the old one or the new one.
@@ -111,21 +114,34 @@ class Registry:
                 restored += 1
             else:
                 self.tombstones.bury(ident, record, now)
-        self.changed()
+        self.changed(everything=True)
         return restored
 
     def subscribe(self, topic: Topic, fn: Callable[..., None]) -> None:
         """Call `fn` on every `topic` (`events.Topic` says when, and with which arguments)."""
         self._subscribers.subscribe(topic, fn)
 
-    def changed(self) -> None:
-        """Something the answers depend on changed: tell of fallbacks, wake the listeners."""
+    def changed(self, name: str | None = None, *, everything: bool = False) -> None:
+        """Something the answers depend on changed (`name`'s health record, when given; every
+        record's, with `everything`): tell of fallbacks, wake the listeners."""
         self.version += 1
+        if everything:
+            self._stamps = dict.fromkeys(self._records, self.version)
+        elif name is not None:
+            self._stamps[self.directory.identity(name)] = self.version
         self._emit_all(self.router.note_changes())
         self._subscribers.tell(Topic.CHANGED)
 
     def health(self, name: str) -> Health:
         return self._records[self.directory.identity(name)]
+
+    def stamp(self, name: str) -> int:
+        """The version at which `name`'s health record last changed (0: not since start)."""
+        return self._stamps.get(self.directory.identity(name), 0)
+
+    def stamp_of(self, identity: BackendIdentity) -> int | None:
+        """`stamp` by server identity; None for one not configured now (a kept record)."""
+        return self._stamps.get(identity, 0) if identity in self._records else None
 
     # --- updates ----------------------------------------------------------------------
 
@@ -174,7 +190,7 @@ class Registry:
         """Lift a supervisor's block (only one of `reasons`, when given); the probes decide
         from here. hroute's own auth block stays."""
         if self.health(name).unblock(reasons):
-            self.changed()
+            self.changed(name)
 
     def expire(self) -> float | None:
         """Drop run-out cooldowns; return the next deadline to call again at."""
@@ -234,7 +250,7 @@ class Registry:
             if change.event == "cooldown_cleared":
                 self._subscribers.tell(Topic.CLEARED, name, change)
         if changes or visible:
-            self.changed()  # after the cause is told: a fallback it brings follows it
+            self.changed(name)  # after the cause is told: a fallback it brings follows it
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         """Record an event in the ring buffer and tell it (`Topic.EVENT`: log, journal,

@@ -29,16 +29,22 @@ FORMAT = 3  # 2: one JSON document; 3: a header, an index and sections
 
 def encode(header: dict[str, Any], backends: dict[str, Any], urls: dict[str, Any]) -> bytes:
     """The file: `header` (pid, version, expires), the index, then the sections."""
-    sections, index, at = [], {}, 0
-    for name, entry in backends.items():
-        blob = json.dumps(entry, separators=(",", ":")).encode()
+    return encode_sections(header, {n: section(e) for n, e in backends.items()}, section(urls))
+
+
+def section(value: dict[str, Any]) -> bytes:
+    """One section's bytes (a writer may keep them while the value does not change)."""
+    return _dumps(value)
+
+
+def encode_sections(header: dict[str, Any], backends: dict[str, bytes], urls: bytes) -> bytes:
+    """The file from sections already encoded (`section`): the header, the index, them."""
+    index, at = {}, 0
+    for name, blob in backends.items():
         index[name] = [at, len(blob)]
-        sections.append(blob)
         at += len(blob)
-    blob = json.dumps(urls, separators=(",", ":")).encode()
-    sections.append(blob)
-    head = {**header, "v": FORMAT, "urls": [at, len(blob)]}
-    return b"\n".join([_dumps(head), _dumps(index), b"".join(sections)])
+    head = {**header, "v": FORMAT, "urls": [at, len(urls)]}
+    return b"\n".join([_dumps(head), _dumps(index), b"".join([*backends.values(), urls])])
 
 
 class SnapshotFile:

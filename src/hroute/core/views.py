@@ -69,20 +69,24 @@ def snapshot(directory: Directory, health_of: Callable[[str], Health]) -> dict[s
     for every model ("") or for one (`creds`). `url_models` finds the backend configured
     with a URL and a model.
     """
-    backends = {}
-    for name in directory.names:
-        h = health_of(name)
-        models, creds = h.scope_maps()
-        backends[name] = {
-            "state": str(h.state),
-            "model": directory.model(name),
-            "blocked": h.blocker(),
-            "until": None if h.cooldown is None else h.cooldown.until,
-            "until_reason": None if h.cooldown is None else str(h.cooldown.reason),
-            "models": models,
-            "creds": creds,
-        }
+    backends = {
+        name: snapshot_entry(directory.model(name), health_of(name)) for name in directory.names
+    }
     return {"backends": backends, "urls": directory.urls(), "url_models": directory.url_models()}
+
+
+def snapshot_entry(model: str | None, h: Health) -> dict[str, Any]:
+    """One backend's part of the snapshot: `model` is its configured model, `h` its record."""
+    models, creds = h.scope_maps()
+    return {
+        "state": str(h.state),
+        "model": model,
+        "blocked": h.blocker(),
+        "until": None if h.cooldown is None else h.cooldown.until,
+        "until_reason": None if h.cooldown is None else str(h.cooldown.reason),
+        "models": models,
+        "creds": creds,
+    }
 
 
 def _blocked_by(

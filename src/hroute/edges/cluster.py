@@ -55,8 +55,8 @@ IDLE_PING_S = 5.0  # a Redis that stopped answering is noticed within this (plus
 TIMEOUT_S = 3.0
 CONNECT_TIMEOUT_S = 1.0
 START_WAIT_S = 1.0  # the most a starting daemon waits for the fleet's cooldowns
-SCAN_COUNT = 500
-PUSH_BATCH = 500  # records per pipelined round trip of a resync
+SCAN_COUNT = 50  # keys a pull asks for at once: their replies are parsed in one go
+PUSH_BATCH = 100  # records per pipelined round trip of a resync (built and parsed in one go)
 # Re-sync work runs at most this long before it yields to the loop (the socket waits for it
 # no longer than that, whatever a record costs to apply).
 SLICE_S = 0.002

@@ -21,15 +21,18 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from hroute.core.clock import Clock
 from hroute.core.events import Topic
 from hroute.core.registry import Registry
-from hroute.core.snapshot_format import encode
+from hroute.core.snapshot_format import encode_sections, section
+from hroute.core.views import snapshot_entry
 from hroute.edges.clock import wait_until
 from hroute.edges.files import write_atomically
 
@@ -39,43 +42,82 @@ SNAPSHOT_TTL_S = 5.0
 REFRESH_S = 2.0  # well inside the TTL: a busy loop may be late
 MIN_GAP_S = 0.02  # changes closer than this are written together
 MAX_GAP_S = 1.0
+# A write rebuilds the sections of the backends whose record changed since the last one; many
+# changed (a fleet re-sync) are rebuilt in slices of this much CPU time, between which the
+# loop answers agents.
+SLICE_S = 0.002
 
 
 class SnapshotPublisher:
-    """Owns the snapshot file: rewrites it soon after registry changes and refreshes its expiry."""
+    """Owns the snapshot file: rewrites it soon after registry changes and refreshes its expiry.
+
+    Each backend's section is kept, encoded, with the registry's stamp of its record; a write
+    re-encodes only the sections whose stamp moved, so a change costs what changed, not the
+    fleet. The run loop writes in slices (`SLICE_S`) and yields between them; `flush` writes
+    at once (at start, and for tests).
+    """
 
     def __init__(self, registry: Registry, clock: Clock, path: Path) -> None:
         self._registry, self._clock, self.path = registry, clock, path
         self._written_version = -1
-        self._last_body: dict[str, Any] | None = None
+        self._sections: dict[str, tuple[int, bytes]] = {}  # name -> (stamp, encoded entry)
+        self._urls: tuple[Any, bytes] | None = None  # (the directory, its encoded URL maps)
         self._last_write = float("-inf")
         self._gap_s = MIN_GAP_S  # between two writes of changes: 10 x the last one's CPU time
         self._failing = False
         self._dirty = anyio.Event()
-        registry.subscribe(Topic.CHANGED, self._changed)
-
-    def _changed(self) -> None:
-        if self._clock.now() - self._last_write >= self._gap_s:
-            self.flush()  # an isolated change is written at once
-        else:
-            self._dirty.set()  # a burst: the run loop writes it when the gap has passed
+        registry.subscribe(Topic.CHANGED, lambda: self._dirty.set())
 
     def flush(self, *, force: bool = False) -> None:
         """Write now if the registry changed (or the expiry needs refreshing)."""
+        for _ in self._write(force=force):
+            pass  # no yielding: all at once
+
+    async def _write_sliced(self) -> None:
+        for _ in self._write(force=False):
+            await anyio.lowlevel.checkpoint()  # a slice done: agents' requests go first
+
+    def _write(self, *, force: bool) -> Iterator[None]:
+        """Bring the sections up to date (yielding after each slice), then write the file."""
         now = self._clock.now()
         stale = now - self._last_write >= REFRESH_S
-        if not force and not stale and self._registry.version == self._written_version:
+        reg = self._registry
+        if not force and not stale and reg.version == self._written_version:
             return
-        started = time.thread_time()  # CPU time: being preempted is no cost of ours
-        version = self._registry.version
-        body = self._registry.snapshot()
+        cost = 0.0  # CPU time: being preempted is no cost of ours
+        started = time.thread_time()
+        version, moved = reg.version, False
+        while True:  # again if a reload replaced the directory while we yielded
+            directory = reg.directory
+            names = directory.names
+            for name in names:
+                stamp = reg.stamp(name)
+                kept = self._sections.get(name)
+                if kept is None or kept[0] != stamp:
+                    entry = snapshot_entry(directory.model(name), reg.health(name))
+                    self._sections[name] = (stamp, section(entry))
+                    moved = True
+                    if time.thread_time() - started >= SLICE_S:
+                        cost += time.thread_time() - started
+                        yield
+                        started = time.thread_time()
+                        if reg.directory is not directory:
+                            break
+            else:
+                break
+        if self._urls is None or self._urls[0] is not directory:
+            urls = {"urls": directory.urls(), "url_models": directory.url_models()}
+            self._urls, moved = (directory, section(urls)), True
+        if len(self._sections) > len(names):
+            self._sections = {n: self._sections[n] for n in names}
+            moved = True
         self._written_version = version
-        if body == self._last_body and not stale and not force:
+        if not moved and not stale and not force:
             return
         header = {"pid": os.getpid(), "version": version, "expires": now + SNAPSHOT_TTL_S}
-        urls = {"urls": body["urls"], "url_models": body["url_models"]}
+        blobs = {n: self._sections[n][1] for n in names}
         try:
-            write_atomically(self.path, encode(header, body["backends"], urls))
+            write_atomically(self.path, encode_sections(header, blobs, self._urls[1]))
         except OSError as exc:
             if not self._failing:
                 log.warning(
@@ -84,8 +126,9 @@ class SnapshotPublisher:
             self._failing = True
             return
         self._failing = False
-        self._last_body, self._last_write = body, now
-        self._gap_s = min(MAX_GAP_S, max(MIN_GAP_S, 10 * (time.thread_time() - started)))
+        self._last_write = now
+        cost += time.thread_time() - started
+        self._gap_s = min(MAX_GAP_S, max(MIN_GAP_S, 10 * cost))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -98,7 +141,8 @@ class SnapshotPublisher:
                     gap_end = self._last_write + self._gap_s
                     if gap_end > self._clock.now():
                         await self._clock.sleep(gap_end - self._clock.now())
-                self.flush()  # the burst's changes, or the expiry while nothing changes
+                # the changes (a burst's, coalesced), or the expiry while nothing changes
+                await self._write_sliced()
         finally:
             with contextlib.suppress(OSError):
                 self.path.unlink()

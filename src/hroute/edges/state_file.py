@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hroute.core.clock import Clock
@@ -36,6 +39,7 @@ log = logging.getLogger("hroute")
 
 STATE_FORMAT = "hroute-state/1"
 SAVE_DELAY_S = 0.2  # coalesce a burst of changes into one write
+SLICE_S = 0.002  # CPU time a save re-encodes records for before the loop answers agents
 # Far above any real fleet's file (10,000 backends: a few MB), far below what would hurt.
 MAX_STATE_BYTES = 64 << 20
 
@@ -104,9 +108,19 @@ def encode_state(
     spend: tuple[str, dict[str, float], float | None] | None = None,
 ) -> dict[str, Any]:
     """The durable part of every health record, deadlines turned into wall-clock time."""
+    out = [encode_record(ident, h, wall - now) for ident, h in records.items()]
+    doc: dict[str, Any] = {"format": STATE_FORMAT, "saved_at": round(wall, 3), "backends": out}
+    doc["tasks"] = encode_tasks(tasks or {}, wall - now)
+    if spend is not None:
+        doc["spend"] = encode_spend(spend)
+    return doc
+
+
+def encode_record(ident: BackendIdentity, h: Health, offset: float) -> dict[str, Any]:
+    """One health record as the file keeps it; `offset` is wall time minus monotonic time."""
 
     def deadline(c: Cooldown, ejections: int = 0) -> dict[str, Any]:
-        until = None if c.until is None else round(wall + (c.until - now), 3)
+        until = None if c.until is None else round(c.until + offset, 3)
         out = {"until_wall": until, "reason": str(c.reason), "ejections": ejections}
         return (
             out
@@ -115,42 +129,41 @@ def encode_state(
             | ({"inferred": True, "seen_down": c.seen_down} if c.inferred else {})
         )
 
-    out = []
-    for ident, h in records.items():
-        keys: dict[str, dict[str, Any]] = {}
-        for (fp, m), held in h.keys.items():
-            if held.cooldown is not None:
-                keys.setdefault(fp, {})[m] = deadline(held.cooldown, held.incidents)
-        out.append(
-            {
-                "identity": list(ident),
-                "state": str(h.state),
-                "reason": h.reason,
-                "detail": h.detail,
-                "ejections": h.incidents,
-                "blocked": h.block,
-                "cooldown": deadline(h.cooldown) if h.cooldown else None,
-                "credentials": {fp: by[ANY_MODEL] for fp, by in keys.items() if ANY_MODEL in by},
-                "key_models": {
-                    fp: {m: d for m, d in by.items() if m != ANY_MODEL}
-                    for fp, by in keys.items()
-                    if set(by) - {ANY_MODEL}
-                },
-                "models": {
-                    m: deadline(held.cooldown, held.incidents)
-                    for m, held in h.models.items()
-                    if held.cooldown is not None
-                },
-            }
-        )
-    doc: dict[str, Any] = {"format": STATE_FORMAT, "saved_at": round(wall, 3), "backends": out}
-    doc["tasks"] = {
-        t: {"reasons": list(st.reasons), "last_wall": round(wall - (now - st.last_at), 3)}
-        for t, st in (tasks or {}).items()
+    keys: dict[str, dict[str, Any]] = {}
+    for (fp, m), held in h.keys.items():
+        if held.cooldown is not None:
+            keys.setdefault(fp, {})[m] = deadline(held.cooldown, held.incidents)
+    return {
+        "identity": list(ident),
+        "state": str(h.state),
+        "reason": h.reason,
+        "detail": h.detail,
+        "ejections": h.incidents,
+        "blocked": h.block,
+        "cooldown": deadline(h.cooldown) if h.cooldown else None,
+        "credentials": {fp: by[ANY_MODEL] for fp, by in keys.items() if ANY_MODEL in by},
+        "key_models": {
+            fp: {m: d for m, d in by.items() if m != ANY_MODEL}
+            for fp, by in keys.items()
+            if set(by) - {ANY_MODEL}
+        },
+        "models": {
+            m: deadline(held.cooldown, held.incidents)
+            for m, held in h.models.items()
+            if held.cooldown is not None
+        },
     }
-    if spend is not None:
-        doc["spend"] = {"day": spend[0], "by_backend": spend[1], "ends_wall": spend[2]}
-    return doc
+
+
+def encode_tasks(tasks: dict[str, TaskState], offset: float) -> dict[str, Any]:
+    return {
+        t: {"reasons": list(st.reasons), "last_wall": round(st.last_at + offset, 3)}
+        for t, st in tasks.items()
+    }
+
+
+def encode_spend(spend: tuple[str, dict[str, float], float | None]) -> dict[str, Any]:
+    return {"day": spend[0], "by_backend": spend[1], "ends_wall": spend[2]}
 
 
 def decode_state(data: Any, now: float, wall: float) -> dict[BackendIdentity, Health]:
@@ -253,48 +266,41 @@ def _no_constants(name: str) -> Any:
 
 
 class StateSaver:
-    """Owns the state file: saves soon after a change (coalesced) and at shutdown."""
+    """Owns the state file: saves soon after a change (coalesced) and at shutdown.
+
+    The file is built from parts kept encoded: each configured server's record with the
+    registry's stamp of its last change (and the wall-clock offset it was encoded with), the
+    tasks with their change count. A save re-encodes only what changed, in slices that yield
+    to the loop (a fleet re-sync changes every record at once), and writes in a thread. The
+    file is one record a line, and reads as before.
+    """
 
     def __init__(self, registry: Registry, clock: Clock, path: Path) -> None:
         self._registry, self._clock, self.path = registry, clock, path
         self._dirty = anyio.Event()
         self._failing = False
+        self._records: dict[BackendIdentity, tuple[Any, bytes]] = {}  # ident -> (key, bytes)
+        self._tasks: tuple[Any, bytes] | None = None
         # Built after the restore: what was just restored is already on disk. (Taken here,
         # not when run() starts: the socket serves, and reports change state, before that.)
         self._saved_key: Any = self._key()
         registry.subscribe(Topic.CHANGED, lambda: self._dirty.set())
 
     def _key(self) -> Any:
-        # Compare monotonic values: converting to wall time would differ on every call.
-        return [
-            (
-                i,
-                h.state,
-                h.reason,
-                h.incidents,
-                h.block,
-                None if h.cooldown is None else (h.cooldown.until, h.cooldown.reason),
-                sorted(_held_key(k, x) for k, x in h.keys.items() if x.cooldown),
-                sorted(_held_key(k, x) for k, x in h.models.items() if x.cooldown),
-            )
-            for i, h in self._registry.records().items()
-        ] + [self._registry.router.tasks.changes, self._registry.router.spend.dump()]
+        reg = self._registry
+        return (reg.version, reg.router.tasks.changes, reg.router.spend.dump(), len(reg.records()))
 
     async def save_if_changed(self) -> bool:
         key = self._key()
         if key == self._saved_key:
             return False
-        reg = self._registry
-        doc = encode_state(
-            reg.records(),
-            self._clock.now(),
-            self._clock.wall(),
-            reg.router.tasks.dump(),
-            reg.router.spend.dump(),
-        )
+        data = None
+        for data in self._build():
+            if data is None:
+                await anyio.lowlevel.checkpoint()  # a slice done: agents' requests go first
+        assert data is not None
         try:
-            # Serialising 10,000 tasks takes tens of ms: not on the loop that answers agents.
-            await anyio.to_thread.run_sync(self._write, doc)
+            await anyio.to_thread.run_sync(self._write, data)
         except OSError as exc:
             if not self._failing:  # once, not at every change: a full disk stays full
                 log.warning(
@@ -311,8 +317,42 @@ class StateSaver:
         self._saved_key = key
         return True
 
-    def _write(self, doc: dict[str, Any]) -> None:
-        data = json.dumps(doc, indent=1).encode()
+    def _build(self) -> Iterator[bytes | None]:
+        """Yield None after each slice of re-encoding, then the file's bytes."""
+        reg = self._registry
+        now, wall = self._clock.now(), self._clock.wall()
+        offset = wall - now
+        # Encoded deadlines stay right while the wall clock keeps pace with the monotonic one;
+        # a step of a second (NTP, a suspend) re-encodes them.
+        drift = round(offset)
+        started = time.thread_time()
+        parts: list[bytes] = []
+        records = reg.records()
+        for ident, health in records.items():
+            stamp = reg.stamp_of(ident)  # None for a removed server's kept record
+            kept = self._records.get(ident)
+            if stamp is None or kept is None or kept[0] != (stamp, drift):
+                blob = _dumps(encode_record(ident, health, offset))
+                kept = (None, blob) if stamp is None else ((stamp, drift), blob)
+                if stamp is not None:
+                    self._records[ident] = kept
+                if time.thread_time() - started >= SLICE_S:
+                    yield None
+                    started = time.thread_time()
+            parts.append(kept[1])
+        if len(self._records) > len(records):
+            self._records = {i: k for i, k in self._records.items() if i in records}
+        tasks = reg.router.tasks
+        if self._tasks is None or self._tasks[0] != (tasks.changes, drift):
+            self._tasks = ((tasks.changes, drift), _dumps(encode_tasks(tasks.dump(), offset)))
+        spend = reg.router.spend.dump()
+        head = _dumps({"format": STATE_FORMAT, "saved_at": round(wall, 3)})
+        tail = b',\n"tasks":' + self._tasks[1]
+        if spend is not None:
+            tail += b',\n"spend":' + _dumps(encode_spend(spend))
+        yield head[:-1] + b',\n"backends":[\n' + b",\n".join(parts) + b"\n]" + tail + b"}\n"
+
+    def _write(self, data: bytes) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomically(self.path, data, mode=0o600, durable=True)
 
@@ -329,6 +369,5 @@ class StateSaver:
                 await self.save_if_changed()
 
 
-def _held_key(key: Any, held: Held) -> tuple[Any, ...]:
-    assert held.cooldown is not None
-    return (key, held.cooldown.until, held.cooldown.reason, held.incidents)
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
