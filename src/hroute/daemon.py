@@ -247,20 +247,25 @@ async def _keep_socket(path: Path, lock: list[int], api: HttpServer, clock: Cloc
 async def _expire_cooldowns(registry: Registry, clock: Clock) -> None:
     """End cooldowns when they run out: sleep until the next deadline, not on a tick.
 
-    A report that arms an earlier one wakes it (cooldowns are never shorter than a tick)."""
+    A change wakes it to look at `registry.due()` (O(1): a report may arm an earlier
+    deadline); only a deadline reached walks the records (at most once a tick: cooldowns are
+    never shorter), so a re-sync's thousands of changes cost no walk each."""
     wake = anyio.Event()
 
     def on_change() -> None:
         wake.set()
 
     registry.subscribe(Topic.CHANGED, on_change)
+    walked = clock.now()
+    registry.expire()
     while True:
-        deadline = registry.expire()
         wake = anyio.Event()
-        if deadline is None:
-            await wake.wait()
-        else:
-            await wait_until(clock, wake, max(deadline, clock.now() + EXPIRY_TICK_S))
+        due = registry.due()
+        # From the last walk, not from now: changes that keep coming must not put it off.
+        at = None if due is None else max(due, walked + EXPIRY_TICK_S)
+        if (at is not None and at <= clock.now()) or not await wait_until(clock, wake, at):
+            walked = clock.now()
+            registry.expire()  # the deadline came: end what ran out, find the next
 
 
 async def _watch_signals(

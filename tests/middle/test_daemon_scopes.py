@@ -229,3 +229,34 @@ async def test_a_probes_401_blocks_until_a_probe_succeeds(two_models, cloud) -> 
         return (await d.usable("gpt-a"))["usable"]
 
     await d.until(lifted, advance_s=1.0, what="a good probe to lift the block")
+
+
+STREAM = """
+defaults: {cooldown: {base_s: 5, jitter: 0}}
+backends:
+  a: {kind: openai, base_url: "http://127.0.0.1:9/v1", model: m, probe: {enabled: false}}
+  b: {kind: openai, base_url: "https://api.example.com/v1", model: m, probe: {enabled: false}}
+"""
+
+
+async def test_a_stream_of_changes_neither_walks_the_records_each_nor_puts_an_end_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-sync or a storm changes the registry thousands of times: each change must not
+    walk every record to find the next deadline, and the changes must not keep postponing
+    the end of a cooldown that is due."""
+    from hroute.core.credentials import fingerprint
+    from hroute.core.registry import Registry
+
+    walks: list[float] = []
+    real = Registry.expire
+    monkeypatch.setattr(Registry, "expire", lambda self: walks.append(1) or real(self))
+    async with InProcessDaemon(tmp_path, STREAM) as d:
+        assert (await d.report("a", reason="server_error"))[0] == 202  # ends in 5 s
+        walks.clear()
+        for i in range(100):  # ten seconds of a change every 100 ms, on b
+            fp = fingerprint(f"key-{i}")
+            await d.report("b", reason="rate_limit", credential=fp, retry_after_s=600)
+            await d.clock.advance(0.1)
+        assert [e["backend"] for e in await d.events("cooldown_end")] == ["a"]
+        assert len(walks) <= 10  # at the deadline and a few ticks, not once a change

@@ -57,6 +57,9 @@ class Registry:
         # Per server identity, the version of its record's last change: writers of what is
         # derived from a record (the snapshot's sections) redo only what changed since.
         self._stamps: dict[BackendIdentity, int] = {}
+        # No cooldown ends before this (None: none has a deadline): lowered by every new
+        # deadline told, made exact by `expire`'s walk, so a change costs O(1), not a walk.
+        self._due: float | None = None
         self.directory = Directory(config)
         self._records: dict[BackendIdentity, Health] = {}
         self.tombstones = Tombstones()  # removed identities' health, for when they come back
@@ -127,6 +130,7 @@ class Registry:
         self.version += 1
         if everything:
             self._stamps = dict.fromkeys(self._records, self.version)
+            self._due = self.clock.now()  # restored or reloaded records: walk them soon
         elif name is not None:
             self._stamps[self.directory.identity(name)] = self.version
         self._emit_all(self.router.note_changes())
@@ -192,8 +196,13 @@ class Registry:
         if self.health(name).unblock(reasons):
             self.changed(name)
 
+    def due(self) -> float | None:
+        """No cooldown ends before this (None: none has a deadline); `expire` then."""
+        return self._due
+
     def expire(self) -> float | None:
-        """Drop run-out cooldowns; return the next deadline to call again at."""
+        """Drop run-out cooldowns (a walk of every record); return the next deadline to call
+        again at."""
         now = self.clock.now()
         self.tombstones.expire(now)
         deadlines = []
@@ -206,7 +215,8 @@ class Registry:
             deadline = health.next_deadline()
             if deadline is not None:
                 deadlines.append(deadline)
-        return min(deadlines, default=None)
+        self._due = min(deadlines, default=None)
+        return self._due
 
     def record_task_failure(
         self, task: str, reason: str, detail: str = "", task_type: str | None = None
@@ -235,7 +245,12 @@ class Registry:
         A probe that confirms what was known changes nothing: no snapshot write, no work."""
         changes = list(changes)
         first = self.directory.first_at(self.directory.identity(name)) or name
+        now = self.clock.now()
         for change in changes:
+            if change.cooldown_s is not None and (
+                self._due is None or now + change.cooldown_s < self._due
+            ):
+                self._due = now + change.cooldown_s
             held = self.directory.held_by(name, change.scope, change.model)
             fields = dict(vars(change))  # scope, model, old, new, reason, ... (no deep copy)
             if change.cooldown_s is not None:
