@@ -28,13 +28,11 @@ from hroute.edges.http import (
     error_response,
     json_response,
 )
-from hroute.edges.limits import IDLE_TIMEOUT_S, MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 from hroute.edges.metrics import Metrics
 from hroute.errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
 
 log = logging.getLogger("hroute.api")
 
-MAX_BODY_BYTES = 64 * 1024
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,127}$"
 
 
@@ -135,17 +133,13 @@ class _BadRequest(HrouteError):
     """A request hroute cannot act on: 400 with this message."""
 
 
-def make_api(
-    deps: Deps,
-    *,
-    max_connections: int = MAX_CONNECTIONS,
-    idle_timeout_s: float = IDLE_TIMEOUT_S,
-    request_timeout_s: float = REQUEST_TIMEOUT_S,
-) -> HttpServer:
+def make_api(deps: Deps, **limits: Any) -> HttpServer:
     """The socket API: a router of framework-free handlers on the small HTTP server.
 
     Handlers translate request → registry call → JSON. They answer synchronously (the
     registry never awaits), except reload and restart, which return an awaitable.
+    `limits` are HttpServer's (`max_connections`, `idle_timeout_s`, `request_timeout_s`);
+    those not given keep its defaults, edges/limits.py's.
     """
     reg = deps.registry
 
@@ -343,11 +337,8 @@ def make_api(
     return HttpServer(
         routes=find,
         allowed=allowed,
-        max_body=MAX_BODY_BYTES,
-        max_connections=max_connections,
-        idle_timeout_s=idle_timeout_s,
-        request_timeout_s=request_timeout_s,
         on_crash=lambda exc: log.error("request failed", exc_info=exc),
+        **limits,
     )
 
 
