@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hroute import __version__
-from hroute.core.clients import Clients
+from hroute.core.clients import GUARD_STATES, GUARDS, ISOLATIONS, Clients
 from hroute.core.credentials import FINGERPRINT_FORM, FINGERPRINT_PATTERN, is_fingerprint
 from hroute.core.escalation import TASK_REASONS
 from hroute.core.needs import parse_needs
@@ -58,9 +58,9 @@ class ClientBody(BaseModel):
 
     kind: Literal["hermes"]
     pid: int = Field(ge=1, le=2**31)
-    isolation: Literal["in_process", "host"]
-    guards: dict[Literal["restore", "fallback", "auxiliary"], Literal["on", "off", "failing"]] = (
-        Field(default_factory=dict)
+    isolation: Literal[ISOLATIONS]  # type: ignore[valid-type]
+    guards: dict[Literal[GUARDS], Literal[GUARD_STATES]] = Field(  # type: ignore[valid-type]
+        default_factory=dict
     )
     version: str | None = Field(None, max_length=40)
 
