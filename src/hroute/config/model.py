@@ -54,7 +54,6 @@ FallbackReason = Literal[
     "invalid_response",
 ]
 Kind = Literal["llama-server", "ollama", "openai", "anthropic", "openrouter"]
-KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 
 PositiveS = Annotated[float, Field(gt=0)]
 MAX_CONFIG_BYTES = 16 << 20  # 10,000 backends take about 1 MB

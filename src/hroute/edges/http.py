@@ -314,7 +314,6 @@ class HttpServer:
     idle_timeout_s: float = IDLE_TIMEOUT_S  # an idle kept connection holds a descriptor
     request_timeout_s: float = REQUEST_TIMEOUT_S  # from a request's first byte to its last
     on_crash: Callable[[BaseException], None] = lambda exc: None
-    evicted: int = 0  # clients dropped to make room
     timed_out: int = 0  # requests not complete by their deadline (408)
     aborted: int = 0  # connections dropped at their deadline with answers left unread
     # In order of arrival (a dict keeps it): the oldest one makes room first.
@@ -337,7 +336,6 @@ class HttpServer:
                 return False
             del self._connections[victim]  # now: its connection_lost comes a loop turn later
             victim.abort()
-            self.evicted += 1
         self._connections[conn] = None
         return True
 
