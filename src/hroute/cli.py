@@ -173,7 +173,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from hroute.config.model import missing_keys, read_config
+    from hroute.config.model import missing_keys
+    from hroute.edges.config_file import read_config
     from hroute.errors import ConfigError
 
     path = _config_path(args.file)

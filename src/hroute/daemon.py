@@ -15,7 +15,7 @@ from typing import TypeVar
 import anyio
 
 from hroute import __version__
-from hroute.config.model import Config, missing_keys, read_config
+from hroute.config.model import Config, missing_keys
 from hroute.core.clients import Clients
 from hroute.core.clock import Clock
 from hroute.core.events import Topic
@@ -23,6 +23,7 @@ from hroute.core.registry import Registry
 from hroute.edges.api import Deps, make_api
 from hroute.edges.clock import RealClock, wait_until
 from hroute.edges.cluster import Cluster
+from hroute.edges.config_file import read_config
 from hroute.edges.fault_injection import serve_test_hooks, socket_timeouts
 from hroute.edges.files import prepare_dir, remove_leftovers
 from hroute.edges.gpu import GpuTelemetry

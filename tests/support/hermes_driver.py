@@ -118,7 +118,7 @@ def main() -> int:
                     build(session_id=f"chat-{name}", gateway_session_key=key),
                     source,
                 )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         emit(
             {
                 "ready": False,
@@ -163,7 +163,7 @@ def main() -> int:
             try:
                 result = agent.run_conversation(arg or f"hello {turns}")
                 response, failed = result.get("final_response"), bool(result.get("failed"))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 response, failed = f"{type(exc).__name__}: {exc}", True
             if reports is not None and spec.get(
                 "flush_reports", True
@@ -209,7 +209,7 @@ def main() -> int:
             title, error = None, None
             try:
                 title = generate_title("hello", **kwargs)
-            except Exception as exc:  # noqa: BLE001 - said in the answer, not hidden
+            except Exception as exc:  # said in the answer, not hidden
                 error = f"{type(exc).__name__}: {exc}"
             emit(
                 {"title": title, "error": error, "seconds": round(time.perf_counter() - started, 3)}

@@ -240,7 +240,7 @@ def test_against_a_real_hermes_every_guard_is_active(
     from tests.support.hermes import VERSIONS, hermes_venv
 
     hermes = next(h for h in VERSIONS if (h.package, h.version) == ("hermes-agent", "0.19.0"))
-    HERMES_VERSION = hermes.version  # noqa: N806
+    HERMES_VERSION = hermes.version
     python = hermes_venv(hermes) / "bin" / "python"
     if not (hermes_venv(hermes) / ".hermes-installed").exists():
         why = f"no Hermes Agent venv at {hermes_venv(hermes)}: run `make hermes-venv`"

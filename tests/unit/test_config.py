@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from hroute.config.model import load_config, missing_keys, read_config
+from hroute.config.model import load_config, missing_keys
+from hroute.edges.config_file import read_config
 from hroute.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

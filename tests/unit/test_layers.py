@@ -41,6 +41,17 @@ def test_the_core_does_no_io_and_imports_only_downward() -> None:
     assert problems == []
 
 
+def test_the_config_imports_only_what_is_below_it() -> None:
+    below = ("hroute.config", "hroute.core", "hroute.errors", "hroute.paths")
+    problems = [
+        f"{path.name} imports {name}"
+        for path in sorted((SRC / "config").glob("*.py"))
+        for name in _imports(path)
+        if name.split(".")[0] == "hroute" and not name.startswith(below)
+    ]
+    assert problems == []
+
+
 def test_nothing_imports_the_composition_root_or_the_cli() -> None:
     problems = []
     for path in SRC.rglob("*.py"):

@@ -55,14 +55,14 @@ def test_a_reload_reads_and_validates_off_the_event_loop(tmp_path, monkeypatch) 
 
     import anyio
 
-    from hroute.config import model
+    from hroute.edges import config_file
     from hroute.edges import reloader as reloader_module
 
     threads = []
 
     def recording(path):
         threads.append(threading.current_thread())
-        return model.read_config(path)
+        return config_file.read_config(path)
 
     monkeypatch.setattr(reloader_module, "read_config", recording)
     r = _reloader(tmp_path)

@@ -1,7 +1,7 @@
 """Configuration: frozen pydantic models, parsed from YAML with line-accurate errors.
 
-`load_config(text)` is pure; `read_config(path)` wraps it. Nothing here binds a socket,
-starts a process or exits.
+`load_config(text)` is pure; `edges/config_file.py`'s `read_config(path)` reads the file
+for it. Nothing here reads a file, binds a socket, starts a process or exits.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from hroute.config.yaml_lines import tree as _tree
 from hroute.core.escalation import TASK_REASONS
 from hroute.core.identity import BackendIdentity, backend_identity, is_loopback, split_credentials
 from hroute.core.sanitize import clean
-from hroute.edges.files import UnreadableFileError, read_regular_file
 from hroute.errors import ConfigError
 from hroute.paths import default_socket_path, default_state_dir
 
@@ -54,10 +53,8 @@ FallbackReason = Literal[
     "invalid_response",
 ]
 Kind = Literal["llama-server", "ollama", "openai", "anthropic", "openrouter"]
-KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 
 PositiveS = Annotated[float, Field(gt=0)]
-MAX_CONFIG_BYTES = 16 << 20  # 10,000 backends take about 1 MB
 
 NAME_CHARS = 128  # a backend or profile name
 
@@ -410,26 +407,6 @@ def load_config(text: str, source: str = "<config>") -> Config:
         # mistake, never "remove every backend and forget every cooldown".
         raise ConfigError(source, ["backends: a configuration names at least one backend"])
     return config
-
-
-def read_config(path: str | Path) -> Config:
-    """Read and validate the configuration file at `path` (a symlink to it is followed).
-
-    Only a regular file of at most MAX_CONFIG_BYTES is read, opened non-blocking: a FIFO
-    put in its place once hung the daemon's loop on a reload.
-    """
-    path = Path(path)
-    try:
-        text = read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(str(path), ["file not found"]) from exc
-    except UnreadableFileError as exc:
-        raise ConfigError(
-            str(path), [f"cannot read: {str(exc).removeprefix(f'{path}: ')}"]
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [f"cannot read: {exc}"]) from exc
-    return load_config(text, source=str(path))
 
 
 def missing_keys(config: Config, env: dict[str, str] | None = None) -> dict[str, str]:

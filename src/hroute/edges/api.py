@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hroute import __version__
-from hroute.core.clients import Clients
+from hroute.core.clients import GUARD_STATES, GUARDS, ISOLATIONS, Clients
 from hroute.core.credentials import FINGERPRINT_FORM, FINGERPRINT_PATTERN, is_fingerprint
 from hroute.core.escalation import TASK_REASONS
 from hroute.core.needs import parse_needs
@@ -28,13 +28,11 @@ from hroute.edges.http import (
     error_response,
     json_response,
 )
-from hroute.edges.limits import IDLE_TIMEOUT_S, MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 from hroute.edges.metrics import Metrics
 from hroute.errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
 
 log = logging.getLogger("hroute.api")
 
-MAX_BODY_BYTES = 64 * 1024
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,127}$"
 
 
@@ -60,9 +58,9 @@ class ClientBody(BaseModel):
 
     kind: Literal["hermes"]
     pid: int = Field(ge=1, le=2**31)
-    isolation: Literal["in_process", "host"]
-    guards: dict[Literal["restore", "fallback", "auxiliary"], Literal["on", "off", "failing"]] = (
-        Field(default_factory=dict)
+    isolation: Literal[ISOLATIONS]  # type: ignore[valid-type]
+    guards: dict[Literal[GUARDS], Literal[GUARD_STATES]] = Field(  # type: ignore[valid-type]
+        default_factory=dict
     )
     version: str | None = Field(None, max_length=40)
 
@@ -135,17 +133,13 @@ class _BadRequest(HrouteError):
     """A request hroute cannot act on: 400 with this message."""
 
 
-def make_api(
-    deps: Deps,
-    *,
-    max_connections: int = MAX_CONNECTIONS,
-    idle_timeout_s: float = IDLE_TIMEOUT_S,
-    request_timeout_s: float = REQUEST_TIMEOUT_S,
-) -> HttpServer:
+def make_api(deps: Deps, **limits: Any) -> HttpServer:
     """The socket API: a router of framework-free handlers on the small HTTP server.
 
     Handlers translate request → registry call → JSON. They answer synchronously (the
     registry never awaits), except reload and restart, which return an awaitable.
+    `limits` are HttpServer's (`max_connections`, `idle_timeout_s`, `request_timeout_s`);
+    those not given keep its defaults, edges/limits.py's.
     """
     reg = deps.registry
 
@@ -343,11 +337,8 @@ def make_api(
     return HttpServer(
         routes=find,
         allowed=allowed,
-        max_body=MAX_BODY_BYTES,
-        max_connections=max_connections,
-        idle_timeout_s=idle_timeout_s,
-        request_timeout_s=request_timeout_s,
         on_crash=lambda exc: log.error("request failed", exc_info=exc),
+        **limits,
     )
 
 

@@ -178,7 +178,7 @@ class Cluster:
             )
             try:
                 await self._session(client)
-            except Exception as exc:  # noqa: BLE001 - the cluster must never stop the daemon
+            except Exception as exc:  # the cluster must never stop the daemon
                 if not isinstance(exc, RedisError | OSError | ValueError):
                     log.exception("cluster: unexpected failure; starting over")
                 if self.connected or not self.error:
@@ -233,7 +233,7 @@ class Cluster:
         """Run one half of a session; its failure ends both (and is raised by `_session`)."""
         try:
             await part()
-        except Exception as exc:  # noqa: BLE001 - raised again by `_session`
+        except Exception as exc:  # raised again by `_session`
             failure.append(exc)
             tg.cancel_scope.cancel()
 
@@ -346,7 +346,7 @@ class Cluster:
             return 0
         except ValueError as exc:
             self._warn(key, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bug here must not stop sharing
+        except Exception as exc:  # a bug here must not stop sharing
             log.exception("cluster: cannot apply %s", _shown(key))
             self._warn(key, _words(exc))
         return 0

@@ -40,6 +40,7 @@ from hroute.edges.http_parse import (
 from hroute.edges.limits import (
     BACKLOG,
     IDLE_TIMEOUT_S,
+    MAX_BODY_BYTES,
     MAX_CONNECTIONS,
     REQUEST_TIMEOUT_S,
     WRITE_HIGH_WATER_BYTES,
@@ -308,13 +309,11 @@ class HttpServer:
 
     routes: Callable[[Request], Handler | None]  # None: 404, or 405 via `allowed`
     allowed: Callable[[str], list[str]] = lambda path: []
-    max_body: int = 64 * 1024
+    max_body: int = MAX_BODY_BYTES
     max_connections: int = MAX_CONNECTIONS
     idle_timeout_s: float = IDLE_TIMEOUT_S  # an idle kept connection holds a descriptor
     request_timeout_s: float = REQUEST_TIMEOUT_S  # from a request's first byte to its last
-    backlog: int = BACKLOG
     on_crash: Callable[[BaseException], None] = lambda exc: None
-    evicted: int = 0  # clients dropped to make room
     timed_out: int = 0  # requests not complete by their deadline (408)
     aborted: int = 0  # connections dropped at their deadline with answers left unread
     # In order of arrival (a dict keeps it): the oldest one makes room first.
@@ -337,7 +336,6 @@ class HttpServer:
                 return False
             del self._connections[victim]  # now: its connection_lost comes a loop turn later
             victim.abort()
-            self.evicted += 1
         self._connections[conn] = None
         return True
 
@@ -382,7 +380,7 @@ class HttpServer:
             server = await loop.create_server(
                 lambda: HttpProtocol(self), sock=sock, backlog=ACCEPT_BATCH
             )
-        sock.listen(self.backlog)
+        sock.listen(BACKLOG)
         self._servers.append(server)
 
     async def aclose(self) -> None:

@@ -28,6 +28,7 @@ MAX_CONNECTIONS = 4096
 NOFILE_WANTED = 65_536
 REQUEST_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 10.0
+MAX_BODY_BYTES = 64 * 1024  # a request body (413 past it)
 WRITE_HIGH_WATER_BYTES = 64 * 1024  # answers queued for a client before it is no longer read
 
 

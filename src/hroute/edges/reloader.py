@@ -23,7 +23,8 @@ from typing import Any
 import anyio
 from watchfiles import Change, awatch
 
-from hroute.config.model import MAX_CONFIG_BYTES, Config, read_config
+from hroute.config.model import Config
+from hroute.edges.config_file import MAX_CONFIG_BYTES, read_config
 from hroute.edges.files import read_regular_file
 from hroute.errors import ConfigError
 

@@ -36,7 +36,7 @@ def inherited_socket(env: dict[str, str] | None = None) -> socket.socket | None:
     return None
 
 
-def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = BACKLOG) -> socket.socket:
+def bind_unix_socket(path: Path, mode: int = 0o660) -> socket.socket:
     """Bind a listening socket at `path`, replacing a stale one, refusing a live one.
 
     The directory must be ours (or root's) and writable by nobody else: in a directory
@@ -58,7 +58,7 @@ def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = BACKLOG) -> s
         finally:
             os.umask(old)
         os.chmod(path, mode)
-        sock.listen(backlog)
+        sock.listen(BACKLOG)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -137,12 +137,12 @@ def _is_live(path: Path) -> bool:
             probe.close()
 
 
-def listen_tcp(address: str, backlog: int = 128) -> socket.socket:
+def listen_tcp(address: str) -> socket.socket:
     """A listening TCP socket for `host:port` (`[::1]:9464` for IPv6), for /metrics."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     try:
-        sock = socket.create_server((host, int(port)), backlog=backlog)
+        sock = socket.create_server((host, int(port)), backlog=BACKLOG)
     except (OSError, ValueError) as exc:
         raise HrouteError(f"metrics_listen {address}: cannot listen: {exc}") from exc
     sock.setblocking(False)

@@ -46,14 +46,6 @@ def watching(args: argparse.Namespace) -> bool:
     return args.command == "top" or bool(getattr(args, "watch", False))
 
 
-def cluster_line(cluster: dict[str, Any]) -> str:
-    """One line for the link to the fleet's Redis (`hroute status`)."""
-    where = f"{cluster['redis_url']} as {cluster['host']}"
-    if cluster["connected"]:
-        return f"cluster: connected to {where}"
-    return f"cluster: DISCONNECTED from {where} ({cluster.get('error')}); using this host's state"
-
-
 def cmd_watch(args: argparse.Namespace, client: Any) -> int:
     from hroute.tools.watch import watch
 

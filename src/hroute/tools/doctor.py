@@ -92,7 +92,7 @@ def _access_fix(path: Path) -> str:
 
 def check_config(path: Path) -> tuple[Check, dict[str, str]]:
     """Is the configuration valid? Its backends' URLs, by name, when it is."""
-    from hroute.config.model import read_config
+    from hroute.edges.config_file import read_config
     from hroute.errors import ConfigError
 
     try:

@@ -11,7 +11,7 @@ OK, FAIL, WARN, INFO = "ok", "fail", "warn", "info"
 
 def profiles(path: Path) -> list[str] | None:
     """hroute's profile names, or None when its config cannot be read."""
-    from hroute.config.model import read_config
+    from hroute.edges.config_file import read_config
     from hroute.errors import ConfigError
 
     try:

@@ -6,7 +6,6 @@ from typing import Any
 
 from hroute.core.gpu import gpu_lines
 from hroute.core.sanitize import clean
-from hroute.tools.commands import cluster_line
 
 LINE_CHARS = 2000
 
@@ -47,6 +46,14 @@ def status_lines(backends: dict[str, Any], clients: Any = None) -> list[str]:
             )
     # A plugin's version, a Redis host, a name: text from outside never reaches the terminal raw.
     return out[:table_lines] + [clean(line, LINE_CHARS) for line in out[table_lines:]]
+
+
+def cluster_line(cluster: dict[str, Any]) -> str:
+    """One line for the link to the fleet's Redis (`hroute status`)."""
+    where = f"{cluster['redis_url']} as {cluster['host']}"
+    if cluster["connected"]:
+        return f"cluster: connected to {where}"
+    return f"cluster: DISCONNECTED from {where} ({cluster.get('error')}); using this host's state"
 
 
 def table(rows: list[tuple[str, ...]]) -> list[str]:
