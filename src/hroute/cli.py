@@ -153,8 +153,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     import anyio
 
+    from hroute.core.errors import HrouteError
     from hroute.daemon import run_daemon
-    from hroute.errors import HrouteError
     from hroute.systemd.logs import setup_logging
 
     setup_logging(args.log_level or os.environ.get("HROUTE_LOG_LEVEL", "info"))
@@ -174,8 +174,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from hroute.config.model import missing_keys
+    from hroute.core.errors import ConfigError
     from hroute.edges.config_file import read_config
-    from hroute.errors import ConfigError
 
     path = _config_path(args.file)
     try:

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from hroute.config.model import load_config, missing_keys
+from hroute.core.errors import ConfigError
 from hroute.edges.config_file import read_config
-from hroute.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

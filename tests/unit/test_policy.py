@@ -147,14 +147,14 @@ def test_server_error_switches_immediately(reg: Registry) -> None:
 
 
 def test_unknown_fallback_rule_reason_is_a_config_error() -> None:
-    from hroute.errors import ConfigError
+    from hroute.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"fallback_rules.ratelimit"):
         load_config("fallback_rules:\n  ratelimit: {switch_after: 2}\n")
 
 
 def test_budget_for_unknown_backend_is_a_config_error() -> None:
-    from hroute.errors import ConfigError
+    from hroute.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"budgets.per_backend_daily_usd.nope"):
         load_config("budgets: {per_backend_daily_usd: {nope: 1}}\n")

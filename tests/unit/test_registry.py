@@ -3,11 +3,11 @@
 import pytest
 
 from hroute.config.model import load_config
+from hroute.core.errors import UnknownProfileError
 from hroute.core.events import Topic
 from hroute.core.health import ProbeOutcome, Report
 from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
-from hroute.errors import UnknownProfileError
 
 CONFIG = """
 defaults:

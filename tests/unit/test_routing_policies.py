@@ -178,7 +178,7 @@ def test_budget_day_follows_the_configured_zone(clock: Clock) -> None:
 
 
 def test_an_unknown_time_zone_is_a_config_error() -> None:
-    from hroute.errors import ConfigError
+    from hroute.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="budgets.timezone"):
         load_config(CONFIG.replace("timezone: UTC", "timezone: Mars/Olympus"))
@@ -260,7 +260,7 @@ def test_an_unlisted_type_follows_the_profile_and_a_type_may_name_another_profil
 
 
 def test_task_types_must_name_a_rule_or_a_profile() -> None:
-    from hroute.errors import ConfigError
+    from hroute.core.errors import ConfigError
 
     bad = TYPED.replace("research: deep", "research: deeep")
     with pytest.raises((ConfigError, ValueError), match="task_types.research: 'deeep'"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hroute.config.model import load_config
-from hroute.errors import ConfigError
+from hroute.core.errors import ConfigError
 from hroute.supervise.systemd_unit import UnitState, parse_unit_state, process_state
 
 

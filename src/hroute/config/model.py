@@ -35,10 +35,10 @@ from hroute.config.yaml_lines import describe as _describe
 from hroute.config.yaml_lines import line_of as _line_of
 from hroute.config.yaml_lines import short as _short
 from hroute.config.yaml_lines import tree as _tree
+from hroute.core.errors import ConfigError
 from hroute.core.escalation import TASK_REASONS
 from hroute.core.identity import BackendIdentity, backend_identity, is_loopback, split_credentials
 from hroute.core.sanitize import clean
-from hroute.errors import ConfigError
 from hroute.paths import default_socket_path, default_state_dir
 
 FallbackReason = Literal[

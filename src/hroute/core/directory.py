@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hroute.core.errors import UnknownBackendError
 from hroute.core.health_values import Policy, Scope, policy_for
 from hroute.core.identity import BackendIdentity, normalize_base_url
-from hroute.errors import UnknownBackendError
 
 
 class Directory:

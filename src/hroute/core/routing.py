@@ -15,10 +15,10 @@ from typing import Any
 from hroute.core.budgets import Day, Spend, budget_block, budget_day, cost_usd
 from hroute.core.clock import Clock
 from hroute.core.directory import Directory
+from hroute.core.errors import UnknownProfileError
 from hroute.core.escalation import ESCALATE, LOCAL_ONLY, Tasks, task_rule
 from hroute.core.needs import NO_NEEDS, Needs, capability_gap
 from hroute.core.verdict import Verdict
-from hroute.errors import UnknownProfileError
 
 # An event to emit: its name and fields (the registry's `emit` takes them).
 Event = tuple[str, dict[str, Any]]

@@ -14,6 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hroute import __version__
 from hroute.core.clients import GUARD_STATES, GUARDS, ISOLATIONS, Clients
 from hroute.core.credentials import FINGERPRINT_FORM, FINGERPRINT_PATTERN, is_fingerprint
+from hroute.core.errors import (
+    HrouteError,
+    NotSupervisedError,
+    UnknownBackendError,
+    UnknownProfileError,
+)
 from hroute.core.escalation import TASK_REASONS
 from hroute.core.needs import parse_needs
 from hroute.core.reasons import is_reason, parse_reason
@@ -29,7 +35,6 @@ from hroute.edges.http import (
     json_response,
 )
 from hroute.edges.metrics import Metrics
-from hroute.errors import HrouteError, NotSupervisedError, UnknownBackendError, UnknownProfileError
 
 log = logging.getLogger("hroute.api")
 

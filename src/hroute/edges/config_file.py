@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hroute.config.model import Config, load_config
+from hroute.core.errors import ConfigError
 from hroute.edges.files import UnreadableFileError, read_regular_file
-from hroute.errors import ConfigError
 
 MAX_CONFIG_BYTES = 16 << 20  # 10,000 backends take about 1 MB
 

@@ -16,7 +16,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from hroute.errors import HrouteError
+from hroute.core.errors import HrouteError
 from hroute.paths import untrusted_dir
 
 READ_CHUNK = 1 << 20

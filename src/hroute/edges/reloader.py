@@ -24,9 +24,9 @@ import anyio
 from watchfiles import Change, awatch
 
 from hroute.config.model import Config
+from hroute.core.errors import ConfigError
 from hroute.edges.config_file import MAX_CONFIG_BYTES, read_config
 from hroute.edges.files import read_regular_file
-from hroute.errors import ConfigError
 
 log = logging.getLogger("hroute")
 

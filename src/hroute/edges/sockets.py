@@ -10,9 +10,9 @@ import socket
 import stat
 from pathlib import Path
 
+from hroute.core.errors import HrouteError, SocketInUseError
 from hroute.edges.files import prepare_dir
 from hroute.edges.limits import BACKLOG
-from hroute.errors import HrouteError, SocketInUseError
 
 SD_LISTEN_FDS_START = 3
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hroute.core.clock import Clock
 from hroute.core.cooldowns import Held
 from hroute.core.credentials import is_fingerprint
+from hroute.core.errors import HrouteError
 from hroute.core.escalation import TaskState
 from hroute.core.events import Topic
 from hroute.core.health import Cooldown, Health, State
@@ -33,7 +34,6 @@ from hroute.core.reasons import Reason
 from hroute.core.registry import Registry
 from hroute.core.verdict import ANY_MODEL
 from hroute.edges.files import UnreadableFileError, read_regular_file, write_atomically
-from hroute.errors import HrouteError
 
 log = logging.getLogger("hroute")
 

@@ -17,12 +17,12 @@ import anyio
 
 from hroute.config.model import BackendConfig, Config
 from hroute.core.clock import Clock
+from hroute.core.errors import NotSupervisedError
 from hroute.core.gpu import GpuOom, GpuReset, ResetDebounce, describe_oom, same_card
 from hroute.core.health import ProbeOutcome
 from hroute.core.registry import Registry
 from hroute.core.supervisor import BLOCK_REASONS
 from hroute.edges.gpu import GpuTelemetry, follow_kernel_log
-from hroute.errors import NotSupervisedError
 from hroute.supervise.child import ChildSupervisor
 from hroute.supervise.process import spawn_child
 from hroute.supervise.systemd_unit import UnitSupervisor

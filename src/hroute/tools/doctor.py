@@ -92,8 +92,8 @@ def _access_fix(path: Path) -> str:
 
 def check_config(path: Path) -> tuple[Check, dict[str, str]]:
     """Is the configuration valid? Its backends' URLs, by name, when it is."""
+    from hroute.core.errors import ConfigError
     from hroute.edges.config_file import read_config
-    from hroute.errors import ConfigError
 
     try:
         config = read_config(path)

@@ -11,8 +11,8 @@ OK, FAIL, WARN, INFO = "ok", "fail", "warn", "info"
 
 def profiles(path: Path) -> list[str] | None:
     """hroute's profile names, or None when its config cannot be read."""
+    from hroute.core.errors import ConfigError
     from hroute.edges.config_file import read_config
-    from hroute.errors import ConfigError
 
     try:
         return sorted(read_config(path).profiles)
