@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from hroute.client import Usable
+from hroute.core.credentials import fingerprint
+from hroute.core.redact import redact as core_redact
 from hroute_hermes import HermesPlugin
 from hroute_hermes.gate import Gate, HealthView, entry_credential
 from hroute_hermes.reports import (
@@ -127,6 +129,30 @@ def test_keys_never_leave_in_the_detail() -> None:
     assert key not in body["detail"] and "sk-proj-ABCDEF123456" not in body["detail"]
     assert "abc.def" not in body["detail"] and body["detail"].startswith("AuthError: Incorrect")
     assert len(redact("x" * 5000)) == 300
+
+
+@pytest.mark.parametrize(
+    "key", ["sk-live-0123456789abcdef", "  sk-padded-key\n", "\tkey with space "]
+)
+def test_the_plugin_fingerprints_keys_as_hroute_does(key: str) -> None:
+    """A key Hermes holds with surrounding whitespace must name the same cooldown in hroute."""
+    assert credential_fingerprint(key) == fingerprint(key)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["api_key=abcd1234efgh", "token=abcd1234efgh", "Basic dXNlcjpwYXNzd29yZA==", "sk-abcd"],
+)
+def test_the_plugin_redacts_every_secret_hroute_redacts(secret: str) -> None:
+    detail = failure_report(
+        hermes_error_hook(error={"type": "AuthError", "message": f"refused {secret} here"})
+    )["detail"]
+    assert core_redact(secret) == "[redacted]"
+    assert secret not in detail and detail == "AuthError: refused [redacted] here"
+
+
+def test_keys_of_the_key_dash_form_stay_redacted() -> None:
+    assert "key-0123456789abcdef" not in redact("bad key key-0123456789abcdef")
 
 
 def test_success_and_usage_reports() -> None:
