@@ -43,7 +43,8 @@ from .reports import (
     usage_report,
 )
 from .status import Status, hermes_version, isolation
-from .wiring import ESCALATION, GROUPS, Wiring
+from .surface import groups_for, untested
+from .wiring import Wiring
 
 __all__ = ["HermesPlugin", "register"]
 
@@ -85,7 +86,11 @@ class HermesPlugin:
         if isolation() == "host":
             self.status.in_plugin_host()
             return []
-        groups = GROUPS + ((ESCALATION,) if self.gate.escalator is not None else ())
+        version = self.status.version
+        notice = untested(version)
+        if notice is not None:
+            self.status.untested(notice)
+        groups = groups_for(version, escalation=self.gate.escalator is not None)
         return self.wiring.install(groups)
 
     def uninstall(self) -> None:

@@ -9,10 +9,8 @@ costs hroute one data point, a blocked agent costs the user a turn.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import queue
-import re
 import threading
 import time
 import weakref
@@ -20,23 +18,23 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from hroute.core.credentials import fingerprint
 from hroute.core.identity import normalize_base_url
+from hroute.core.redact import redact as redact_secrets
 
 _DETAIL_CHARS = 300
-# Keys that providers echo back in error messages ("Incorrect API key provided: sk-...").
-_SECRETISH = re.compile(r"(?i)\b(?:sk|key|pk|rk)-[A-Za-z0-9_\-]{6,}|\bBearer\s+\S+")
 
 
 def credential_fingerprint(api_key: object) -> str | None:
     """A short, stable, one-way name for an API key, so hroute can tell keys apart.
 
-    `sha256:` and the first 16 hex digits of the key's SHA-256: the same key always gives
-    the same fingerprint, and the key cannot be recovered from it. None for anything that
-    is not a non-empty string (no key, or a token-provider callable).
+    hroute's own `fingerprint(key)`, so that a key the daemon, its client and the plugin see
+    has one name; the key cannot be recovered from it. None for anything that is not a
+    non-empty string (no key, or a token-provider callable).
     """
     if not isinstance(api_key, str) or not api_key.strip():
         return None
-    return _fingerprint(api_key.strip())
+    return _fingerprint(api_key)
 
 
 def normalized_url(url: object) -> str | None:
@@ -47,9 +45,7 @@ def normalized_url(url: object) -> str | None:
 
 
 # Both run several times per turn on the same few strings: remember the answers.
-@functools.lru_cache(maxsize=64)
-def _fingerprint(api_key: str) -> str:
-    return "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+_fingerprint = functools.lru_cache(maxsize=64)(fingerprint)
 
 
 @functools.lru_cache(maxsize=256)
@@ -61,10 +57,11 @@ def _normalize(url: str) -> str | None:
 
 
 def redact(text: str, api_key: object = None) -> str:
-    """`text` without the key in use or anything shaped like a key, cut to a short line."""
-    if isinstance(api_key, str) and len(api_key.strip()) >= 4:
-        text = text.replace(api_key.strip(), "[redacted]")
-    text = _SECRETISH.sub("[redacted]", text)
+    """`text` without the key in use or anything shaped like a key (hroute's `redact`), cut
+    to a short line."""
+    key = api_key.strip() if isinstance(api_key, str) else ""
+    # A key of a few characters would blank out ordinary words of the message.
+    text = redact_secrets(text, (key,) if len(key) >= 4 else ())
     text = " ".join(text.split())
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 3] + "..."
 

@@ -68,6 +68,14 @@ class Status:
     def guard_on(self, guard: str) -> None:
         self._set(guard, "on", None)
 
+    def guard_unchecked(self, guard: str) -> None:
+        """Installed, but the agent attributes it reads are not checked yet: not on."""
+        self._set(guard, "off", "waiting for the first agent, to check the attributes it reads")
+
+    def untested(self, text: str) -> None:
+        """The installed Hermes is not a release the plugin was tested with: said once."""
+        self._notice("untested", text)
+
     def guard_off(self, guard: str, why: str) -> None:
         self._set(guard, "off", why)
         self._notice(f"off:{guard}", f"hroute: the {guard} guard is off: {why}")

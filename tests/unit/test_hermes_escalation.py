@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -475,7 +476,7 @@ def test_a_failing_escalator_leaves_hermes_turn_and_result_alone(
     gate.escalator = Escalator(Broken(), ON)
     status = Status()
     wiring = Wiring(gate, status)
-    group = type(ESCALATION)("escalation", "fake_conversation_loop", ("run_conversation",))
+    group = replace(ESCALATION, module="fake_conversation_loop", agent=(), mentions=())
     assert wiring.install((group,)) == ["escalation"]
     agent = SessionAgent(gate)
     out = mod.run_conversation(agent, "/escalate", "system", task_id="t", new_kwarg=1)

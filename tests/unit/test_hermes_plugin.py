@@ -3,17 +3,21 @@ on a small stand-in for Hermes' AIAgent (no Hermes, no sockets)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import subprocess
 import sys
 import threading
 import types
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from hroute.client import Usable
+from hroute.core.credentials import fingerprint
+from hroute.core.redact import redact as core_redact
 from hroute_hermes import HermesPlugin
 from hroute_hermes.gate import Gate, HealthView, entry_credential
 from hroute_hermes.reports import (
@@ -27,7 +31,8 @@ from hroute_hermes.reports import (
     usage_report,
 )
 from hroute_hermes.status import Status
-from hroute_hermes.wiring import Group, Wiring
+from hroute_hermes.surface import LINE_19, LINE_22, Function, Group, groups_for
+from hroute_hermes.wiring import Wiring
 
 PRIMARY = "http://127.0.0.1:8080/v1"
 FB1 = "http://127.0.0.1:9001/v1"
@@ -127,6 +132,30 @@ def test_keys_never_leave_in_the_detail() -> None:
     assert key not in body["detail"] and "sk-proj-ABCDEF123456" not in body["detail"]
     assert "abc.def" not in body["detail"] and body["detail"].startswith("AuthError: Incorrect")
     assert len(redact("x" * 5000)) == 300
+
+
+@pytest.mark.parametrize(
+    "key", ["sk-live-0123456789abcdef", "  sk-padded-key\n", "\tkey with space "]
+)
+def test_the_plugin_fingerprints_keys_as_hroute_does(key: str) -> None:
+    """A key Hermes holds with surrounding whitespace must name the same cooldown in hroute."""
+    assert credential_fingerprint(key) == fingerprint(key)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["api_key=abcd1234efgh", "token=abcd1234efgh", "Basic dXNlcjpwYXNzd29yZA==", "sk-abcd"],
+)
+def test_the_plugin_redacts_every_secret_hroute_redacts(secret: str) -> None:
+    detail = failure_report(
+        hermes_error_hook(error={"type": "AuthError", "message": f"refused {secret} here"})
+    )["detail"]
+    assert core_redact(secret) == "[redacted]"
+    assert secret not in detail and detail == "AuthError: refused [redacted] here"
+
+
+def test_keys_of_the_key_dash_form_stay_redacted() -> None:
+    assert "key-0123456789abcdef" not in redact("bad key key-0123456789abcdef")
 
 
 def test_success_and_usage_reports() -> None:
@@ -491,11 +520,14 @@ def test_wiring_wraps_checks_and_unwraps(
     hroute = FakeHroute({PRIMARY: "overloaded"})
     wiring = Wiring(Gate(HealthView(hroute.usable)))
     groups = (
-        Group("restore", "fake_hermes_helpers", ("restore_primary_runtime",)),
+        Group("restore", "fake_hermes_helpers", (Function("restore_primary_runtime", ("agent",)),)),
         Group(
-            "fallback", "fake_hermes_helpers", ("try_activate_fallback",), ("_fallback_entry_key",)
+            "fallback",
+            "fake_hermes_helpers",
+            (Function("try_activate_fallback", ("agent",)),),
+            ("_fallback_entry_key",),
         ),
-        Group("auxiliary", "no_such_hermes_module", ("_resolve_auto",)),
+        Group("auxiliary", "no_such_hermes_module", (Function("_resolve_auto", ()),)),
     )
     with caplog.at_level(logging.WARNING, logger="hroute_hermes"):
         assert wiring.install(groups) == ["restore"]
@@ -534,12 +566,21 @@ def test_the_plugin_imports_only_the_standard_library_and_hroute_client() -> Non
 
 
 class Recorder:
-    """A Hermes function: records each call's exact arguments and returns `result`."""
+    """A Hermes function: records each call's exact arguments and returns `result`.
 
-    def __init__(self, name: str, result: Any) -> None:
+    Its signature is `params` (each defaulting to None), then whatever a later Hermes adds.
+    """
+
+    def __init__(self, name: str, result: Any, params: tuple[str, ...] = ()) -> None:
         self.__name__ = name
         self.result = result
         self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self.__signature__ = inspect.Signature(
+            [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+             for p in params]
+            + [inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+               inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
+        )  # fmt: skip
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls.append((args, kwargs))
@@ -548,15 +589,15 @@ class Recorder:
 
 HELPERS = {
     # 0.22's signatures; each stand-in must also take anything a later Hermes adds.
-    "restore_primary_runtime": False,
-    "try_activate_fallback": True,
-    "_fallback_entry_key": ("custom", "fb1", FB1),
-    "_resolve_auto_route": ("client", "model", "custom"),
-    "_resolve_auto": ("client", "model"),
-    "_is_provider_unhealthy": False,
-    "_resolve_fallback_entry": ("client", "fb1"),
-    "_normalize_main_runtime": {},
-    "_normalize_chain_label": "local/custom",
+    "restore_primary_runtime": (False, ("agent",)),
+    "try_activate_fallback": (True, ("agent", "reason", "reset_at")),
+    "_fallback_entry_key": (("custom", "fb1", FB1), ("fb",)),
+    "_resolve_auto_route": (("client", "model", "custom"), ("main_runtime", "task")),
+    "_resolve_auto": (("client", "model"), ("main_runtime", "task")),
+    "_is_provider_unhealthy": (False, ("label", "base_url")),
+    "_resolve_fallback_entry": (("client", "fb1"), ("entry",)),
+    "_normalize_main_runtime": ({}, ("main_runtime",)),
+    "_normalize_chain_label": ("local/custom", ("provider",)),
 }
 
 
@@ -564,19 +605,20 @@ HELPERS = {
 def hermes_module() -> Iterator[types.ModuleType]:
     """A module holding every function the plugin may wrap, as recorders."""
     mod = types.ModuleType("fake_hermes_everything")
-    for name, result in HELPERS.items():
-        setattr(mod, name, Recorder(name, result))
+    for name, (result, params) in HELPERS.items():
+        setattr(mod, name, Recorder(name, result, params))
     sys.modules[mod.__name__] = mod
     yield mod
     del sys.modules[mod.__name__]
 
 
-def groups_for(name: str, mod: types.ModuleType) -> tuple[Group, ...]:
-    """The plugin's own group that wraps `name`, pointed at the fake module."""
-    from hroute_hermes.wiring import GROUPS
-
+def plugin_group(name: str, mod: types.ModuleType) -> tuple[Group, ...]:
+    """The plugin's own group that wraps `name`, pointed at the fake module (whose agents are
+    placeholders: the agent's attributes are tested on their own)."""
     return tuple(
-        Group(g.name, mod.__name__, g.wrapped, g.needed) for g in GROUPS if name in g.wrapped
+        replace(g, module=mod.__name__, agent=(), mentions=())
+        for g in groups_for(None, escalation=True)
+        if name in (f.name for f in g.wrapped)
     )[:1]
 
 
@@ -593,7 +635,7 @@ CALLS = {
 
 def install_for(name: str, gate: Gate, mod: types.ModuleType) -> Wiring:
     wiring = Wiring(gate)
-    assert wiring.install(groups_for(name, mod))
+    assert wiring.install(plugin_group(name, mod))
     return wiring
 
 
@@ -801,3 +843,126 @@ def test_the_restore_check_names_the_model_hermes_would_use() -> None:
     agent2._restore_primary_runtime()
     assert not agent2._fallback_activated and agent2.model == "gemma"
     assert hroute2.models[0] == "gemma"
+
+
+# --- the Hermes surface: every element checked before a guard says "on" ---------------------
+
+
+def restore_group(mod: types.ModuleType) -> Group:
+    """The restore guard of the 0.18/0.19 line (agent attributes included), on `mod`."""
+    group = next(g for g in LINE_19.groups if g.name == "restore")
+    return replace(group, module=mod.__name__, mentions=())
+
+
+def test_an_agent_lacking_an_attribute_leaves_its_guard_off_and_hermes_alone(
+    fake_helpers: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    hroute = FakeHroute({PRIMARY: "overloaded"})
+    wiring = Wiring(Gate(HealthView(hroute.usable)))
+    assert wiring.install((restore_group(fake_helpers),)) == ["restore"]
+    assert wiring.status.guards["restore"] == "off"  # not "on" before an agent was checked
+    agent, _ = make_agent({})
+    agent._fallback_activated = True
+    del agent._primary_runtime  # a Hermes that renamed it
+    try:
+        with caplog.at_level(logging.WARNING, logger="hroute_hermes"):
+            for _ in range(2):
+                with pytest.raises(AttributeError):  # Hermes' own function ran, unguarded
+                    fake_helpers.restore_primary_runtime(agent)
+    finally:
+        wiring.uninstall()
+    assert wiring.status.guards["restore"] == "off"
+    assert not hroute.asked
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "the restore guard is off" in lines[0]
+    assert "has no _primary_runtime" in lines[0], lines
+
+
+def test_an_agent_with_every_attribute_turns_its_guard_on(fake_helpers: types.ModuleType) -> None:
+    hroute = FakeHroute({PRIMARY: "overloaded"})
+    wiring = Wiring(Gate(HealthView(hroute.usable)))
+    wiring.install((restore_group(fake_helpers),))
+    agent, _ = make_agent({})
+    agent._fallback_activated = True
+    try:
+        assert fake_helpers.restore_primary_runtime(agent) is False  # the guard decided
+    finally:
+        wiring.uninstall()
+    assert wiring.status.guards["restore"] == "on" and hroute.asked
+
+
+class RecordingGate(Gate):
+    def activate_fallback(self, agent: Any, activate: Any, entry_key: Any, **named: Any) -> Any:
+        self.named = named
+        return activate()
+
+
+def test_arguments_are_read_by_name_when_hermes_reorders_them() -> None:
+    mod = types.ModuleType("fake_reordered_helpers")
+
+    def try_activate_fallback(agent: Any, reset_at: Any = None, reason: Any = None) -> bool:
+        return True
+
+    mod.try_activate_fallback = try_activate_fallback  # type: ignore[attr-defined]
+    mod._fallback_entry_key = entry_key  # type: ignore[attr-defined]
+    group = next(g for g in LINE_22.groups if g.name == "fallback")
+    gate = RecordingGate(HealthView(FakeHroute().usable))
+    wiring = Wiring(gate)
+    sys.modules[mod.__name__] = mod
+    try:
+        assert wiring.install((replace(group, module=mod.__name__, mentions=()),))
+        agent, _ = make_agent({})
+        assert mod.try_activate_fallback(agent, 1.7e9, "rate_limit") is True
+    finally:
+        wiring.uninstall()
+        del sys.modules[mod.__name__]
+    assert gate.named == {"reason": "rate_limit", "reset_at": 1.7e9}
+
+
+def test_a_renamed_parameter_or_a_vanished_mention_leaves_the_guard_off() -> None:
+    mod = types.ModuleType("fake_renamed_helpers")
+
+    def try_activate_fallback(agent: Any, why: Any = None, reset_at: Any = None) -> bool:
+        return True
+
+    mod.try_activate_fallback = try_activate_fallback  # type: ignore[attr-defined]
+    mod._fallback_entry_key = entry_key  # type: ignore[attr-defined]
+    group = replace(next(g for g in LINE_22.groups if g.name == "fallback"), module=mod.__name__)
+    wiring = Wiring(Gate(HealthView(FakeHroute().usable)))
+    sys.modules[mod.__name__] = mod
+    try:
+        assert wiring.install((group,)) == []
+    finally:
+        del sys.modules[mod.__name__]
+    why = wiring.status.why["fallback"]
+    assert "try_activate_fallback(reason=)" in why and "'_unavailable_fallback_keys'" in why
+    assert mod.try_activate_fallback is try_activate_fallback
+
+
+def test_each_line_declares_its_own_signatures_and_comes_first_for_its_releases() -> None:
+    def fallback_params(version: str | None) -> tuple[str, ...]:
+        group = next(g for g in groups_for(version) if g.name == "fallback")
+        return group.wrapped[0].params
+
+    assert fallback_params("0.22.2.post1") == ("agent", "reason", "reset_at")
+    assert fallback_params("0.19.0") == ("agent", "reason")
+    assert fallback_params("0.23.0") == ("agent", "reason", "reset_at")  # newest first
+    assert not any(g.name == "escalation" for g in groups_for("0.19.0"))
+
+
+@pytest.mark.parametrize(("version", "said"), [("0.19.0", False), ("0.23.1", True)])
+def test_an_untested_hermes_is_said_once_in_its_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, version: str, said: bool
+) -> None:
+    plugin = HermesPlugin(client=FakeClient())  # type: ignore[arg-type]
+    plugin.status.version = version
+    monkeypatch.setattr(plugin.wiring, "install", lambda groups: [])
+    with caplog.at_level(logging.WARNING, logger="hroute_hermes"):
+        for _ in range(3):
+            plugin.install()
+            plugin.status.flush(hook=True)
+    lines = [r.getMessage() for r in caplog.records if "not a release" in r.getMessage()]
+    assert len(lines) == (1 if said else 0), lines
+    if said:
+        assert f"Hermes {version} is not a release this plugin was tested with" in lines[0]
+        assert "0.22.2.post1" in lines[0]

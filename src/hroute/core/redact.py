@@ -1,6 +1,6 @@
 """The one place secrets are taken out of text that is shown, logged or stored. Pure.
 
-Two kinds of secret: any token shaped like a key (`sk-…`, `Bearer …`, `Basic …`,
+Two kinds of secret: any token shaped like a key (`sk-…`, `key-…`, `Bearer …`, `Basic …`,
 `api_key=…`), and the exact secrets hroute holds (from `key_env`, a `base_url`'s password),
 which a backend may echo in any shape.
 """
@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 
 KEY_SHAPED = re.compile(
-    r"\b(?:sk|rk|pk)-[\w*.-]{4,}|\bbearer\s+\S+"
+    r"\b(?:sk|rk|pk)-[\w*.-]{4,}|\bkey-[\w*.-]{6,}|\bbearer\s+\S+"
     r"|\bbasic\s+(?=\S*[0-9+/=])[A-Za-z0-9+/]{8,}=*"  # base64, not "basic authentication"
     r"|\b(?:api[_-]?)?(?:key|token)=[^&\s]+",
     re.IGNORECASE,

@@ -171,7 +171,7 @@ def guard_groups() -> list[tuple[str, str, list[str]]]:
     """The plugin's guards: (name, Hermes module, functions it needs), from the plugin itself."""
     from hroute_hermes.wiring import GROUPS
 
-    return [(g.name, g.module, list(g.wrapped + g.needed)) for g in GROUPS]
+    return [(g.name, g.module, list(g.functions)) for g in GROUPS]
 
 
 def probe_python(
