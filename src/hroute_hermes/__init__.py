@@ -158,7 +158,7 @@ class _FailureClient:
                 body,
                 budget_s=FAILURE_BUDGET_S,
             )
-        except Exception:  # noqa: BLE001 - fail open
+        except Exception:  # fail open
             return None
         return answer if status == 202 else None
 
@@ -173,7 +173,7 @@ class _FailureClient:
                 "GET", f"/v1/route?profile={quote(str(profile), safe='')}",
                 budget_s=FAILURE_BUDGET_S,
             )  # fmt: skip
-        except Exception:  # noqa: BLE001 - fail open
+        except Exception:  # fail open
             return None
         if status in (200, 503):
             return []
@@ -200,7 +200,7 @@ def hermes_config() -> dict[str, Any]:
         except ImportError:
             from yaml import safe_load as fast_safe_load  # type: ignore[import-untyped]
         loaded = fast_safe_load(text)
-    except Exception:  # noqa: BLE001 - no config, no reader: escalation stays off
+    except Exception:  # no config, no reader: escalation stays off
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
@@ -227,5 +227,5 @@ def register(ctx: Any) -> None:
         ):
             try:
                 ctx.register_command(name, handler, description=description)
-            except Exception:  # noqa: BLE001 - the phrases and /NAME in a message still work
+            except Exception:  # the phrases and /NAME in a message still work
                 log.info("hroute: could not register /%s; type it at the start of a message", name)

@@ -54,11 +54,11 @@ def approval_callback() -> Callable[..., Any] | None:
     """Hermes' interactive approval prompt on this thread (the CLI's), or None."""
     try:
         from tools.terminal_tool import _get_approval_callback  # type: ignore[import-not-found]
-    except Exception:  # noqa: BLE001 - no Hermes, or a Hermes without it: nobody to ask
+    except Exception:  # no Hermes, or a Hermes without it: nobody to ask
         return None
     try:
         return _get_approval_callback()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
@@ -461,7 +461,7 @@ class Escalator:
                 f"{decision.why}; {' '.join(decision.help)}",
                 allow_permanent=False,
             )
-        except Exception:  # noqa: BLE001 - a failing prompt is a no, as Hermes treats it
+        except Exception:  # a failing prompt is a no, as Hermes treats it
             return False
         allowed = str(choice).lower() in ("once", "session", "always", "yes", "true")
         log.info(
@@ -492,7 +492,7 @@ def command_chat() -> tuple[str, str] | None:
     if context is not None:
         try:
             key = context.get_session_env("HERMES_SESSION_KEY")
-        except Exception:  # noqa: BLE001 - a Hermes without it
+        except Exception:  # a Hermes without it
             key = None
         if isinstance(key, str) and key:
             return ("chat", key)
@@ -507,7 +507,7 @@ def command_chat() -> tuple[str, str] | None:
         if event is not None and callable(getattr(owner, "_session_key_for_source", None)):
             try:
                 key = owner._session_key_for_source(event.source)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 key = None
             if isinstance(key, str) and key:
                 return ("chat", key)

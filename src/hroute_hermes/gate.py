@@ -93,7 +93,7 @@ class SocketWatch:
             self.lost = True
         try:
             cause, fix = self._diagnose(self.path)
-        except Exception as exc:  # noqa: BLE001 - a diagnosis must not cost a turn
+        except Exception as exc:  # a diagnosis must not cost a turn
             cause, fix = f"unknown ({type(exc).__name__})", "hroute doctor"
         log.warning(
             "hroute: cannot reach hroute at %s (%s); Hermes goes on without it (no health "
@@ -143,7 +143,7 @@ class HealthView:
         extra = {"model": model} if isinstance(model, str) and model.strip() else {}
         try:
             answer = self._usable(base_url=url, credential=credential, **extra)
-        except Exception:  # noqa: BLE001 - the client fails open already; so do we
+        except Exception:  # the client fails open already; so do we
             return None
         if getattr(answer, "source", None) == "fail-open":
             self._quiet_until = self._clock() + self._quiet_s

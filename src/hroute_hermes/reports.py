@@ -259,7 +259,7 @@ class Reporter:
             path, body = self._queue.get()
             try:
                 self._send(path, body)
-            except Exception:  # noqa: BLE001 - a report must never take the worker down
+            except Exception:  # a report must never take the worker down
                 self.failed += 1
             finally:
                 self._queue.task_done()

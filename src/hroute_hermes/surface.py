@@ -222,7 +222,7 @@ def missing_on_agent(group: Group, agent: Any) -> list[str]:
 def _has(agent: Any, name: str) -> bool:
     try:
         return hasattr(agent, name)
-    except Exception:  # noqa: BLE001 - a property that raises is no attribute to build on
+    except Exception:  # a property that raises is no attribute to build on
         return False
 
 

@@ -41,7 +41,6 @@ _MARK = "__hroute_original__"
 GROUPS = groups_for(None)
 # Installed only when escalation is configured (a profile is named): one turn, start to end.
 ESCALATION = next(g for g in groups_for(None, escalation=True) if g.name == "escalation")
-GUARDS = ("restore", "fallback", "auxiliary")
 
 # hroute's decision, given Hermes' function as a thunk and the call's arguments by name.
 Logic = Callable[[Callable[[], Any], Mapping[str, Any]], Any]
@@ -173,12 +172,12 @@ class Wiring:
                 continue
             try:
                 mod = importlib.import_module(group.module)
-            except Exception as exc:  # noqa: BLE001 - any import failure: leave Hermes alone
+            except Exception as exc:  # any import failure: leave Hermes alone
                 why_not.setdefault(group.name, []).append(f"cannot import {group.module} ({exc})")
                 continue
             try:
                 missing = missing_in_module(group, mod)
-            except Exception as exc:  # noqa: BLE001 - an unreadable module: leave it alone
+            except Exception as exc:  # an unreadable module: leave it alone
                 missing = [f"readable code ({type(exc).__name__}: {exc})"]
             if missing:
                 why_not.setdefault(group.name, []).append(
