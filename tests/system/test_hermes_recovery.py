@@ -135,6 +135,15 @@ def test_hermes_is_back_on_the_primary_one_probe_after_it_recovers(
             timeout_s=5,
             what="the recovered primary to be usable again",
         )
+        # The plugin reads the snapshot, which follows the registry by at most its write gap
+        # (tens of ms): the first turn is taken once what Hermes reads says so too.
+        client = daemon.client()
+        wait_until(
+            lambda: client.usable(base_url=primary.url("/v1")).source == "snapshot"
+            and bool(client.usable(base_url=primary.url("/v1"))),
+            timeout_s=2,
+            what="the snapshot agents read to say the primary is usable",
+        )
         usable_s = time.monotonic() - recovered_at
         after = [turn(f"up {i}") for i in range(1, 4)]
         table = "\n".join(f"turn {t}: {p} primary POSTs, answered by {b}" for t, p, b in rows)
