@@ -289,6 +289,9 @@ class Cluster:
 
     async def _listen(self, pubsub: Any, client: Any) -> None:
         while True:
+            # A burst (a re-push: every record comes back on the channel) is already in the
+            # connection's buffer, and reading it does not suspend: yield between slices.
+            await self._breathe()
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is None or message.get("type") != "message":
                 continue
