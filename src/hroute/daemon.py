@@ -29,6 +29,7 @@ from hroute.edges.files import prepare_dir, remove_leftovers
 from hroute.edges.gpu import GpuTelemetry
 from hroute.edges.http import HttpServer
 from hroute.edges.limits import connection_cap, raise_fd_limit
+from hroute.edges.memory import give_back_memory
 from hroute.edges.metrics import Metrics
 from hroute.edges.prober import Prober
 from hroute.edges.reloader import Reloader, ReloadResult
@@ -190,6 +191,7 @@ async def run_daemon(
             tg.start_soon(_expire_cooldowns, registry, clock)
             tg.start_soon(keep_watchdog, notifier, clock.sleep)
             tg.start_soon(serve_test_hooks)
+            tg.start_soon(give_back_memory, clock)
             log.info(
                 "hroute %s serving on %s: %d backends, %d profiles",
                 __version__,
