@@ -35,6 +35,8 @@ bench: dev ## the hot path, the socket, the idle daemon, fleets, reload and host
 	$(PY) -m bench.bench_fleet
 	$(PY) -m bench.bench_reload
 	$(PY) -m bench.bench_hostile
+	$(PY) -m bench.bench_cluster
+	$(PY) -m bench.bench_resync
 
 bench-supervise: dev ## supervision with a real llama-server (builds it once: see llama-server)
 	HROUTE_LLAMA_SERVER="$$(HROUTE_CACHE=$(HROUTE_CACHE) scripts/build-llama-server.sh)" \

@@ -107,6 +107,27 @@ def propagation(daemons: list[Daemon], reports: int, tag: str) -> tuple[list[flo
     return seen, missed
 
 
+def pubsub_anchor(r: redis.Redis, n: int = 300) -> list[float]:
+    """Redis alone: seconds from PUBLISH until a redis-py subscriber has the message (the
+    floor of any propagation through it, in the same run)."""
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("bench-anchor")
+    pubsub.get_message(timeout=1.0)
+    took = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        r.publish("bench-anchor", str(i))
+        while pubsub.get_message(timeout=1.0) is None:
+            pass
+        took.append(time.perf_counter() - t0)
+    pubsub.close()
+    return took
+
+
+# The goals for 10 hosts on one Redis, all on this machine: propagation median and p99 (seconds).
+GOAL_MEDIAN_S, GOAL_P99_S = 0.030, 0.250
+
+
 def usable_latency(clients: dict[str, Client], calls: int, rounds: int) -> dict[str, list[float]]:
     """One client process, the daemons taking turns per round: µs per call."""
     out: dict[str, list[float]] = {k: [] for k in clients}
@@ -161,6 +182,16 @@ def main() -> int:
             print(f"\n## {n} daemons, {reports} reports ({len(seen)} deliveries, {missed} missed)")
             print(f"propagation ms: median {statistics.median(seen) * 1000:.2f}, "
                   f"p99 {percentile(seen, 0.99) * 1000:.2f}, max {max(seen) * 1000:.2f}")  # fmt: skip
+            if n == 10:
+                anchor = pubsub_anchor(r)
+                met = (
+                    statistics.median(seen) <= GOAL_MEDIAN_S
+                    and percentile(seen, 0.99) <= GOAL_P99_S
+                )
+                print(f"anchor, Redis PUBLISH to a subscriber ms: median "
+                      f"{statistics.median(anchor) * 1000:.2f}, p99 {percentile(anchor, 0.99) * 1000:.2f}")  # fmt: skip
+                print(f"goal (10 daemons): median ≤ {GOAL_MEDIAN_S * 1000:g} ms and p99 ≤ "
+                      f"{GOAL_P99_S * 1000:g} ms: {'met' if met else 'not met'}")  # fmt: skip
             print(
                 f"redis round trips per report: {spent.get('evalsha', 0) / reports:.2f} (EVALSHA); "
                 f"commands per report: {total / reports:.2f} "
