@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from hroute.edges.clock import call_within, wait_until
+from hroute.edges.clock import RealClock, call_within, wait_until
 from tests.support.clock import ManualClock, settle
 
 pytestmark = pytest.mark.anyio
@@ -91,6 +91,24 @@ async def test_wait_until_returns_as_soon_as_the_event_is_set() -> None:
         await settle()
         event.set()
     assert result == [True] and clock.now() == 0.0 and clock.sleepers == 0
+
+
+async def test_wait_until_on_the_real_clock_gives_up_at_its_deadline_or_returns_when_set() -> None:
+    clock = RealClock()
+    assert await wait_until(clock, anyio.Event(), deadline=clock.now()) is False  # passed
+    event = anyio.Event()
+    result: list[bool] = []
+
+    async def waiter() -> None:
+        result.append(await wait_until(clock, event, deadline=clock.now() + 3600))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await settle()
+            assert result == []
+            event.set()
+    assert result == [True]
 
 
 @pytest.mark.parametrize(("answer_after", "within", "got"), [(1.0, 2.0, "x"), (3.0, 2.0, None)])

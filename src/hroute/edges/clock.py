@@ -36,6 +36,13 @@ async def wait_until(clock: Clock, event: anyio.Event, deadline: float | None) -
     if deadline is None:
         await event.wait()
         return True
+    if type(clock) is RealClock:
+        # anyio's own deadline is this clock's time: no timer task, and no cancel() from
+        # inside a task (which formats that task's repr, a tenth of a millisecond, on every
+        # wake of every loop that waits here).
+        with anyio.move_on_after(max(0.0, deadline - clock.now())):
+            await event.wait()
+        return event.is_set()
     timed_out = False
     async with anyio.create_task_group() as tg:
 

@@ -15,13 +15,15 @@ import contextlib
 import gc
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
-from watchfiles import Change, awatch
+import anyio.from_thread
+from watchfiles import Change, watch
 
 from hroute.config.model import Config
 from hroute.core.errors import ConfigError
@@ -192,13 +194,17 @@ class Reloader:
         events cannot: a change made before the watcher started, or an edit of a symlink
         target that moved to another directory. A file that was tried and rejected is not
         tried again until its content changes.
+
+        The watching and the content check run in one worker thread for the daemon's life;
+        the loop hears from it only when the content changed (an idle daemon's loop spent
+        more on a thread hop and a cancel scope every second than on its probes).
         """
         target = self.path.absolute()
         dirs = {target.parent, target.resolve().parent}
         # The watcher's thread cannot be cancelled: only this event, looked at every `step`,
         # ends it. Set when this task is cancelled, it lets a stop (SIGTERM, a test's
         # teardown) go on at once instead of after the thread's next 1 s timeout.
-        stop = anyio.Event()
+        stop = threading.Event()
         async with anyio.create_task_group() as tg:
 
             async def stop_on_cancel() -> None:
@@ -209,19 +215,26 @@ class Reloader:
 
             tg.start_soon(stop_on_cancel)
             task_status.started()
-            async for _changes in awatch(
-                *dirs,
-                debounce=DEBOUNCE_MS,
-                step=STEP_MS,
-                recursive=False,
-                watch_filter=lambda change, p: self._concerns(change, p),
-                ignore_permission_denied=True,
-                rust_timeout=1000,
-                yield_on_timeout=True,
-                stop_event=stop,
-            ):
-                if await anyio.to_thread.run_sync(_digest, self.path) != self._attempted:
-                    await self.reload("file changed")
+            await anyio.to_thread.run_sync(self._watch_in_thread, dirs, stop)
+            tg.cancel_scope.cancel()
+
+    def _watch_in_thread(self, dirs: set[Path], stop: threading.Event) -> None:
+        for _changes in watch(
+            *dirs,
+            debounce=DEBOUNCE_MS,
+            step=STEP_MS,
+            recursive=False,
+            watch_filter=lambda change, p: self._concerns(change, p),
+            ignore_permission_denied=True,
+            rust_timeout=1000,
+            yield_on_timeout=True,
+            stop_event=stop,
+            raise_interrupt=False,
+        ):
+            if stop.is_set():
+                return
+            if _digest(self.path) != self._attempted:
+                anyio.from_thread.run(self.reload, "file changed")
 
     def _concerns(self, change: Change, changed: str) -> bool:
         p = Path(changed)
