@@ -139,8 +139,10 @@ def test_hermes_is_back_on_the_primary_one_probe_after_it_recovers(
         # (tens of ms): the first turn is taken once what Hermes reads says so too.
         client = daemon.client()
         wait_until(
-            lambda: client.usable(base_url=primary.url("/v1")).source == "snapshot"
-            and bool(client.usable(base_url=primary.url("/v1"))),
+            lambda: (
+                client.usable(base_url=primary.url("/v1")).source == "snapshot"
+                and bool(client.usable(base_url=primary.url("/v1")))
+            ),
             timeout_s=2,
             what="the snapshot agents read to say the primary is usable",
         )
