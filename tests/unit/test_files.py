@@ -66,6 +66,30 @@ def test_partial_writes_are_continued(tmp_path: Path, monkeypatch: pytest.Monkey
     assert state.read_bytes() == data
 
 
+def test_a_file_given_in_parts_is_written_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshot = tmp_path / "snapshot.json"
+    parts = [b"head", b"\n", b"", bytes(range(256)) * 40, b"tail"]
+    real_write = os.write
+    monkeypatch.setattr(files.os, "write", lambda fd, data: real_write(fd, bytes(data[:1000])))
+    write_atomically(snapshot, parts)
+    assert snapshot.read_bytes() == b"".join(parts)
+    writes: list[int] = []
+
+    def full_at_the_third(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        if len(writes) >= 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(files.os, "write", full_at_the_third)
+    with pytest.raises(OSError):
+        write_atomically(snapshot, [b"new", b"\n", b"never written whole"])
+    assert snapshot.read_bytes() == b"".join(parts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot.json"]
+
+
 def test_temp_files_a_crash_left_behind_are_removed_and_nothing_else(tmp_path: Path) -> None:
     from hroute.edges.files import remove_leftovers
 

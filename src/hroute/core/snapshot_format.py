@@ -39,12 +39,17 @@ def section(value: dict[str, Any]) -> bytes:
 
 def encode_sections(header: dict[str, Any], backends: dict[str, bytes], urls: bytes) -> bytes:
     """The file from sections already encoded (`section`): the header, the index, them."""
+    return b"".join(encode_parts(header, backends, urls))
+
+
+def encode_parts(header: dict[str, Any], backends: dict[str, bytes], urls: bytes) -> list[bytes]:
+    """`encode_sections` as the parts to write one after the other (nothing copied)."""
     index, at = {}, 0
     for name, blob in backends.items():
         index[name] = [at, len(blob)]
         at += len(blob)
     head = {**header, "v": FORMAT, "urls": [at, len(urls)]}
-    return b"\n".join([_dumps(head), _dumps(index), b"".join([*backends.values(), urls])])
+    return [_dumps(head), b"\n", _dumps(index), b"\n", *backends.values(), urls]
 
 
 class SnapshotFile:

@@ -59,7 +59,7 @@ SCAN_COUNT = 50  # keys a pull asks for at once: their replies are parsed in one
 PUSH_BATCH = 100  # records per pipelined round trip of a resync (built and parsed in one go)
 # Re-sync work runs at most this long before it yields to the loop (the socket waits for it
 # no longer than that, whatever a record costs to apply).
-SLICE_S = 0.002
+SLICE_S = 0.001
 WARNINGS_KEPT = 1024  # bad keys already warned about (each is told once, not on every resync)
 KEY_SHOWN = 80  # characters of a foreign key name a warning quotes
 

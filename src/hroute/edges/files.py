@@ -14,6 +14,7 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from hroute.core.errors import HrouteError
@@ -45,8 +46,12 @@ def prepare_dir(directory: Path, what: str) -> None:
         raise HrouteError(f"refusing to {what} in {problem}")
 
 
-def write_atomically(path: Path, data: bytes, mode: int = 0o640, *, durable: bool = False) -> None:
+def write_atomically(
+    path: Path, data: bytes | Sequence[bytes], mode: int = 0o640, *, durable: bool = False
+) -> None:
     """Write-then-rename, so a reader sees the old file or the new one, never half of one.
+
+    `data` is the content, or its parts in order (written one after the other, never joined).
 
     The temp file has an unguessable name and is created with O_EXCL|O_NOFOLLOW: a link
     planted under any name is never written through. A write that cannot finish (a full
@@ -57,7 +62,8 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o640, *, durable: boo
     fd = os.open(tmp, flags, mode)
     try:
         try:
-            _write_all(fd, data)
+            for part in [data] if isinstance(data, bytes) else data:
+                _write_all(fd, part)
             if durable:
                 os.fsync(fd)
         finally:

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import anyio.lowlevel
 from hroute.core.clock import Clock
 from hroute.core.events import Topic
 from hroute.core.registry import Registry
-from hroute.core.snapshot_format import encode_sections, section
+from hroute.core.snapshot_format import encode_parts, section
 from hroute.core.views import snapshot_entry
 from hroute.edges.clock import wait_until
 from hroute.edges.files import write_atomically
@@ -45,7 +45,7 @@ MAX_GAP_S = 1.0
 # A write rebuilds the sections of the backends whose record changed since the last one; many
 # changed (a fleet re-sync) are rebuilt in slices of this much CPU time, between which the
 # loop answers agents.
-SLICE_S = 0.002
+SLICE_S = 0.001
 
 
 class SnapshotPublisher:
@@ -70,15 +70,34 @@ class SnapshotPublisher:
 
     def flush(self, *, force: bool = False) -> None:
         """Write now if the registry changed (or the expiry needs refreshing)."""
-        for _ in self._write(force=force):
-            pass  # no yielding: all at once
+        sections = self._build(force=force)
+        while True:  # no yielding: all at once
+            try:
+                next(sections)
+            except StopIteration as done:
+                if done.value is not None:
+                    self._commit(*done.value)
+                return
 
     async def _write_sliced(self) -> None:
-        for _ in self._write(force=False):
+        sections = self._build(force=False)
+        while True:
+            try:
+                next(sections)
+            except StopIteration as done:
+                if done.value is not None:
+                    # The file (megabytes at fleet scale) is written by a worker thread, part
+                    # by part: the writes release the loop, which a join and write here held
+                    # for several ms.
+                    await anyio.to_thread.run_sync(self._commit, *done.value)
+                return
             await anyio.lowlevel.checkpoint()  # a slice done: agents' requests go first
 
-    def _write(self, *, force: bool) -> Iterator[None]:
-        """Bring the sections up to date (yielding after each slice), then write the file."""
+    def _build(
+        self, *, force: bool
+    ) -> Generator[None, None, tuple[list[bytes], float, float] | None]:
+        """Bring the sections up to date (yielding after each slice); return the file's parts,
+        when it is to be written, with the time and the CPU time this cost."""
         now = self._clock.now()
         stale = now - self._last_write >= REFRESH_S
         reg = self._registry
@@ -113,11 +132,16 @@ class SnapshotPublisher:
             moved = True
         self._written_version = version
         if not moved and not stale and not force:
-            return
+            return None
         header = {"pid": os.getpid(), "version": version, "expires": now + SNAPSHOT_TTL_S}
         blobs = {n: self._sections[n][1] for n in names}
+        parts = encode_parts(header, blobs, self._urls[1])
+        return parts, now, cost + time.thread_time() - started
+
+    def _commit(self, parts: list[bytes], now: float, cost: float) -> None:
+        """Write the file (in a worker thread when the loop runs)."""
         try:
-            write_atomically(self.path, encode_sections(header, blobs, self._urls[1]))
+            write_atomically(self.path, parts)
         except OSError as exc:
             if not self._failing:
                 log.warning(
@@ -127,7 +151,6 @@ class SnapshotPublisher:
             return
         self._failing = False
         self._last_write = now
-        cost += time.thread_time() - started
         self._gap_s = min(MAX_GAP_S, max(MIN_GAP_S, 10 * cost))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:

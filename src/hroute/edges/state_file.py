@@ -39,7 +39,7 @@ log = logging.getLogger("hroute")
 
 STATE_FORMAT = "hroute-state/1"
 SAVE_DELAY_S = 0.2  # coalesce a burst of changes into one write
-SLICE_S = 0.002  # CPU time a save re-encodes records for before the loop answers agents
+SLICE_S = 0.001  # CPU time a save re-encodes records for before the loop answers agents
 # Far above any real fleet's file (10,000 backends: a few MB), far below what would hurt.
 MAX_STATE_BYTES = 64 << 20
 
