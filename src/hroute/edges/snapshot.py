@@ -46,6 +46,8 @@ MAX_GAP_S = 1.0
 # changed (a fleet re-sync) are rebuilt in slices of this much CPU time, between which the
 # loop answers agents.
 SLICE_S = 0.001
+# A file at least this big is written by a worker thread (2 MB held the loop 2-5 ms).
+THREAD_WRITE_BYTES = 512 * 1024
 
 
 class SnapshotPublisher:
@@ -85,10 +87,14 @@ class SnapshotPublisher:
             try:
                 next(sections)
             except StopIteration as done:
-                if done.value is not None:
-                    # The file (megabytes at fleet scale) is written by a worker thread, part
-                    # by part: the writes release the loop, which a join and write here held
-                    # for several ms.
+                if done.value is None:
+                    return
+                parts = done.value[0]
+                if sum(map(len, parts)) < THREAD_WRITE_BYTES:
+                    self._commit(*done.value)  # a fraction of a ms: a thread hop costs more
+                else:
+                    # Megabytes at fleet scale: written by a worker thread, part by part; the
+                    # writes release the loop, which a join and a write here held for ms.
                     await anyio.to_thread.run_sync(self._commit, *done.value)
                 return
             await anyio.lowlevel.checkpoint()  # a slice done: agents' requests go first
