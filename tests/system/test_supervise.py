@@ -391,8 +391,12 @@ if os.fork() == 0:  # double fork: the sleeper leaves the server's session and i
         os.execvp("sleep", ["sleep", "300"])
     os._exit(0)
 os.wait()
+# The grandchild may not have become `sleep` yet: look until it has (os.wait saw only its parent).
+sleepers = []
+while not sleepers:
+    sleepers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_sleeper(p)]
 with open(pidfile + ".tmp", "w") as f:
-    f.write(str(max(int(p) for p in os.listdir("/proc") if p.isdigit() and _is_sleeper(p))))
+    f.write(str(max(sleepers)))
 os.replace(pidfile + ".tmp", pidfile)
 os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
