@@ -50,6 +50,19 @@ SLICE_S = 0.001
 THREAD_WRITE_BYTES = 512 * 1024
 
 
+_SLICE = object()  # `_advance`: a slice was done, the build goes on
+_Built = tuple[list[bytes], float, float]  # the file's parts, when, the CPU time it cost
+
+
+def _advance(steps: Generator[None, None, _Built | None]) -> object:
+    """One slice of a build: `_SLICE`, or what the build returned once it is done."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        return done.value
+    return _SLICE
+
+
 class SnapshotPublisher:
     """Owns the snapshot file: rewrites it soon after registry changes and refreshes its expiry.
 
@@ -72,36 +85,26 @@ class SnapshotPublisher:
 
     def flush(self, *, force: bool = False) -> None:
         """Write now if the registry changed (or the expiry needs refreshing)."""
-        sections = self._build(force=force)
-        while True:  # no yielding: all at once
-            try:
-                next(sections)
-            except StopIteration as done:
-                if done.value is not None:
-                    self._commit(*done.value)
-                return
+        steps = self._build(force=force)
+        while (built := _advance(steps)) is _SLICE:
+            pass  # no yielding: all at once
+        if built is not None:
+            self._commit(*built)
 
     async def _write_sliced(self) -> None:
-        sections = self._build(force=False)
-        while True:
-            try:
-                next(sections)
-            except StopIteration as done:
-                if done.value is None:
-                    return
-                parts = done.value[0]
-                if sum(map(len, parts)) < THREAD_WRITE_BYTES:
-                    self._commit(*done.value)  # a fraction of a ms: a thread hop costs more
-                else:
-                    # Megabytes at fleet scale: written by a worker thread, part by part; the
-                    # writes release the loop, which a join and a write here held for ms.
-                    await anyio.to_thread.run_sync(self._commit, *done.value)
-                return
+        steps = self._build(force=False)
+        while (built := _advance(steps)) is _SLICE:
             await anyio.lowlevel.checkpoint()  # a slice done: agents' requests go first
+        if built is None:
+            return
+        if sum(map(len, built[0])) < THREAD_WRITE_BYTES:
+            self._commit(*built)  # a fraction of a ms: a thread hop costs more
+        else:
+            # Megabytes at fleet scale: written by a worker thread, part by part; the writes
+            # release the loop, which a join and a write here held for ms.
+            await anyio.to_thread.run_sync(self._commit, *built)
 
-    def _build(
-        self, *, force: bool
-    ) -> Generator[None, None, tuple[list[bytes], float, float] | None]:
+    def _build(self, *, force: bool) -> Generator[None, None, _Built | None]:
         """Bring the sections up to date (yielding after each slice); return the file's parts,
         when it is to be written, with the time and the CPU time this cost."""
         now = self._clock.now()
