@@ -322,6 +322,17 @@ def backend_view(root: SystemdRoot, name: str = "llama-local") -> dict:
     return curl(root, f"/v1/backends/{name}")
 
 
+def reload_for(root: SystemdRoot, name: str) -> None:
+    """`systemctl reload hroute`, then wait until the new config (which has `name`) is
+    applied: ExecReload only sends SIGHUP, and hroute reads the file once it holds still."""
+    root.run("systemctl", "reload", "hroute.service", timeout_s=30)
+    wait_until(
+        lambda: any(b["name"] == name for b in curl(root, "/v1/backends")["backends"]),
+        20,
+        f"the reload that adds {name}",
+    )
+
+
 def unit_pid(root: SystemdRoot, unit: str = "llama-server.service") -> int:
     return int(root.show(unit, "MainPID"))
 
@@ -344,7 +355,7 @@ def test_mode_systemd_restarts_a_hung_unit_through_systemctl_and_polkit(root):
     root.run("systemctl", "start", "dbus.socket")  # the test's target starts nothing else
     root.run("systemctl", "start", "llama-server.service", timeout_s=30)
     root.path("/etc/hroute/hroute.yaml").write_text(SUPERVISED_CONFIG)
-    root.run("systemctl", "reload", "hroute.service", timeout_s=30)
+    reload_for(root, "llama-local")
     try:
         first = unit_pid(root)
         view = wait_until(
@@ -412,7 +423,7 @@ def test_mode_child_under_the_hardened_unit_and_a_clean_stop(root):
     opt.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "tests/support/fake_llama.py", opt / "fake_llama.py")
     root.path("/etc/hroute/hroute.yaml").write_text(CHILD_CONFIG)
-    root.run("systemctl", "reload", "hroute.service", timeout_s=30)
+    reload_for(root, "llama-child")
     try:
         view = wait_until(
             lambda: (b := backend_view(root, "llama-child"))["usable"] and b, 20, "child healthy"
