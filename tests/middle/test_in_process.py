@@ -7,7 +7,6 @@ import socket
 import time
 from pathlib import Path
 
-import aiohttp
 import anyio
 import anyio.lowlevel
 import pytest
@@ -158,11 +157,8 @@ async def test_prober_probes_a_real_server_and_records_what_it_saw(status, state
     reg = registry(port)
     seen = []
     try:
-        async with aiohttp.ClientSession() as session:
-            prober = Prober(
-                reg, reg.clock, session=session, on_outcome=lambda n, o: seen.append((n, o))
-            )
-            await prober.probe_once("local")
+        prober = Prober(reg, reg.clock, on_outcome=lambda n, o: seen.append((n, o)))
+        await prober.probe_once("local")
     finally:
         await runner.cleanup()
     assert reg.view("local")["state"] == state

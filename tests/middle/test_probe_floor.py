@@ -4,7 +4,6 @@ server on loopback, on a virtual clock: its sleeps move time, nothing waits on t
 
 from __future__ import annotations
 
-import aiohttp
 import anyio
 import pytest
 from aiohttp import web
@@ -94,8 +93,8 @@ backends:
             done.set()
 
     try:
-        async with aiohttp.ClientSession() as session, anyio.create_task_group() as tg:
-            prober = Prober(reg, clock, session=session, on_outcome=storm)
+        async with anyio.create_task_group() as tg:
+            prober = Prober(reg, clock, on_outcome=storm)
             await tg.start(prober.run)
             with anyio.fail_after(20):  # real seconds: a bound on the test, not a measurement
                 await done.wait()

@@ -77,6 +77,21 @@ def test_the_client_needs_only_the_standard_library() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_the_daemon_does_not_load_aiohttp() -> None:
+    # Its probes speak HTTP through edges/probe_http.py: aiohttp loaded cost an idle daemon
+    # 10 MiB of memory and most of its CPU (docs/benchmarks.md, 2026-12-05).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import hroute.cli, hroute.daemon, hroute.edges.prober; "
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'aiohttp']; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def _graph() -> dict[str, set[str]]:
     """Module -> the hroute modules it imports (at any depth of the file, TYPE_CHECKING too)."""
     modules = {}

@@ -1,19 +1,18 @@
 """Active probes: one free request (or two) per backend kind; never a token spent.
 
-Each probe returns a `ProbeOutcome`; the caller records it. The aiohttp session is
-passed in, and a probe never raises for anything the backend does.
+Each probe returns a `ProbeOutcome`; the caller records it. The HTTP client is passed in,
+and a probe never raises for anything the backend does.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import anyio.to_thread
 
 from hroute.config.model import BackendConfig
@@ -22,6 +21,7 @@ from hroute.core.health import ProbeOutcome
 from hroute.core.identity import normalize_base_url
 from hroute.core.reasons import Reason
 from hroute.core.sanitize import clean
+from hroute.edges.probe_http import ConnectError, ProbeClient
 
 HANG_CHECK_MAX_S = 1.0  # llama.cpp #27388: /health stays 200 while inference hangs; /slots does not
 # A probe reads at most this much of an answer: a 15 MB model listing once took RSS to
@@ -37,7 +37,7 @@ class _Failed(Exception):
 
 
 async def probe_backend(
-    session: aiohttp.ClientSession,
+    client: ProbeClient,
     backend: BackendConfig,
     *,
     api_key: str | None,
@@ -49,14 +49,15 @@ async def probe_backend(
 
     `models` are every model configured on that server (default: the backend's own); one
     model listing checks them all, and a missing one is told per model, not as a failure
-    of the server.
+    of the server. Connections are kept for the next probe, except to llama-server: an
+    idle kept connection would hold one of its few server threads.
     """
     probe = _PROBES[backend.kind]
     if models is None:
         models = (backend.model,) if backend.model else ()
     started = time.perf_counter()
     try:
-        outcome = await probe(_Http(session, backend, api_key, timeout_s, wall, models))
+        outcome = await probe(_Http(client, backend, api_key, timeout_s, wall, models))
     except _Failed as failed:
         outcome = failed.outcome
     except Exception as exc:  # a probe turns every failure into a reason
@@ -70,11 +71,12 @@ class _Http:
     """GET helper bound to one backend: builds URLs, adds auth, classifies answers."""
 
     def __init__(
-        self, session, backend: BackendConfig, api_key, timeout_s: float, wall, models
+        self, client: ProbeClient, backend: BackendConfig, api_key, timeout_s: float, wall, models
     ) -> None:
-        self.session, self.backend, self.api_key = session, backend, api_key
+        self.client, self.backend, self.api_key = client, backend, api_key
         self.timeout_s, self.wall, self.models = timeout_s, wall, models
         self.root = normalize_base_url(backend.base_url)
+        self.keep = backend.kind != "llama-server"
 
     async def get(
         self,
@@ -84,26 +86,24 @@ class _Http:
         headers: dict | None = None,
         accept: tuple[int, ...] = (),
     ) -> tuple[int, Any]:
-        timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
-        url = self.root + path
+        timeout_s = timeout_s or self.timeout_s
         headers = dict(headers or {})
         if self.backend.basic_auth and "Authorization" not in headers:
-            user, password = self.backend.basic_auth
-            headers["Authorization"] = aiohttp.BasicAuth(user, password).encode()
+            pair = ":".join(self.backend.basic_auth).encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         try:
-            async with self.session.get(
-                url, headers=headers, timeout=timeout, allow_redirects=False
-            ) as resp:
-                body = await resp.content.read(MAX_BODY_BYTES + 1)
-                while len(body) <= MAX_BODY_BYTES and not resp.content.at_eof():
-                    body += await resp.content.read(MAX_BODY_BYTES + 1 - len(body))
-                status, resp_headers = resp.status, resp.headers
+            answer = await self.client.get(
+                self.root + path,
+                headers,
+                timeout_s=timeout_s,
+                max_body=MAX_BODY_BYTES,
+                keep=self.keep,
+            )
         except TimeoutError as exc:
             raise _Failed(
-                ProbeOutcome(
-                    Reason.TIMEOUT, detail=f"GET {path}: no answer within {timeout.total:g}s"
-                )
+                ProbeOutcome(Reason.TIMEOUT, detail=f"GET {path}: no answer within {timeout_s:g}s")
             ) from exc
+        status, resp_headers, body = answer.status, answer.headers, answer.body
         if status in accept:
             return status, body
         problem = classify_response(status, resp_headers, body, now_wall=self.wall())
@@ -207,10 +207,8 @@ def _check_model(http: _Http, models: Any) -> ProbeOutcome:
 
 
 def _exc_detail(exc: BaseException, fallback: str) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        err = exc.os_error
-        why = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
-        return f"cannot connect to {exc.host}:{exc.port}: {why.lower()}"
+    if isinstance(exc, ConnectError):
+        return str(exc)  # "cannot connect to host:port: connection refused"
     return fallback or type(exc).__name__
 
 

@@ -2,8 +2,7 @@
 
 HTTP client connections are kept per server between probes (a thousand backends probed
 every few seconds must not pay a TCP handshake each), except for llama-server: an idle
-kept connection would hold one of its few server threads. aiohttp is imported when the
-prober starts, in a worker thread, so the socket already answers while it loads.
+kept connection would hold one of its few server threads (`edges/probe_http.py`).
 """
 
 from __future__ import annotations
@@ -12,9 +11,8 @@ import dataclasses
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 
@@ -24,9 +22,8 @@ from hroute.core.health import ProbeOutcome
 from hroute.core.redact import redact
 from hroute.core.registry import Registry
 from hroute.edges.clock import wait_until
-
-if TYPE_CHECKING:
-    import aiohttp
+from hroute.edges.probe_http import ProbeClient
+from hroute.edges.probe_requests import probe_backend
 
 log = logging.getLogger("hroute.probe")
 
@@ -41,17 +38,13 @@ class Prober:
         registry: Registry,
         clock: Clock,
         *,
-        session: aiohttp.ClientSession | None = None,
+        client: ProbeClient | None = None,
         env: dict[str, str] | None = None,
         on_outcome: Callable[[str, ProbeOutcome], None] = lambda name, outcome: None,
         rng: random.Random | None = None,
     ) -> None:
         self._registry, self._clock = registry, clock
-        self._given = session  # tests hand one in; else run() opens its own
-        # kept alive? -> session
-        self._sessions: dict[bool, aiohttp.ClientSession] = (
-            {} if session is None else {True: session, False: session}
-        )
+        self._client = client or ProbeClient()
         self._env = os.environ if env is None else env
         self._on_outcome = on_outcome  # metrics; the supervisor of a local server (hangs)
         self._rng = rng or random.Random()
@@ -62,32 +55,16 @@ class Prober:
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        """Probe until cancelled. Started at once: the HTTP client loads in a worker thread
-        meanwhile (systemd hears READY=1 without waiting for it), then probing begins."""
-        task_status.started()
-        async with self._open_sessions(), anyio.create_task_group() as tg:
-            self._tg = tg
-            self.sync(self._registry.config)
-            await anyio.sleep_forever()
-
-    @asynccontextmanager
-    async def _open_sessions(self) -> AsyncIterator[None]:
-        if self._given is not None:
-            yield
-            return
-        await anyio.to_thread.run_sync(_load_http_client)
-        import aiohttp
-
-        # Bounded: a fleet of a thousand models at one provider must not open a thousand
-        # sockets (the fds are the daemon's budget), nor queue probes into timeouts.
-        kept = aiohttp.TCPConnector(limit=256, limit_per_host=32, keepalive_timeout=30)
-        fresh = aiohttp.TCPConnector(limit=0, force_close=True)
-        async with (
-            aiohttp.ClientSession(connector=kept, trust_env=False) as keep,
-            aiohttp.ClientSession(connector=fresh, trust_env=False) as close,
-        ):
-            self._sessions = {True: keep, False: close}
-            yield
+        """Probe until cancelled; the kept connections close with it."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self.sync(self._registry.config)
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._tg = None
+            await self._client.aclose()
 
     def sync(self, config: Config) -> None:
         """Probe exactly the backends `config` names: start new ones, stop removed ones."""
@@ -163,18 +140,15 @@ class Prober:
         calls this directly, every 50 ms while its server starts: keep it free of any floor
         on the probe loop's pace (the server is local; readiness seen late delays a restart)."""
         backend = self._registry.config.backends.get(name)
-        if backend is None or not self._sessions:
-            return  # removed by a reload, or the HTTP client is still loading
+        if backend is None:
+            return  # removed by a reload
 
         settings = self._registry.config.probe_for(name)
         key = self._env.get(backend.key_env) if backend.key_env else None
         if backend.key_env and not key:
             return  # said once at start and shown on the backend; a keyless probe would only 401
-        from hroute.edges.probe_requests import probe_backend
-
-        session = self._sessions[backend.kind != "llama-server"]
         outcome = await probe_backend(
-            session,
+            self._client,
             backend,
             api_key=key,
             timeout_s=settings.timeout_s,
@@ -198,8 +172,3 @@ def min_gap(settings: Any) -> float:
     """The least time between two probes of one backend: its interval, less the jitter its
     own schedule may take off (so the floor never changes the schedule, only pokes)."""
     return max(0.05, settings.interval_s * (1 - settings.jitter))
-
-
-def _load_http_client() -> None:
-    """Import the probe's HTTP stack (aiohttp, ssl: a few hundred ms) off the event loop."""
-    import hroute.edges.probe_requests  # noqa: F401
