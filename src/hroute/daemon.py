@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio
+import anyio.from_thread
 
 from hroute import __version__
 from hroute.config.model import Config, missing_keys
@@ -53,7 +54,6 @@ T = TypeVar("T")
 
 EXPIRY_TICK_S = 0.25
 GPU_READ_EVERY_S = 1.0  # `hroute top` and scrapes read the GPUs at most this often
-SOCKET_CHECK_S = 1.0
 
 
 async def run_daemon(
@@ -180,7 +180,7 @@ async def run_daemon(
                 await tg.start(cluster.run)
             await api.serve(sock)
             if owns_socket:
-                tg.start_soon(_keep_socket, socket_path, lock, api, clock)
+                reloader.also_check.append(SocketKeeper(socket_path, lock, api).check)
             if config.daemon.metrics_listen:
                 await api.serve(listen_tcp(config.daemon.metrics_listen))
             await tg.start(publisher.run)
@@ -230,21 +230,31 @@ def _note_cluster_change(old: Config, new: Config) -> None:
         log.warning("cluster: settings changed; they take effect when hroute restarts")
 
 
-async def _keep_socket(path: Path, lock: list[int], api: HttpServer, clock: Clock) -> None:
+class SocketKeeper:
     """Notice the socket file removed or replaced and listen there again.
 
-    Deleted, it left the daemon serving nobody, silently. If it cannot be recreated the
-    daemon stops with an error, and systemd (Restart=on-failure) starts it afresh.
+    Deleted, it left the daemon serving nobody, silently. Checked once a second by the
+    config watcher's thread (a stat; an idle loop woken for it each second spent a third
+    of its CPU there). If it cannot be recreated the daemon stops with an error, and
+    systemd (Restart=on-failure) starts it afresh.
     """
-    inode = socket_inode(path)
-    while True:
-        await clock.sleep(SOCKET_CHECK_S)
-        if socket_inode(path) == inode:
-            continue
-        log.warning("%s was removed or replaced; listening there again", path)
-        lock[0] = keep_lock(path, lock[0])
-        await api.serve(bind_unix_socket(path))
-        inode = socket_inode(path)
+
+    def __init__(self, path: Path, lock: list[int], api: HttpServer) -> None:
+        self.path, self.lock, self.api = path, lock, api
+        self.inode = socket_inode(path)
+
+    def check(self) -> None:
+        """In a worker thread: call into the loop only when the file changed."""
+        if socket_inode(self.path) != self.inode:
+            anyio.from_thread.run(self._listen_again)
+
+    async def _listen_again(self) -> None:
+        if socket_inode(self.path) == self.inode:
+            return
+        log.warning("%s was removed or replaced; listening there again", self.path)
+        self.lock[0] = keep_lock(self.path, self.lock[0])
+        await self.api.serve(bind_unix_socket(self.path))
+        self.inode = socket_inode(self.path)
 
 
 async def _expire_cooldowns(registry: Registry, clock: Clock) -> None:

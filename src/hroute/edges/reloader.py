@@ -34,10 +34,10 @@ log = logging.getLogger("hroute")
 
 DEBOUNCE_MS = 50  # editors write a file in several steps; one reload per burst
 # How often the watcher thread wakes to look for changes and for its stop: each wake takes the
-# GIL (at 10 ms this thread alone cost an idle daemon 0.45 % of a core, at 50 ms still 0.1-0.25 %).
-# A change waits at most two steps more before it is read (plus SETTLE_S); a stop does not wait
-# for the thread (it is let go, and ends at its next step).
-STEP_MS = 200
+# GIL (at 10 ms this thread alone cost an idle daemon 0.45 % of a core, at 200 ms 0.06 %).
+# A change waits at most a step more before it is read (plus SETTLE_S); SIGHUP and
+# `hroute reload` do not wait. A stop does not wait for the thread (it is let go).
+STEP_MS = 1000
 # A reload reads the file only once it has stopped changing: an in-place save (truncate,
 # then write) or a slow writer must not be applied half way. Its (inode, size, mtime) must
 # hold still for SETTLE_S; a file that never settles is read after SETTLE_MAX_S anyway.
@@ -132,6 +132,9 @@ class Reloader:
     on_result: Callable[[ReloadResult, str], None] = lambda result, trigger: None
     on_start: Callable[[], None] = lambda: None  # systemd: RELOADING=1
     sleep: Callable[[float], Any] = anyio.sleep  # a fake clock's, in tests
+    # Cheap checks the watcher's thread runs once a second besides its own (the socket
+    # file's): the loop is woken only when one finds something to do.
+    also_check: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = anyio.Lock()
@@ -191,10 +194,10 @@ class Reloader:
     async def watch(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
         """Reload when the file (or the target of its symlink) changes.
 
-        inotify events make it immediate; a content check every second also catches what
-        events cannot: a change made before the watcher started, or an edit of a symlink
-        target that moved to another directory. A file that was tried and rejected is not
-        tried again until its content changes.
+        inotify events make it immediate (within a step); a check every second (a stat, and
+        a read when the stat moved) also catches what events cannot: a change made before
+        the watcher started, or an edit of a symlink target that moved to another directory.
+        A file that was tried and rejected is not tried again until its content changes.
 
         The watching and the content check run in one worker thread for the daemon's life;
         the loop hears from it only when the content changed (an idle daemon's loop spent
@@ -221,6 +224,7 @@ class Reloader:
             tg.cancel_scope.cancel()
 
     def _watch_in_thread(self, dirs: set[Path], stop: threading.Event) -> None:
+        seen: tuple[int, int, int] | None | bool = False  # nothing seen yet: read it once
         for _changes in watch(
             *dirs,
             debounce=DEBOUNCE_MS,
@@ -235,6 +239,13 @@ class Reloader:
         ):
             if stop.is_set():
                 return
+            for check in self.also_check:
+                check()
+            # The content is read only when the file's (inode, size, mtime) moved: a read
+            # each second woke the watcher's own inotify thread as well (open, close).
+            if (key := _stat_key(self.path)) == seen:
+                continue
+            seen = key
             if _digest(self.path) != self._attempted:
                 anyio.from_thread.run(self.reload, "file changed")
 

@@ -39,7 +39,7 @@ from hroute.edges.files import write_atomically
 log = logging.getLogger("hroute")
 
 SNAPSHOT_TTL_S = 5.0
-REFRESH_S = 2.0  # well inside the TTL: a busy loop may be late
+REFRESH_S = 3.0  # inside the TTL, with 2 s for a busy loop to be late
 MIN_GAP_S = 0.02  # changes closer than this are written together
 MAX_GAP_S = 1.0
 # A write rebuilds the sections of the backends whose record changed since the last one; many
